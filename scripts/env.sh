@@ -1,0 +1,8 @@
+# Shared settings for the project's scripts (sourced, not run).
+# One target dir outside the clone, so RocksDB (a ~16 minute C++ build on two
+# cores) compiles once per machine and every clone and CI run reuses it.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/fairway/target}"
+# The Python venv with grpcio, grpcio-tools and grpcurl used by the tests.
+export FAIRWAY_VENV="${FAIRWAY_VENV:-$HOME/.cache/fairway/venv}"
+export FAIRWAY_PYTHON="${FAIRWAY_PYTHON:-$FAIRWAY_VENV/bin/python}"
+export FAIRWAY_GRPCURL="${FAIRWAY_GRPCURL:-$FAIRWAY_VENV/bin/grpcurl}"

@@ -1,0 +1,96 @@
+//! `fairway.v1.AdminService`: queues, stats, listings, dead letters.
+
+use super::convert;
+use crate::broker::Broker;
+use crate::pb;
+use crate::pb::admin_service_server::AdminService;
+use tonic::{Request, Response, Status};
+
+pub struct AdminApi {
+    pub broker: Broker,
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    async fn create_queue(&self, req: Request<pb::CreateQueueRequest>) -> Result<Response<pb::Queue>, Status> {
+        let r = req.into_inner();
+        let name = convert::queue_name(&r.name)?;
+        let config = convert::queue_config(r.config)?;
+        Ok(Response::new(self.broker.create_queue(name, config).await?))
+    }
+
+    async fn get_queue(&self, req: Request<pb::GetQueueRequest>) -> Result<Response<pb::Queue>, Status> {
+        let name = convert::queue_name(&req.into_inner().queue)?;
+        Ok(Response::new(self.broker.get_queue(&name)?))
+    }
+
+    async fn list_queues(
+        &self,
+        _req: Request<pb::ListQueuesRequest>,
+    ) -> Result<Response<pb::ListQueuesResponse>, Status> {
+        Ok(Response::new(pb::ListQueuesResponse { queues: self.broker.list_queues()? }))
+    }
+
+    async fn update_queue(&self, req: Request<pb::UpdateQueueRequest>) -> Result<Response<pb::Queue>, Status> {
+        let r = req.into_inner();
+        let name = convert::queue_name(&r.queue)?;
+        let patch = convert::config_patch(r.config)?;
+        Ok(Response::new(self.broker.update_queue(name, patch).await?))
+    }
+
+    async fn delete_queue(
+        &self,
+        req: Request<pb::DeleteQueueRequest>,
+    ) -> Result<Response<pb::DeleteQueueResponse>, Status> {
+        let r = req.into_inner();
+        let name = convert::queue_name(&r.queue)?;
+        let deleted = self.broker.delete_queue(name, r.force).await?;
+        Ok(Response::new(pb::DeleteQueueResponse { deleted }))
+    }
+
+    async fn pause_queue(&self, req: Request<pb::PauseQueueRequest>) -> Result<Response<pb::Queue>, Status> {
+        let name = convert::queue_name(&req.into_inner().queue)?;
+        Ok(Response::new(self.broker.set_paused(name, true).await?))
+    }
+
+    async fn resume_queue(&self, req: Request<pb::ResumeQueueRequest>) -> Result<Response<pb::Queue>, Status> {
+        let name = convert::queue_name(&req.into_inner().queue)?;
+        Ok(Response::new(self.broker.set_paused(name, false).await?))
+    }
+
+    async fn get_queue_stats(
+        &self,
+        req: Request<pb::GetQueueStatsRequest>,
+    ) -> Result<Response<pb::QueueStats>, Status> {
+        let name = convert::queue_name(&req.into_inner().queue)?;
+        Ok(Response::new(self.broker.stats(name).await?))
+    }
+
+    async fn list_jobs(&self, req: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let r = convert::list_jobs(req.into_inner())?;
+        let (jobs, next_page_token) = self.broker.list_jobs(r).await?;
+        Ok(Response::new(pb::ListJobsResponse { jobs, next_page_token }))
+    }
+
+    async fn redrive_dead_letters(
+        &self,
+        req: Request<pb::RedriveDeadLettersRequest>,
+    ) -> Result<Response<pb::RedriveDeadLettersResponse>, Status> {
+        let r = req.into_inner();
+        let name = convert::queue_name(&r.queue)?;
+        let (tenant, env) = convert::scope_filter(&r.tenant, &r.environment)?;
+        let redriven = self.broker.redrive(name, tenant, env, r.limit).await?;
+        Ok(Response::new(pb::RedriveDeadLettersResponse { redriven }))
+    }
+
+    async fn purge_queue(
+        &self,
+        req: Request<pb::PurgeQueueRequest>,
+    ) -> Result<Response<pb::PurgeQueueResponse>, Status> {
+        let r = req.into_inner();
+        let name = convert::queue_name(&r.queue)?;
+        let state = convert::job_state(r.state)?;
+        let purged = self.broker.purge(name, state).await?;
+        Ok(Response::new(pb::PurgeQueueResponse { purged }))
+    }
+}

@@ -1,0 +1,172 @@
+//! `fairway.v1.WorkerService`: workers lease, ack, nack and extend.
+
+use super::convert;
+use crate::broker::{view, Broker, SettleAction, SettleOutcome, StreamTx};
+use crate::error::BrokerError;
+use crate::model::{JobId, LeaseId};
+use crate::pb;
+use crate::pb::work_request::Request as WorkMsg;
+use crate::pb::worker_service_server::WorkerService;
+use std::pin::Pin;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+pub struct WorkerApi {
+    pub broker: Broker,
+}
+
+/// Ends the subscription however the stream's reader task ends (client
+/// closed, connection dropped, task cancelled), so leases never leak.
+struct Subscribed {
+    broker: Broker,
+    id: u64,
+}
+
+impl Drop for Subscribed {
+    fn drop(&mut self) {
+        self.broker.unsubscribe(self.id);
+    }
+}
+
+fn nack_action(n: &pb::NackRequest) -> Result<SettleAction, BrokerError> {
+    Ok(SettleAction::Nack {
+        error: n.error.clone(),
+        retry_after: convert::opt_duration("retry_after", n.retry_after.as_ref())?,
+        dead: n.dead,
+    })
+}
+
+fn extend_action(e: &pb::ExtendLeaseRequest) -> Result<SettleAction, BrokerError> {
+    let duration = convert::opt_duration("lease_duration", e.lease_duration.as_ref())?;
+    if let Some(d) = duration {
+        crate::model::validate_lease_duration(d)?;
+    }
+    Ok(SettleAction::Extend { duration })
+}
+
+/// The (queue, job, lease) triple every settle names.
+fn target(queue: &str, job: &str, lease: &str) -> Result<(String, JobId, LeaseId), BrokerError> {
+    Ok((convert::queue_name(queue)?, convert::job_id(job)?, convert::lease_id(lease)?))
+}
+
+/// Applies one ack/nack/extend sent on a Work stream; the outcome goes back
+/// on the stream.
+async fn settle_from_stream(broker: &Broker, tx: &StreamTx, msg: WorkMsg) {
+    let (ids, action, kind) = match &msg {
+        WorkMsg::Ack(a) => (target(&a.queue, &a.job_id, &a.lease_id), Ok(SettleAction::Ack), "ack"),
+        WorkMsg::Nack(n) => (target(&n.queue, &n.job_id, &n.lease_id), nack_action(n), "nack"),
+        WorkMsg::Extend(e) => (target(&e.queue, &e.job_id, &e.lease_id), extend_action(e), "extend"),
+        WorkMsg::Subscribe(_) => {
+            let e = BrokerError::FailedPrecondition(
+                "this stream is already subscribed; open a new stream to change queues".into(),
+            );
+            let _ = tx.send(Ok(view::outcome(String::new(), "subscribe", Err(&e))));
+            return;
+        }
+    };
+    let job_id = match &msg {
+        WorkMsg::Ack(a) => a.job_id.clone(),
+        WorkMsg::Nack(n) => n.job_id.clone(),
+        WorkMsg::Extend(e) => e.job_id.clone(),
+        WorkMsg::Subscribe(_) => String::new(),
+    };
+    let checked = ids.and_then(|ids| action.map(|a| (ids, a)));
+    match checked {
+        Ok(((queue, job, lease), action)) => {
+            if let Err(e) = broker.settle_on_stream(queue, job, lease, action, tx.clone()).await {
+                let _ = tx.send(Ok(view::outcome(job_id, kind, Err(&e))));
+            }
+        }
+        Err(e) => {
+            let _ = tx.send(Ok(view::outcome(job_id, kind, Err(&e))));
+        }
+    }
+}
+
+type WorkStream = Pin<Box<dyn Stream<Item = Result<pb::WorkResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl WorkerService for WorkerApi {
+    type WorkStream = WorkStream;
+
+    async fn work(&self, req: Request<Streaming<pb::WorkRequest>>) -> Result<Response<WorkStream>, Status> {
+        let mut inbound = req.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("the Work stream closed before its first message (subscribe)"))?;
+        let sub = match first.request {
+            Some(WorkMsg::Subscribe(s)) => convert::subscription(s)?,
+            _ => {
+                return Err(Status::failed_precondition(
+                    "the first message on a Work stream must be `subscribe` naming the queues to work on",
+                ))
+            }
+        };
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let id = self.broker.subscribe(sub, tx.clone()).await?;
+        let guard = Subscribed { broker: self.broker.clone(), id };
+        tokio::spawn(async move {
+            let guard = guard;
+            loop {
+                let next = tokio::select! {
+                    m = inbound.message() => m,
+                    // The response side is gone (client left, or the broker
+                    // ended the stream at shutdown): stop reading, which also
+                    // releases the request half of the HTTP/2 stream.
+                    _ = tx.closed() => break,
+                };
+                match next {
+                    Ok(Some(pb::WorkRequest { request: Some(msg) })) => {
+                        settle_from_stream(&guard.broker, &tx, msg).await
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+
+    async fn lease(&self, req: Request<pb::LeaseRequest>) -> Result<Response<pb::LeaseResponse>, Status> {
+        let spec = convert::lease_spec(req.into_inner())?;
+        let deliveries = self.broker.lease(spec).await?;
+        Ok(Response::new(pb::LeaseResponse { deliveries }))
+    }
+
+    async fn ack(&self, req: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
+        let r = req.into_inner();
+        let (queue, job, lease) = target(&r.queue, &r.job_id, &r.lease_id)?;
+        self.broker.settle(queue, job, lease, SettleAction::Ack).await?;
+        Ok(Response::new(pb::AckResponse {}))
+    }
+
+    async fn nack(&self, req: Request<pb::NackRequest>) -> Result<Response<pb::NackResponse>, Status> {
+        let r = req.into_inner();
+        let (queue, job, lease) = target(&r.queue, &r.job_id, &r.lease_id)?;
+        let action = nack_action(&r)?;
+        match self.broker.settle(queue, job, lease, action).await? {
+            SettleOutcome::Nacked { state, run_at } => Ok(Response::new(pb::NackResponse {
+                state: view::state(state) as i32,
+                run_at: run_at.map(view::timestamp),
+            })),
+            other => Err(Status::internal(format!("nack answered with {other:?}"))),
+        }
+    }
+
+    async fn extend_lease(
+        &self,
+        req: Request<pb::ExtendLeaseRequest>,
+    ) -> Result<Response<pb::ExtendLeaseResponse>, Status> {
+        let r = req.into_inner();
+        let (queue, job, lease) = target(&r.queue, &r.job_id, &r.lease_id)?;
+        let action = extend_action(&r)?;
+        match self.broker.settle(queue, job, lease, action).await? {
+            SettleOutcome::Extended { expires_at } => {
+                Ok(Response::new(pb::ExtendLeaseResponse { lease_expires_at: Some(view::timestamp(expires_at)) }))
+            }
+            other => Err(Status::internal(format!("extend answered with {other:?}"))),
+        }
+    }
+}

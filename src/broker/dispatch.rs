@@ -1,0 +1,362 @@
+//! Handing ready jobs to workers: Work streams (consumers with a prefetch
+//! window) and unary long-polls (waiters), fairly across queues, tenants and
+//! environments.
+//!
+//! Dispatch runs right after a commit, so the ready index it reads is exactly
+//! what memory believes; the leases it creates are committed before any
+//! delivery leaves the broker.
+
+use super::engine::Engine;
+use super::queue_state::ActiveLease;
+use super::{view, LeaseSpec, Reply, StreamTx, Subscription};
+use crate::error::Result;
+use crate::model::{duration_millis, now_millis, JobId, LeaseId, Millis};
+use crate::pb;
+use crate::storage::keys::{self, ReadyPos};
+use crate::storage::Store;
+use prost::Message;
+use rocksdb::{Direction, IteratorMode, ReadOptions};
+use std::collections::HashSet;
+
+/// A Work stream.
+pub(super) struct Consumer {
+    pub queues: Vec<String>,
+    pub worker_id: String,
+    /// Prefetch window: most unsettled deliveries at once.
+    pub max_in_flight: u32,
+    pub in_flight: u32,
+    /// Lease length the worker asked for, if any.
+    pub lease_ms: Option<u64>,
+    pub tx: StreamTx,
+    /// (queue, job) of its current leases, returned to ready when it leaves.
+    pub leases: HashSet<(String, JobId)>,
+    /// Round-robin position over `queues`.
+    pub rr: usize,
+}
+
+/// A unary `Lease` call waiting for jobs.
+pub(super) struct Waiter {
+    pub queues: Vec<String>,
+    pub max_jobs: u32,
+    pub lease_ms: Option<u64>,
+    pub worker_id: String,
+    pub deadline: Millis,
+    pub reply: Option<Reply<Vec<pb::Delivery>>>,
+    /// Leased for it this turn, sent once committed.
+    pub got: Vec<pb::Delivery>,
+    pub leases: Vec<(String, JobId)>,
+    pub rr: usize,
+}
+
+/// A delivery for a Work stream, held until its lease is committed.
+pub(super) struct Outgoing {
+    pub consumer: u64,
+    pub queue: String,
+    pub job: JobId,
+    pub delivery: pb::Delivery,
+}
+
+#[derive(Clone, Copy)]
+enum Target {
+    Consumer(u64),
+    Waiter(usize),
+}
+
+impl Engine {
+    pub(super) fn subscribe(&mut self, id: u64, sub: Subscription, tx: StreamTx) {
+        tracing::info!(consumer = id, worker_id = %sub.worker_id, worker_version = %sub.worker_version,
+            queues = ?sub.queues, max_in_flight = sub.max_in_flight, "worker subscribed");
+        self.consumers.insert(
+            id,
+            Consumer {
+                queues: sub.queues,
+                worker_id: sub.worker_id,
+                max_in_flight: sub.max_in_flight.max(1),
+                in_flight: 0,
+                lease_ms: sub.lease_duration.map(duration_millis),
+                tx,
+                leases: HashSet::new(),
+                rr: 0,
+            },
+        );
+    }
+
+    /// A Work stream ended: its leases go back to ready now (each delivery
+    /// counted as an attempt).
+    pub(super) fn unsubscribe(&mut self, id: u64, why: &str) {
+        let Some(c) = self.consumers.remove(&id) else { return };
+        tracing::info!(consumer = id, worker_id = %c.worker_id, returned = c.leases.len(), "worker left: {why}");
+        for (queue, job) in c.leases {
+            self.release_lease(&queue, job, why);
+        }
+    }
+
+    pub(super) fn add_waiter(&mut self, spec: LeaseSpec, reply: Reply<Vec<pb::Delivery>>) {
+        self.waiters.push(Waiter {
+            queues: spec.queues,
+            max_jobs: spec.max_jobs.max(1),
+            lease_ms: spec.lease_duration.map(duration_millis),
+            worker_id: spec.worker_id,
+            deadline: now_millis().saturating_add(duration_millis(spec.wait)),
+            reply: Some(reply),
+            got: Vec::new(),
+            leases: Vec::new(),
+            rr: 0,
+        });
+    }
+
+    /// Leases ready jobs to every worker with room, one job per worker per
+    /// round so workers share the backlog evenly.
+    pub(super) fn dispatch(&mut self) {
+        if !self.queues.values().any(|q| q.has_ready()) {
+            return;
+        }
+        loop {
+            let mut progress = false;
+            let consumers: Vec<u64> =
+                self.consumers.iter().filter(|(_, c)| c.in_flight < c.max_in_flight).map(|(id, _)| *id).collect();
+            for id in consumers {
+                progress |= self.lease_for(Target::Consumer(id));
+            }
+            for i in 0..self.waiters.len() {
+                let w = &self.waiters[i];
+                if w.reply.is_some() && (w.got.len() as u32) < w.max_jobs {
+                    progress |= self.lease_for(Target::Waiter(i));
+                }
+            }
+            if !progress || self.w.is_poisoned() {
+                break;
+            }
+        }
+    }
+
+    /// Leases one job for `target` from the next of its queues (round-robin)
+    /// that has ready work. True when a job was leased.
+    fn lease_for(&mut self, target: Target) -> bool {
+        let (n, start) = match target {
+            Target::Consumer(id) => match self.consumers.get(&id) {
+                Some(c) => (c.queues.len(), c.rr),
+                None => return false,
+            },
+            Target::Waiter(i) => (self.waiters[i].queues.len(), self.waiters[i].rr),
+        };
+        for k in 0..n {
+            let idx = (start + k) % n;
+            let (queue, lease_ms, worker) = match target {
+                Target::Consumer(id) => {
+                    let c = &self.consumers[&id];
+                    (c.queues[idx].clone(), c.lease_ms, c.worker_id.clone())
+                }
+                Target::Waiter(i) => {
+                    let w = &self.waiters[i];
+                    (w.queues[idx].clone(), w.lease_ms, w.worker_id.clone())
+                }
+            };
+            if !self.queues.get(&queue).is_some_and(|q| q.has_ready()) {
+                continue;
+            }
+            let consumer = match target {
+                Target::Consumer(id) => Some(id),
+                Target::Waiter(_) => None,
+            };
+            match self.lease_one(&queue, lease_ms, worker, consumer) {
+                Ok(Some((job, delivery))) => {
+                    match target {
+                        Target::Consumer(id) => {
+                            if let Some(c) = self.consumers.get_mut(&id) {
+                                c.in_flight += 1;
+                                c.leases.insert((queue.clone(), job));
+                                c.rr = idx + 1;
+                            }
+                            self.outbox.push(Outgoing { consumer: id, queue, job, delivery });
+                        }
+                        Target::Waiter(i) => {
+                            let w = &mut self.waiters[i];
+                            w.got.push(delivery);
+                            w.leases.push((queue, job));
+                            w.rr = idx + 1;
+                        }
+                    }
+                    return true;
+                }
+                Ok(None) => continue,
+                Err(e) => {
+                    self.w.poison(e);
+                    return false;
+                }
+            }
+        }
+        false
+    }
+
+    /// Takes the fair next ready job of `queue` and leases it.
+    fn lease_one(
+        &mut self,
+        queue: &str,
+        lease_ms: Option<u64>,
+        worker_id: String,
+        consumer: Option<u64>,
+    ) -> Result<Option<(JobId, pb::Delivery)>> {
+        let now = self.now.max(now_millis());
+        let store = self.w.store.clone();
+        loop {
+            let Some(q) = self.queues.get_mut(queue) else { return Ok(None) };
+            if q.paused {
+                return Ok(None);
+            }
+            let groups = &q.groups;
+            let Some((t, e)) =
+                q.scheduler.next(|t, e| groups.get(t).and_then(|m| m.get(e)).is_some_and(|g| g.ready > 0))
+            else {
+                return Ok(None);
+            };
+            let g = q.group_mut(&t, &e);
+            if g.needs_refill() {
+                let (loaded, complete) = scan_ready(&store, queue, &t, &e, g.cursor, super::queue_state::REFILL)?;
+                g.refilled(loaded, complete);
+            }
+            let Some((pos, _ready_at)) = g.pop() else {
+                // The counter promised jobs the index doesn't have: trust the index.
+                tracing::error!(queue, tenant = %t, environment = %e, ready = g.ready, "ready counter out of step with the index; repairing");
+                g.ready = 0;
+                g.exhausted = true;
+                q.mark_group(&t, &e);
+                continue;
+            };
+            q.mark_group(&t, &e);
+            let id = JobId(pos.1);
+            let rkey = keys::ready(&t, &e, pos);
+            let Some(rec) = self.w.read_job(queue, id)? else {
+                tracing::error!(queue, job = %id, "ready index names a missing job; dropping the entry");
+                self.w.delete(queue, &rkey);
+                continue;
+            };
+            let q = self.queues.get_mut(queue).expect("checked above");
+            let duration_ms = lease_ms
+                .or((rec.lease_duration_ms > 0).then_some(rec.lease_duration_ms))
+                .unwrap_or_else(|| duration_millis(q.config.default_lease));
+            let lease = ActiveLease {
+                lease_id: LeaseId::random(),
+                expires_at: now.saturating_add(duration_ms),
+                attempt: rec.attempt + 1,
+                duration_ms,
+                worker_id,
+                consumer,
+                record: rec,
+            };
+            let max = super::ops::effective_max_attempts(&lease.record, &q.config);
+            let delivery = view::delivery(queue, id, &lease, max);
+            q.group_mut(&t, &e).leased += 1;
+            q.lease_expiry.insert((lease.expires_at, id));
+            let lrec = super::ops::lease_record(&lease);
+            q.leases.insert(id, lease);
+            self.w.delete(queue, &rkey);
+            self.w.put(queue, &keys::lease(id), &lrec.encode_to_vec());
+            return Ok(Some((id, delivery)));
+        }
+    }
+
+    /// After a successful commit: send Work stream deliveries. A stream that
+    /// is gone gives its leases back.
+    pub(super) fn deliver_committed(&mut self) {
+        let mut gone = Vec::new();
+        for o in std::mem::take(&mut self.outbox) {
+            let sent = self.consumers.get(&o.consumer).is_some_and(|c| {
+                c.tx.send(Ok(pb::WorkResponse { response: Some(pb::work_response::Response::Delivery(o.delivery)) }))
+                    .is_ok()
+            });
+            if !sent {
+                tracing::debug!(queue = %o.queue, job = %o.job, "delivery not sent: worker stream closed");
+                gone.push(o.consumer);
+            }
+        }
+        gone.dedup();
+        for id in gone {
+            self.unsubscribe(id, "worker stream closed");
+        }
+    }
+
+    pub(super) fn drop_uncommitted_deliveries(&mut self) {
+        self.outbox.clear();
+        for w in &mut self.waiters {
+            w.got.clear();
+            w.leases.clear();
+        }
+    }
+
+    /// Answers long-polls that got jobs or ran out of time. Jobs leased for a
+    /// caller that hung up go straight back to ready, without an attempt.
+    pub(super) fn finish_waiters(&mut self) {
+        let now = now_millis();
+        let mut undelivered = Vec::new();
+        let mut keep = Vec::with_capacity(self.waiters.len());
+        for mut w in std::mem::take(&mut self.waiters) {
+            let closed = w.reply.as_ref().is_none_or(|r| r.is_closed());
+            if w.got.is_empty() && w.deadline > now && !closed {
+                keep.push(w);
+                continue;
+            }
+            let got = std::mem::take(&mut w.got);
+            let delivered = match w.reply.take() {
+                Some(reply) => reply.send(Ok(got)).is_ok(),
+                None => false,
+            };
+            if !delivered {
+                undelivered.extend(w.leases);
+            }
+        }
+        self.waiters = keep;
+        for (queue, job) in undelivered {
+            if let Err(e) = self.undeliver(&queue, job) {
+                self.w.poison(e);
+            }
+        }
+    }
+
+    /// Reverts a lease whose delivery never reached anyone.
+    fn undeliver(&mut self, queue: &str, job: JobId) -> Result<()> {
+        let Some(q) = self.queues.get_mut(queue) else { return Ok(()) };
+        let Some(l) = q.leases.remove(&job) else { return Ok(()) };
+        q.lease_expiry.remove(&(l.expires_at, job));
+        let (t, e) = (l.record.tenant.clone(), l.record.environment.clone());
+        let g = q.group_mut(&t, &e);
+        g.leased = g.leased.saturating_sub(1);
+        let pos = (keys::inv_priority(l.record.priority), job.0);
+        let now = self.now;
+        q.add_ready(&t, &e, pos, now);
+        self.w.delete(queue, &keys::lease(job));
+        self.w.put(queue, &keys::ready(&t, &e, pos), &now.to_be_bytes());
+        Ok(())
+    }
+}
+
+/// Up to `limit` ready entries of a group after `cursor`, in lease order;
+/// the flag is true when the scan reached the end of the group.
+pub(super) fn scan_ready(
+    store: &Store,
+    queue: &str,
+    tenant: &str,
+    env: &str,
+    cursor: Option<ReadyPos>,
+    limit: usize,
+) -> Result<(Vec<(ReadyPos, Millis)>, bool)> {
+    let cf = store.cf(queue)?;
+    let prefix = keys::group_prefix(keys::READY, tenant, env);
+    let start = match cursor {
+        Some(c) => keys::successor(&keys::ready(tenant, env, c)),
+        None => prefix.clone(),
+    };
+    let mut ro = ReadOptions::default();
+    ro.set_iterate_upper_bound(keys::prefix_end(&prefix));
+    let mut out = Vec::with_capacity(limit.min(256));
+    for item in store.db().iterator_cf_opt(&cf, ro, IteratorMode::From(&start, Direction::Forward)) {
+        let (k, v) = item?;
+        let Some(pos) = keys::ready_pos(&k) else { continue };
+        let ready_at = v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
+        out.push((pos, ready_at));
+        if out.len() >= limit {
+            return Ok((out, false));
+        }
+    }
+    Ok((out, true))
+}

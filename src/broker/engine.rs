@@ -1,0 +1,440 @@
+//! The writer thread: the only owner of mutable broker state.
+//!
+//! One turn of the loop: take every command waiting, apply each to memory and
+//! to one `WriteBatch`, run timers (due scheduled jobs, expired leases), commit
+//! the batch with one fsync, answer every caller, then hand ready jobs to
+//! waiting workers (whose leases are committed the same way). A caller is
+//! answered only after its write is durable.
+
+use super::dispatch::{Consumer, Outgoing, Waiter};
+use super::ops::Task;
+use super::queue_state::{ActiveLease, Group, QueueState};
+use super::{Command, Registry};
+use crate::error::{BrokerError, Result};
+use crate::model::{now_millis, JobId, LeaseId, Millis};
+use crate::storage::keys;
+use crate::storage::records::{JobRecord, LeaseRecord, QueueCounters};
+use crate::storage::Store;
+use prost::Message;
+use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+
+/// Most commands applied in one turn, so one fsync never waits on an
+/// unbounded amount of work.
+const MAX_COMMANDS_PER_TURN: usize = 4096;
+/// Longest sleep between turns: timers are checked at least this often.
+const MAX_IDLE: Duration = Duration::from_millis(250);
+
+/// Runs once the batch it waited on has committed (or failed to).
+pub(super) type AfterCommit = Box<dyn FnOnce(Option<&BrokerError>) + Send>;
+
+/// The pending batch plus a view of what it changes, so reads made while
+/// building it see its own writes (job records, dedup and scheduled keys).
+pub(super) struct Writes {
+    pub store: Store,
+    batch: WriteBatch,
+    /// (queue, key) -> value after this batch; `None` = deleted.
+    overlay: HashMap<(String, Vec<u8>), Option<Vec<u8>>>,
+    /// Run after the commit, with its error if it failed.
+    after: Vec<AfterCommit>,
+    /// A failure while building the batch: the whole batch must not commit.
+    poisoned: Option<BrokerError>,
+}
+
+fn tracked(key: &[u8]) -> bool {
+    matches!(key.first(), Some(&keys::JOB) | Some(&keys::DEDUP) | Some(&keys::SCHEDULED))
+}
+
+impl Writes {
+    pub fn put(&mut self, queue: &str, key: &[u8], value: &[u8]) {
+        let batch = &mut self.batch;
+        let staged = self.store.cf(queue).map(|cf| batch.put_cf(&cf, key, value));
+        if let Err(e) = staged {
+            return self.poison(e);
+        }
+        if tracked(key) {
+            self.overlay.insert((queue.to_string(), key.to_vec()), Some(value.to_vec()));
+        }
+    }
+
+    pub fn delete(&mut self, queue: &str, key: &[u8]) {
+        let batch = &mut self.batch;
+        let staged = self.store.cf(queue).map(|cf| batch.delete_cf(&cf, key));
+        if let Err(e) = staged {
+            return self.poison(e);
+        }
+        if tracked(key) {
+            self.overlay.insert((queue.to_string(), key.to_vec()), None);
+        }
+    }
+
+    /// True when this batch deletes `key`.
+    pub fn deletes(&self, queue: &str, key: &[u8]) -> bool {
+        matches!(self.overlay.get(&(queue.to_string(), key.to_vec())), Some(None))
+    }
+
+    /// Reads a key as it will be after this batch.
+    pub fn get(&self, queue: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if let Some(v) = self.overlay.get(&(queue.to_string(), key.to_vec())) {
+            return Ok(v.clone());
+        }
+        let cf = self.store.cf(queue)?;
+        Ok(self.store.db().get_cf(&cf, key)?)
+    }
+
+    pub fn read_job(&self, queue: &str, id: JobId) -> Result<Option<JobRecord>> {
+        match self.get(queue, &keys::job(id))? {
+            None => Ok(None),
+            Some(v) => JobRecord::decode(v.as_slice())
+                .map(Some)
+                .map_err(|e| BrokerError::Storage(format!("corrupt job {id} in {queue}: {e}"))),
+        }
+    }
+
+    pub fn put_job(&mut self, queue: &str, id: JobId, rec: &JobRecord) {
+        self.put(queue, &keys::job(id), &rec.encode_to_vec());
+    }
+
+    pub fn after(&mut self, f: AfterCommit) {
+        self.after.push(f);
+    }
+
+    /// Marks the batch as unfit to commit (e.g. a read failed half way
+    /// through an atomic enqueue). Everyone waiting on it gets the error.
+    pub fn poison(&mut self, e: BrokerError) {
+        tracing::error!(error = %e, "storage failure while building a write batch");
+        self.poisoned.get_or_insert(e);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batch.is_empty() && self.after.is_empty() && self.poisoned.is_none()
+    }
+
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.is_some()
+    }
+
+    pub fn put_queue_meta(&mut self, meta: &crate::storage::records::QueueMeta) {
+        if let Err(e) = self.store.put_queue_meta(&mut self.batch, meta) {
+            self.poison(e);
+        }
+    }
+}
+
+pub(super) struct Engine {
+    pub rx: flume::Receiver<Command>,
+    pub w: Writes,
+    pub registry: Registry,
+    pub queues: HashMap<String, QueueState>,
+    pub consumers: BTreeMap<u64, Consumer>,
+    pub waiters: Vec<Waiter>,
+    /// Work stream deliveries waiting for their leases to commit.
+    pub outbox: Vec<Outgoing>,
+    pub tasks: VecDeque<Task>,
+    /// Next job id to hand out.
+    pub next_id: u64,
+    /// Highest id recorded on disk; ids above it are re-usable after a crash
+    /// only because no caller ever saw them.
+    pub id_hwm: u64,
+    /// The time of this turn: one value for the whole turn so ordering
+    /// decisions (scheduled vs ready, promotion) agree with each other.
+    pub now: Millis,
+    pub stopping: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Engine {
+    pub fn recover(store: Store, registry: Registry, rx: flume::Receiver<Command>) -> Result<Engine> {
+        let started = std::time::Instant::now();
+        let id_hwm = store.load_id_hwm()?;
+        let mut engine = Engine {
+            rx,
+            w: Writes {
+                store,
+                batch: WriteBatch::default(),
+                overlay: HashMap::new(),
+                after: Vec::new(),
+                poisoned: None,
+            },
+            registry,
+            queues: HashMap::new(),
+            consumers: BTreeMap::new(),
+            waiters: Vec::new(),
+            outbox: Vec::new(),
+            tasks: VecDeque::new(),
+            next_id: id_hwm + 1,
+            id_hwm,
+            now: now_millis(),
+            stopping: None,
+        };
+        engine.load_all()?;
+        let leases: usize = engine.queues.values().map(|q| q.leases.len()).sum();
+        tracing::info!(
+            queues = engine.queues.len(),
+            leases,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "recovered broker state"
+        );
+        Ok(engine)
+    }
+
+    /// Rebuilds all in-memory state from disk: O(queues + groups + leases),
+    /// never O(jobs).
+    pub fn load_all(&mut self) -> Result<()> {
+        self.queues.clear();
+        let metas = self.w.store.load_queues()?;
+        for meta in metas {
+            let q = load_queue(&self.w.store, &meta)?;
+            self.queues.insert(meta.name.clone(), q);
+        }
+        self.publish_registry();
+        for c in self.consumers.values_mut() {
+            c.in_flight = 0;
+            c.leases.clear();
+        }
+        Ok(())
+    }
+
+    pub fn publish_registry(&self) {
+        if let Ok(mut reg) = self.registry.write() {
+            reg.clear();
+            for q in self.queues.values() {
+                reg.insert(q.name.clone(), super::QueueInfo { config: q.config.clone(), paused: q.paused });
+            }
+        }
+    }
+
+    pub fn alloc_id(&mut self) -> JobId {
+        let id = self.next_id;
+        self.next_id += 1;
+        JobId(id)
+    }
+
+    pub fn run(mut self) {
+        loop {
+            let timeout = self.next_wakeup();
+            let first = match self.rx.recv_timeout(timeout) {
+                Ok(cmd) => Some(cmd),
+                Err(flume::RecvTimeoutError::Timeout) => None,
+                Err(flume::RecvTimeoutError::Disconnected) => break,
+            };
+            self.now = now_millis();
+            if let Some(cmd) = first {
+                self.apply(cmd);
+            }
+            let mut n = 1;
+            while n < MAX_COMMANDS_PER_TURN {
+                match self.rx.try_recv() {
+                    Ok(cmd) => self.apply(cmd),
+                    Err(_) => break,
+                }
+                n += 1;
+            }
+            self.run_timers();
+            self.run_tasks();
+            self.commit();
+            // Dispatch reads the ready index, so it runs on committed state.
+            self.dispatch();
+            self.commit();
+            self.finish_waiters();
+            if self.stopping.is_some() && self.rx.is_empty() {
+                break;
+            }
+        }
+        self.commit();
+        if let Err(e) = self.w.store.sync_wal() {
+            tracing::error!(error = %e, "final WAL sync failed");
+        }
+        tracing::info!("writer stopped; storage closed cleanly");
+        if let Some(done) = self.stopping.take() {
+            let _ = done.send(());
+        }
+    }
+
+    fn next_wakeup(&self) -> Duration {
+        if !self.tasks.is_empty() {
+            return Duration::ZERO;
+        }
+        let now = now_millis();
+        let mut due = now + MAX_IDLE.as_millis() as u64;
+        for q in self.queues.values() {
+            if let Some((t, _)) = q.lease_expiry.first() {
+                due = due.min(*t);
+            }
+            if let Some(t) = q.next_due {
+                due = due.min(t);
+            }
+        }
+        for w in &self.waiters {
+            due = due.min(w.deadline);
+        }
+        Duration::from_millis(due.saturating_sub(now))
+    }
+
+    fn apply(&mut self, cmd: Command) {
+        match cmd {
+            Command::Enqueue { jobs, batch, reply } => self.enqueue(jobs, batch, reply),
+            Command::Settle { queue, job, lease, action, reply } => self.settle(queue, job, lease, action, reply),
+            Command::Cancel { queue, job, reply } => self.cancel(queue, job, reply),
+            Command::Subscribe { id, sub, tx } => self.subscribe(id, sub, tx),
+            Command::Unsubscribe { id } => self.unsubscribe(id, "worker disconnected"),
+            Command::Lease { spec, reply } => self.add_waiter(spec, reply),
+            Command::CreateQueue { name, config, reply } => self.create_queue(name, config, reply),
+            Command::UpdateQueue { name, patch, reply } => self.update_queue(name, patch, reply),
+            Command::DeleteQueue { name, force, reply } => self.delete_queue(name, force, reply),
+            Command::SetPaused { name, paused, reply } => self.set_paused(name, paused, reply),
+            Command::Stats { queue, reply } => {
+                let _ = reply.send(self.stats(&queue));
+            }
+            Command::Redrive { queue, tenant, env, limit, reply } => {
+                self.start_redrive(queue, tenant, env, limit, reply)
+            }
+            Command::Purge { queue, state, reply } => self.start_purge(queue, state, reply),
+            Command::Shutdown { done } => self.begin_shutdown(done),
+        }
+    }
+
+    /// Commits the batch (one fsync) and runs what waited on it.
+    pub fn commit(&mut self) {
+        self.stage_counters();
+        if self.w.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.w.batch);
+        let result = match self.w.poisoned.take() {
+            Some(e) => Err(e),
+            None => self.w.store.write(batch),
+        };
+        self.w.overlay.clear();
+        let after = std::mem::take(&mut self.w.after);
+        match result {
+            Ok(()) => {
+                for f in after {
+                    f(None);
+                }
+                self.deliver_committed();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "commit failed; answering callers with the error and reloading state from disk");
+                for f in after {
+                    f(Some(&e));
+                }
+                self.drop_uncommitted_deliveries();
+                if let Err(e) = self.load_all() {
+                    tracing::error!(error = %e, "reloading state after a failed commit failed");
+                }
+            }
+        }
+    }
+
+    /// Adds changed counters (and the id high-water mark) to the batch, so
+    /// counters are always exactly as durable as the changes they count.
+    fn stage_counters(&mut self) {
+        for q in self.queues.values_mut() {
+            if q.totals_dirty {
+                q.totals_dirty = false;
+                self.w.put(&q.name, &keys::TOTALS_KEY, &q.counters.encode_to_vec());
+            }
+            let dirty: Vec<_> = q.dirty_groups.drain().collect();
+            for (t, e) in dirty {
+                let key = keys::group_count(&t, &e);
+                match q.group(&t, &e).map(|g| g.ready).unwrap_or(0) {
+                    0 => self.w.delete(&q.name, &key),
+                    n => self.w.put(&q.name, &key, &n.to_be_bytes()),
+                }
+                q.forget_group_if_idle(&t, &e);
+            }
+        }
+        let last = self.next_id - 1;
+        if last > self.id_hwm && !self.w.batch.is_empty() {
+            if let Err(e) = self.w.store.put_id_hwm(&mut self.w.batch, last) {
+                self.w.poison(e);
+            }
+            self.id_hwm = last;
+        }
+    }
+}
+
+/// Loads one queue's counters, groups with ready jobs, leases and next
+/// scheduled time.
+fn load_queue(store: &Store, meta: &crate::storage::records::QueueMeta) -> Result<QueueState> {
+    let cf = store.cf(&meta.name)?;
+    let db = store.db();
+    let counters = match db.get_cf(&cf, keys::TOTALS_KEY)? {
+        Some(v) => QueueCounters::decode(v.as_slice())
+            .map_err(|e| BrokerError::Storage(format!("corrupt counters of {}: {e}", meta.name)))?,
+        None => QueueCounters::default(),
+    };
+    let mut q = QueueState::new(meta, counters);
+    for (k, v) in scan_prefix(store, &meta.name, &[keys::GROUP_COUNT])? {
+        let Some((t, e)) = keys::group_of(&k) else { continue };
+        let ready = v.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(0);
+        if ready > 0 {
+            q.groups.entry(t.to_string()).or_default().insert(e.to_string(), Group::new(ready));
+            q.scheduler.activate(t, e);
+        }
+    }
+    for (k, v) in scan_prefix(store, &meta.name, &[keys::LEASE])? {
+        let Some(id) = keys::trailing_id(&k) else { continue };
+        let lr = LeaseRecord::decode(v.as_slice())
+            .map_err(|e| BrokerError::Storage(format!("corrupt lease of job {id}: {e}")))?;
+        let Some(raw) = db.get_cf(&cf, keys::job(id))? else {
+            tracing::warn!(queue = %meta.name, job = %id, "lease without a job; dropping it");
+            let mut b = WriteBatch::default();
+            b.delete_cf(&cf, k);
+            store.write(b)?;
+            continue;
+        };
+        let record =
+            JobRecord::decode(raw.as_slice()).map_err(|e| BrokerError::Storage(format!("corrupt job {id}: {e}")))?;
+        let mut lease_id = [0u8; 16];
+        if lr.lease_id.len() == 16 {
+            lease_id.copy_from_slice(&lr.lease_id);
+        }
+        q.group_mut(&record.tenant, &record.environment).leased += 1;
+        q.lease_expiry.insert((lr.expires_at_ms, id));
+        q.leases.insert(
+            id,
+            ActiveLease {
+                lease_id: LeaseId(lease_id),
+                expires_at: lr.expires_at_ms,
+                attempt: lr.attempt,
+                duration_ms: lr.duration_ms,
+                worker_id: lr.worker_id,
+                consumer: None,
+                record,
+            },
+        );
+    }
+    q.next_due = first_scheduled(store, &meta.name, 0)?;
+    Ok(q)
+}
+
+/// All entries under a prefix (used at startup for small key ranges).
+fn scan_prefix(store: &Store, queue: &str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let cf = store.cf(queue)?;
+    let mut ro = ReadOptions::default();
+    ro.set_iterate_upper_bound(keys::prefix_end(prefix));
+    let mut out = Vec::new();
+    for item in store.db().iterator_cf_opt(&cf, ro, IteratorMode::From(prefix, Direction::Forward)) {
+        let (k, v) = item?;
+        out.push((k.to_vec(), v.to_vec()));
+    }
+    Ok(out)
+}
+
+/// The run_at of the first scheduled job at or after `from`.
+pub(super) fn first_scheduled(store: &Store, queue: &str, from: Millis) -> Result<Option<Millis>> {
+    let cf = store.cf(queue)?;
+    let mut ro = ReadOptions::default();
+    ro.set_iterate_upper_bound(vec![keys::SCHEDULED + 1]);
+    let start = keys::scheduled(from, JobId(0));
+    let mut it = store.db().iterator_cf_opt(&cf, ro, IteratorMode::From(&start, Direction::Forward));
+    match it.next() {
+        Some(item) => {
+            let (k, _) = item?;
+            Ok(keys::scheduled_parts(&k).map(|(t, _)| t))
+        }
+        None => Ok(None),
+    }
+}

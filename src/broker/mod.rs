@@ -1,0 +1,337 @@
+//! The broker: a cheap, cloneable async handle in front of one writer thread
+//! (the [`engine`]) that owns all mutable state and every RocksDB write.
+//!
+//! Handlers send commands over a bounded channel; the engine applies all
+//! commands waiting, commits them as one synced `WriteBatch` (group commit),
+//! then answers. Reads that need no in-memory state (`GetJob`, `ListJobs`) go
+//! straight to RocksDB on the blocking pool, never on the async runtime.
+
+mod dispatch;
+mod engine;
+mod ops;
+mod queue_state;
+mod reads;
+pub mod view;
+
+use crate::error::{BrokerError, Result};
+use crate::model::{JobId, JobState, LeaseId, Millis, NewJob, QueueConfig};
+use crate::pb;
+use crate::storage::{Durability, Store};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Where a Work stream's responses go.
+pub type StreamTx = mpsc::UnboundedSender<std::result::Result<pb::WorkResponse, tonic::Status>>;
+
+/// What a queue looks like to request handlers (validation without a round
+/// trip to the writer).
+#[derive(Debug, Clone)]
+pub struct QueueInfo {
+    pub config: QueueConfig,
+    pub paused: bool,
+}
+
+/// Queue definitions readable from any thread; only the engine writes it.
+pub type Registry = Arc<RwLock<HashMap<String, QueueInfo>>>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnqueueOutcome {
+    pub id: JobId,
+    pub deduplicated: bool,
+}
+
+/// What a worker does with a leased job.
+#[derive(Debug, Clone)]
+pub enum SettleAction {
+    Ack,
+    Nack { error: String, retry_after: Option<Duration>, dead: bool },
+    Extend { duration: Option<Duration> },
+}
+
+impl SettleAction {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SettleAction::Ack => "ack",
+            SettleAction::Nack { .. } => "nack",
+            SettleAction::Extend { .. } => "extend",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SettleOutcome {
+    Acked,
+    Nacked { state: JobState, run_at: Option<Millis> },
+    Extended { expires_at: Millis },
+}
+
+/// Who hears about a settle: a unary caller, or a Work stream.
+pub enum SettleReply {
+    Unary(oneshot::Sender<Result<SettleOutcome>>),
+    Stream { tx: StreamTx, job_id: String, kind: &'static str },
+}
+
+/// A Work stream's subscription.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    pub queues: Vec<String>,
+    pub worker_id: String,
+    pub worker_version: String,
+    pub max_in_flight: u32,
+    pub lease_duration: Option<Duration>,
+}
+
+/// A unary long-poll lease.
+#[derive(Debug, Clone)]
+pub struct LeaseSpec {
+    pub queues: Vec<String>,
+    pub max_jobs: u32,
+    pub wait: Duration,
+    pub lease_duration: Option<Duration>,
+    pub worker_id: String,
+}
+
+/// Fields of `UpdateQueue` that were set.
+#[derive(Debug, Clone, Default)]
+pub struct QueueConfigPatch {
+    pub default_lease: Option<Duration>,
+    pub max_attempts: Option<u32>,
+    pub backoff_initial: Option<Duration>,
+    pub backoff_max: Option<Duration>,
+    pub dedup_window: Option<Duration>,
+    pub max_payload_bytes: Option<u32>,
+}
+
+impl QueueConfigPatch {
+    pub fn apply(&self, base: &QueueConfig) -> QueueConfig {
+        QueueConfig {
+            default_lease: self.default_lease.unwrap_or(base.default_lease),
+            max_attempts: self.max_attempts.unwrap_or(base.max_attempts),
+            backoff_initial: self.backoff_initial.unwrap_or(base.backoff_initial),
+            backoff_max: self.backoff_max.unwrap_or(base.backoff_max),
+            dedup_window: self.dedup_window.unwrap_or(base.dedup_window),
+            max_payload_bytes: self.max_payload_bytes.unwrap_or(base.max_payload_bytes),
+        }
+    }
+}
+
+type Reply<T> = oneshot::Sender<Result<T>>;
+
+/// Everything the engine can be asked to do.
+pub(crate) enum Command {
+    Enqueue { jobs: Vec<NewJob>, batch: bool, reply: Reply<Vec<EnqueueOutcome>> },
+    Settle { queue: String, job: JobId, lease: LeaseId, action: SettleAction, reply: SettleReply },
+    Cancel { queue: String, job: JobId, reply: Reply<bool> },
+    Subscribe { id: u64, sub: Subscription, tx: StreamTx },
+    Unsubscribe { id: u64 },
+    Lease { spec: LeaseSpec, reply: Reply<Vec<pb::Delivery>> },
+    CreateQueue { name: String, config: QueueConfig, reply: Reply<pb::Queue> },
+    UpdateQueue { name: String, patch: QueueConfigPatch, reply: Reply<pb::Queue> },
+    DeleteQueue { name: String, force: bool, reply: Reply<bool> },
+    SetPaused { name: String, paused: bool, reply: Reply<pb::Queue> },
+    Stats { queue: String, reply: Reply<pb::QueueStats> },
+    Redrive { queue: String, tenant: Option<String>, env: Option<String>, limit: u64, reply: Reply<u64> },
+    Purge { queue: String, state: Option<JobState>, reply: Reply<u64> },
+    Shutdown { done: oneshot::Sender<()> },
+}
+
+/// Bound on queued commands: beyond it, callers wait (backpressure) instead
+/// of growing memory without limit.
+const COMMAND_QUEUE: usize = 65_536;
+
+/// The async face of the broker. Cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    tx: flume::Sender<Command>,
+    store: Store,
+    registry: Registry,
+    next_consumer: Arc<std::sync::atomic::AtomicU64>,
+    engine: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl Broker {
+    /// Opens (or creates) the data dir, recovers state and starts the writer.
+    pub fn open(data_dir: &Path, durability: Durability) -> Result<Broker> {
+        let store = Store::open(data_dir, durability)?;
+        let registry: Registry = Arc::default();
+        let (tx, rx) = flume::bounded(COMMAND_QUEUE);
+        let engine = engine::Engine::recover(store.clone(), registry.clone(), rx)?;
+        let handle = std::thread::Builder::new()
+            .name("fairway-writer".into())
+            .spawn(move || engine.run())
+            .map_err(|e| BrokerError::Storage(format!("cannot start writer thread: {e}")))?;
+        Ok(Broker {
+            tx,
+            store,
+            registry,
+            next_consumer: Arc::new(1.into()),
+            engine: Arc::new(Mutex::new(Some(handle))),
+        })
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send_async(make(reply)).await.map_err(|_| BrokerError::ShuttingDown)?;
+        rx.await.map_err(|_| BrokerError::ShuttingDown)?
+    }
+
+    pub fn queue_info(&self, queue: &str) -> Result<QueueInfo> {
+        self.registry
+            .read()
+            .map_err(|_| BrokerError::Storage("queue registry poisoned".into()))?
+            .get(queue)
+            .cloned()
+            .ok_or_else(|| BrokerError::QueueNotFound(queue.to_string()))
+    }
+
+    /// Enqueues jobs atomically: either all are stored or none.
+    pub async fn enqueue(&self, jobs: Vec<NewJob>, batch: bool) -> Result<Vec<EnqueueOutcome>> {
+        for (i, job) in jobs.iter().enumerate() {
+            let ctx = |e: BrokerError| if batch { e.context(&format!("jobs[{i}]")) } else { e };
+            let info = self.queue_info(&job.queue).map_err(ctx)?;
+            if job.payload.len() > info.config.max_payload_bytes as usize {
+                return Err(ctx(BrokerError::InvalidArgument(format!(
+                    "payload is {} bytes; queue {:?} accepts at most {} (QueueConfig.max_payload_bytes)",
+                    job.payload.len(),
+                    job.queue,
+                    info.config.max_payload_bytes
+                ))));
+            }
+        }
+        self.call(|reply| Command::Enqueue { jobs, batch, reply }).await
+    }
+
+    pub async fn settle(
+        &self,
+        queue: String,
+        job: JobId,
+        lease: LeaseId,
+        action: SettleAction,
+    ) -> Result<SettleOutcome> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::Settle { queue, job, lease, action, reply: SettleReply::Unary(reply) };
+        self.tx.send_async(cmd).await.map_err(|_| BrokerError::ShuttingDown)?;
+        rx.await.map_err(|_| BrokerError::ShuttingDown)?
+    }
+
+    /// Settles from a Work stream: the outcome is pushed onto the stream.
+    pub async fn settle_on_stream(
+        &self,
+        queue: String,
+        job: JobId,
+        lease: LeaseId,
+        action: SettleAction,
+        tx: StreamTx,
+    ) -> Result<()> {
+        let reply = SettleReply::Stream { tx, job_id: job.to_string(), kind: action.kind() };
+        let cmd = Command::Settle { queue, job, lease, action, reply };
+        self.tx.send_async(cmd).await.map_err(|_| BrokerError::ShuttingDown)
+    }
+
+    pub async fn cancel(&self, queue: String, job: JobId) -> Result<bool> {
+        self.call(|reply| Command::Cancel { queue, job, reply }).await
+    }
+
+    /// Registers a Work stream; deliveries flow to `tx` until [`Self::unsubscribe`].
+    pub async fn subscribe(&self, sub: Subscription, tx: StreamTx) -> Result<u64> {
+        for q in &sub.queues {
+            self.queue_info(q)?;
+        }
+        let id = self.next_consumer.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.tx.send_async(Command::Subscribe { id, sub, tx }).await.map_err(|_| BrokerError::ShuttingDown)?;
+        Ok(id)
+    }
+
+    /// Ends a Work stream: its leases go back to ready at once.
+    pub fn unsubscribe(&self, id: u64) {
+        // Must not be lost even if the caller is being dropped: a blocking
+        // send is fine here because the queue only fills under extreme load.
+        if self.tx.try_send(Command::Unsubscribe { id }).is_err() {
+            let tx = self.tx.clone();
+            std::thread::spawn(move || {
+                let _ = tx.send(Command::Unsubscribe { id });
+            });
+        }
+    }
+
+    pub async fn lease(&self, spec: LeaseSpec) -> Result<Vec<pb::Delivery>> {
+        for q in &spec.queues {
+            self.queue_info(q)?;
+        }
+        self.call(|reply| Command::Lease { spec, reply }).await
+    }
+
+    pub async fn create_queue(&self, name: String, config: QueueConfig) -> Result<pb::Queue> {
+        self.call(|reply| Command::CreateQueue { name, config, reply }).await
+    }
+
+    pub async fn update_queue(&self, name: String, patch: QueueConfigPatch) -> Result<pb::Queue> {
+        self.call(|reply| Command::UpdateQueue { name, patch, reply }).await
+    }
+
+    pub async fn delete_queue(&self, name: String, force: bool) -> Result<bool> {
+        self.call(|reply| Command::DeleteQueue { name, force, reply }).await
+    }
+
+    pub async fn set_paused(&self, name: String, paused: bool) -> Result<pb::Queue> {
+        self.call(|reply| Command::SetPaused { name, paused, reply }).await
+    }
+
+    pub fn get_queue(&self, name: &str) -> Result<pb::Queue> {
+        let info = self.queue_info(name)?;
+        Ok(view::queue(name, &info.config, info.paused))
+    }
+
+    pub fn list_queues(&self) -> Result<Vec<pb::Queue>> {
+        let reg = self.registry.read().map_err(|_| BrokerError::Storage("queue registry poisoned".into()))?;
+        let mut out: Vec<_> = reg.iter().map(|(n, i)| view::queue(n, &i.config, i.paused)).collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    pub async fn stats(&self, queue: String) -> Result<pb::QueueStats> {
+        self.call(|reply| Command::Stats { queue, reply }).await
+    }
+
+    pub async fn redrive(&self, queue: String, tenant: Option<String>, env: Option<String>, limit: u64) -> Result<u64> {
+        self.call(|reply| Command::Redrive { queue, tenant, env, limit, reply }).await
+    }
+
+    pub async fn purge(&self, queue: String, state: Option<JobState>) -> Result<u64> {
+        self.call(|reply| Command::Purge { queue, state, reply }).await
+    }
+
+    pub async fn get_job(&self, queue: String, job: JobId) -> Result<pb::Job> {
+        let info = self.queue_info(&queue)?;
+        let store = self.store.clone();
+        spawn_read(move || reads::get_job(&store, &queue, &info.config, job)).await
+    }
+
+    pub async fn list_jobs(&self, req: reads::ListJobs) -> Result<(Vec<pb::Job>, String)> {
+        let info = self.queue_info(&req.queue)?;
+        let store = self.store.clone();
+        spawn_read(move || reads::list_jobs(&store, &info.config, &req)).await
+    }
+
+    /// Stops the writer after it has answered everything already sent, and
+    /// closes RocksDB cleanly (every acknowledged write is on disk).
+    pub async fn shutdown(&self) {
+        let (done, rx) = oneshot::channel();
+        if self.tx.send_async(Command::Shutdown { done }).await.is_ok() {
+            let _ = rx.await;
+        }
+        let handle = self.engine.lock().ok().and_then(|mut h| h.take());
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
+}
+
+async fn spawn_read<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| BrokerError::Storage(format!("read task failed: {e}")))?
+}
+
+pub use reads::ListJobs;

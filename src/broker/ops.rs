@@ -1,0 +1,909 @@
+//! State transitions applied by the engine: enqueue, settle (ack, nack,
+//! extend), cancel, expiry, promotion of scheduled jobs, dead letters, and
+//! the admin operations. Each one changes memory and stages its writes in the
+//! pending batch; callers are answered after the batch commits.
+
+use super::engine::{first_scheduled, AfterCommit, Engine};
+use super::queue_state::{meta_from_config, ActiveLease, QueueState};
+use super::{view, EnqueueOutcome, QueueConfigPatch, Reply, SettleAction, SettleOutcome, SettleReply};
+use crate::error::{BrokerError, Result};
+use crate::model::{duration_millis, JobId, JobState, LeaseId, Millis, NewJob, QueueConfig, MAX_ERROR_BYTES};
+use crate::pb;
+use crate::storage::keys::{self, ReadyPos};
+use crate::storage::records::{stored_state, GroupRef, JobRecord, LeaseRecord, QueueCounters};
+use prost::Message;
+use rocksdb::{Direction, IteratorMode, ReadOptions};
+use std::time::Duration;
+
+/// Most index entries a redrive or purge handles per turn, so a huge one
+/// never stalls other work.
+const TASK_CHUNK: usize = 2_000;
+/// Most scheduled jobs promoted per queue per turn.
+const PROMOTE_CHUNK: usize = 10_000;
+
+/// A raw (key, value) pair read from an index.
+type Entry = (Vec<u8>, Vec<u8>);
+
+/// A long admin operation, done a chunk per turn.
+pub(super) enum Task {
+    Redrive {
+        queue: String,
+        generation: u64,
+        prefix: Vec<u8>,
+        env: Option<String>,
+        remaining: u64,
+        done: u64,
+        resume: Option<Vec<u8>>,
+        reply: Reply<u64>,
+    },
+    Purge {
+        queue: String,
+        generation: u64,
+        /// Index tags still to sweep (S, R, X).
+        tags: Vec<u8>,
+        resume: Option<Vec<u8>>,
+        done: u64,
+        reply: Reply<u64>,
+    },
+}
+
+/// Where a job goes when its lease ends without an ack.
+enum Next {
+    Ready,
+    After(Duration),
+    Dead,
+}
+
+fn truncate_error(mut s: String) -> String {
+    if s.len() > MAX_ERROR_BYTES {
+        let mut cut = MAX_ERROR_BYTES;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+pub(super) fn effective_max_attempts(rec: &JobRecord, cfg: &QueueConfig) -> u32 {
+    if rec.max_attempts == 0 {
+        cfg.max_attempts
+    } else {
+        rec.max_attempts
+    }
+}
+
+/// Answers after the commit: with `value` if it succeeded.
+fn reply_after<T: Send + 'static>(reply: Reply<T>, value: T) -> AfterCommit {
+    Box::new(move |err| {
+        let _ = reply.send(match err {
+            None => Ok(value),
+            Some(e) => Err(e.clone()),
+        });
+    })
+}
+
+impl Engine {
+    fn queue_mut(&mut self, name: &str) -> Result<&mut QueueState> {
+        self.queues.get_mut(name).ok_or_else(|| BrokerError::QueueNotFound(name.to_string()))
+    }
+
+    // ------------------------------------------------------------- enqueue
+
+    pub(super) fn enqueue(&mut self, jobs: Vec<NewJob>, batch: bool, reply: Reply<Vec<EnqueueOutcome>>) {
+        // Validate all before writing any, so a bad item writes nothing.
+        for (i, job) in jobs.iter().enumerate() {
+            if !self.queues.contains_key(&job.queue) {
+                let e = BrokerError::QueueNotFound(job.queue.clone());
+                let _ = reply.send(Err(if batch { e.context(&format!("jobs[{i}]")) } else { e }));
+                return;
+            }
+        }
+        let mut out = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            match self.enqueue_one(job) {
+                Ok(o) => out.push(o),
+                Err(e) => {
+                    // Part of the batch may be staged: poison it so none commits.
+                    self.w.poison(e.clone());
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+            }
+        }
+        self.w.after(reply_after(reply, out));
+    }
+
+    fn enqueue_one(&mut self, job: NewJob) -> Result<EnqueueOutcome> {
+        let now = self.now;
+        let dedup_key = if job.dedup_key.is_empty() {
+            None
+        } else {
+            Some(keys::dedup(&job.tenant, &job.environment, &job.dedup_key))
+        };
+        if let Some(dk) = &dedup_key {
+            if let Some(v) = self.w.get(&job.queue, dk)? {
+                if let Some((id, expires)) = keys::parse_dedup_value(&v) {
+                    if expires == 0 || expires > now {
+                        let q = self.queue_mut(&job.queue)?;
+                        q.counters.deduplicated_total += 1;
+                        q.totals_dirty = true;
+                        return Ok(EnqueueOutcome { id, deduplicated: true });
+                    }
+                }
+            }
+        }
+        let id = self.alloc_id();
+        let run_at = job.run_at.unwrap_or(now);
+        let scheduled = run_at > now;
+        let rec = JobRecord {
+            tenant: job.tenant,
+            environment: job.environment,
+            payload: job.payload,
+            headers: job.headers,
+            priority: job.priority,
+            state: if scheduled { stored_state::SCHEDULED } else { stored_state::READY },
+            attempt: 0,
+            max_attempts: job.max_attempts,
+            last_error: String::new(),
+            created_at_ms: now,
+            run_at_ms: if scheduled { run_at } else { now },
+            dedup_key: job.dedup_key,
+            lease_duration_ms: job.lease_duration.map(duration_millis).unwrap_or(0),
+        };
+        let queue = job.queue;
+        if scheduled {
+            self.stage_scheduled(&queue, id, &rec, run_at)?;
+        } else {
+            self.stage_ready(&queue, id, &rec, now)?;
+        }
+        self.w.put_job(&queue, id, &rec);
+        if let Some(dk) = dedup_key {
+            self.w.put(&queue, &dk, &keys::dedup_value(id, 0));
+        }
+        let q = self.queue_mut(&queue)?;
+        q.counters.enqueued_total += 1;
+        q.totals_dirty = true;
+        Ok(EnqueueOutcome { id, deduplicated: false })
+    }
+
+    /// Puts a job in its group's ready index.
+    fn stage_ready(&mut self, queue: &str, id: JobId, rec: &JobRecord, ready_at: Millis) -> Result<()> {
+        let pos: ReadyPos = (keys::inv_priority(rec.priority), id.0);
+        self.w.put(queue, &keys::ready(&rec.tenant, &rec.environment, pos), &ready_at.to_be_bytes());
+        self.queue_mut(queue)?.add_ready(&rec.tenant, &rec.environment, pos, ready_at);
+        Ok(())
+    }
+
+    fn stage_scheduled(&mut self, queue: &str, id: JobId, rec: &JobRecord, run_at: Millis) -> Result<()> {
+        let gref =
+            GroupRef { tenant: rec.tenant.clone(), environment: rec.environment.clone(), priority: rec.priority };
+        self.w.put(queue, &keys::scheduled(run_at, id), &gref.encode_to_vec());
+        let q = self.queue_mut(queue)?;
+        q.counters.scheduled += 1;
+        q.totals_dirty = true;
+        q.next_due = Some(q.next_due.map_or(run_at, |d| d.min(run_at)));
+        Ok(())
+    }
+
+    fn stage_dead(&mut self, queue: &str, id: JobId, rec: &JobRecord) -> Result<()> {
+        self.w.put(queue, &keys::dead(&rec.tenant, &rec.environment, id), &[]);
+        let q = self.queue_mut(queue)?;
+        q.counters.dead += 1;
+        q.counters.dead_lettered_total += 1;
+        q.totals_dirty = true;
+        tracing::warn!(queue, tenant = %rec.tenant, environment = %rec.environment, job = %id,
+            attempt = rec.attempt, last_error = %rec.last_error, "job dead-lettered");
+        Ok(())
+    }
+
+    /// A job leaves the broker (ack, cancel, purge): release its dedup key,
+    /// or hold it for the queue's dedup window.
+    fn end_job(&mut self, queue: &str, id: JobId, rec: &JobRecord) -> Result<()> {
+        self.w.delete(queue, &keys::job(id));
+        if rec.dedup_key.is_empty() {
+            return Ok(());
+        }
+        let dk = keys::dedup(&rec.tenant, &rec.environment, &rec.dedup_key);
+        // Only release the key if this job still holds it.
+        let holder = self.w.get(queue, &dk)?.and_then(|v| keys::parse_dedup_value(&v));
+        if holder.map(|(h, _)| h) != Some(id) {
+            return Ok(());
+        }
+        let window = duration_millis(self.queue_mut(queue)?.config.dedup_window);
+        if window == 0 {
+            self.w.delete(queue, &dk);
+        } else {
+            self.w.put(queue, &dk, &keys::dedup_value(id, self.now.saturating_add(window)));
+        }
+        Ok(())
+    }
+
+    // -------------------------------------------------------------- settle
+
+    pub(super) fn settle(
+        &mut self,
+        queue: String,
+        job: JobId,
+        lease: LeaseId,
+        action: SettleAction,
+        reply: SettleReply,
+    ) {
+        let result = self.settle_inner(&queue, job, lease, &action);
+        match reply {
+            SettleReply::Unary(tx) => match result {
+                Ok(v) => self.w.after(reply_after(tx, v)),
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            },
+            SettleReply::Stream { tx, job_id, kind } => {
+                let send = move |res: std::result::Result<SettleOutcome, &BrokerError>| {
+                    let _ = tx.send(Ok(view::outcome(job_id, kind, res)));
+                };
+                match result {
+                    Ok(v) => self.w.after(Box::new(move |err| match err {
+                        None => send(Ok(v)),
+                        Some(e) => send(Err(e)),
+                    })),
+                    Err(e) => send(Err(&e)),
+                }
+            }
+        }
+    }
+
+    fn settle_inner(
+        &mut self,
+        queue: &str,
+        job: JobId,
+        lease: LeaseId,
+        action: &SettleAction,
+    ) -> Result<SettleOutcome> {
+        let now = self.now;
+        let q = self.queue_mut(queue)?;
+        let held = q.leases.get(&job).is_some_and(|l| l.lease_id.matches(&lease));
+        if !held {
+            return Err(BrokerError::LeaseNotHeld(format!(
+                "job {job} in queue {queue:?} is not leased under lease {lease}: the lease expired, the job was \
+                 already settled, or the lease id is wrong. Only the current lease holder may {} it.",
+                action.kind()
+            )));
+        }
+        match action {
+            SettleAction::Ack => {
+                let l = self.take_lease(queue, job)?;
+                self.end_job(queue, job, &l.record)?;
+                let q = self.queue_mut(queue)?;
+                q.counters.acked_total += 1;
+                q.totals_dirty = true;
+                Ok(SettleOutcome::Acked)
+            }
+            SettleAction::Nack { error, retry_after, dead } => {
+                let max = effective_max_attempts(&q.leases[&job].record, &q.config);
+                let attempt = q.leases[&job].attempt;
+                let next = if *dead || attempt >= max {
+                    Next::Dead
+                } else {
+                    match retry_after {
+                        Some(d) if d.is_zero() => Next::Ready,
+                        Some(d) => Next::After(*d),
+                        None => Next::After(q.config.backoff(attempt)),
+                    }
+                };
+                q.counters.nacked_total += 1;
+                q.totals_dirty = true;
+                let (state, run_at) = self.return_leased(queue, job, truncate_error(error.clone()), next)?;
+                Ok(SettleOutcome::Nacked { state, run_at })
+            }
+            SettleAction::Extend { duration } => {
+                let l = q.leases.get_mut(&job).ok_or_else(|| BrokerError::Storage("lease vanished".into()))?;
+                let dur = duration.map(duration_millis).unwrap_or(l.duration_ms);
+                let old = l.expires_at;
+                l.expires_at = now.saturating_add(dur);
+                l.duration_ms = dur;
+                let expires = l.expires_at;
+                let rec = lease_record(l);
+                q.lease_expiry.remove(&(old, job));
+                q.lease_expiry.insert((expires, job));
+                self.w.put(queue, &keys::lease(job), &rec.encode_to_vec());
+                Ok(SettleOutcome::Extended { expires_at: expires })
+            }
+        }
+    }
+
+    /// Removes a lease from memory and disk, freeing its worker's slot.
+    fn take_lease(&mut self, queue: &str, job: JobId) -> Result<ActiveLease> {
+        let q = self.queue_mut(queue)?;
+        let l = q.leases.remove(&job).ok_or_else(|| BrokerError::Storage("lease vanished".into()))?;
+        q.lease_expiry.remove(&(l.expires_at, job));
+        let (t, e) = (l.record.tenant.clone(), l.record.environment.clone());
+        let g = q.group_mut(&t, &e);
+        g.leased = g.leased.saturating_sub(1);
+        q.mark_group(&t, &e);
+        self.w.delete(queue, &keys::lease(job));
+        if let Some(c) = l.consumer.and_then(|c| self.consumers.get_mut(&c)) {
+            c.in_flight = c.in_flight.saturating_sub(1);
+            c.leases.remove(&(queue.to_string(), job));
+        }
+        Ok(l)
+    }
+
+    /// Ends a lease without an ack: the attempt counts, and the job goes to
+    /// ready, back off, or to the dead letters.
+    fn return_leased(
+        &mut self,
+        queue: &str,
+        job: JobId,
+        error: String,
+        next: Next,
+    ) -> Result<(JobState, Option<Millis>)> {
+        let l = self.take_lease(queue, job)?;
+        let mut rec = l.record;
+        rec.attempt = l.attempt;
+        rec.last_error = error;
+        let now = self.now;
+        let outcome = match next {
+            Next::Dead => {
+                rec.state = stored_state::DEAD;
+                self.stage_dead(queue, job, &rec)?;
+                (JobState::Dead, None)
+            }
+            Next::Ready => {
+                rec.state = stored_state::READY;
+                rec.run_at_ms = now;
+                self.stage_ready(queue, job, &rec, now)?;
+                (JobState::Ready, Some(now))
+            }
+            Next::After(d) => {
+                let run_at = now.saturating_add(duration_millis(d).max(1));
+                rec.state = stored_state::SCHEDULED;
+                rec.run_at_ms = run_at;
+                self.stage_scheduled(queue, job, &rec, run_at)?;
+                (JobState::Scheduled, Some(run_at))
+            }
+        };
+        self.w.put_job(queue, job, &rec);
+        Ok(outcome)
+    }
+
+    /// Expiry and disconnects: back to ready at once unless out of attempts.
+    pub(super) fn release_lease(&mut self, queue: &str, job: JobId, why: &str) {
+        let Some(q) = self.queues.get(queue) else { return };
+        let Some(l) = q.leases.get(&job) else { return };
+        let max = effective_max_attempts(&l.record, &q.config);
+        let next = if l.attempt >= max { Next::Dead } else { Next::Ready };
+        let error = format!("{why} (attempt {}, worker {:?})", l.attempt, l.worker_id);
+        tracing::info!(queue, job = %job, tenant = %l.record.tenant, environment = %l.record.environment, "{why}");
+        if let Err(e) = self.return_leased(queue, job, error, next) {
+            self.w.poison(e);
+        }
+    }
+
+    // -------------------------------------------------------------- cancel
+
+    pub(super) fn cancel(&mut self, queue: String, job: JobId, reply: Reply<bool>) {
+        match self.cancel_inner(&queue, job) {
+            Ok(()) => self.w.after(reply_after(reply, true)),
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    fn cancel_inner(&mut self, queue: &str, job: JobId) -> Result<()> {
+        let q = self.queue_mut(queue)?;
+        if let Some(l) = q.leases.get(&job) {
+            return Err(BrokerError::FailedPrecondition(format!(
+                "job {job} is leased by worker {:?} until its lease expires at {}ms since epoch; \
+                 it can be cancelled once it is nacked or its lease ends",
+                l.worker_id, l.expires_at
+            )));
+        }
+        let rec = self
+            .w
+            .read_job(queue, job)?
+            .ok_or_else(|| BrokerError::JobNotFound { queue: queue.to_string(), job: job.to_string() })?;
+        self.remove_stored(queue, job, &rec)?;
+        self.end_job(queue, job, &rec)
+    }
+
+    /// Takes a non-leased job out of whichever index holds it.
+    fn remove_stored(&mut self, queue: &str, job: JobId, rec: &JobRecord) -> Result<()> {
+        let skey = keys::scheduled(rec.run_at_ms, job);
+        let state = match rec.state {
+            stored_state::DEAD => JobState::Dead,
+            stored_state::SCHEDULED if self.w.get(queue, &skey)?.is_some() => JobState::Scheduled,
+            _ => JobState::Ready,
+        };
+        match state {
+            JobState::Dead => {
+                self.w.delete(queue, &keys::dead(&rec.tenant, &rec.environment, job));
+                let q = self.queue_mut(queue)?;
+                q.counters.dead = q.counters.dead.saturating_sub(1);
+                q.totals_dirty = true;
+            }
+            JobState::Scheduled => {
+                self.w.delete(queue, &skey);
+                let q = self.queue_mut(queue)?;
+                q.counters.scheduled = q.counters.scheduled.saturating_sub(1);
+                q.totals_dirty = true;
+            }
+            _ => {
+                let pos = (keys::inv_priority(rec.priority), job.0);
+                self.w.delete(queue, &keys::ready(&rec.tenant, &rec.environment, pos));
+                let q = self.queue_mut(queue)?;
+                q.group_mut(&rec.tenant, &rec.environment).remove_ready(pos);
+                q.mark_group(&rec.tenant, &rec.environment);
+            }
+        }
+        Ok(())
+    }
+
+    // -------------------------------------------------------------- timers
+
+    /// Promotes due scheduled jobs and expires leases.
+    pub(super) fn run_timers(&mut self) {
+        let now = self.now;
+        let names: Vec<String> = self.queues.keys().cloned().collect();
+        for name in names {
+            let Some(q) = self.queues.get(&name) else { continue };
+            let expired: Vec<JobId> = q.lease_expiry.iter().take_while(|(t, _)| *t <= now).map(|(_, id)| *id).collect();
+            let due = q.next_due.is_some_and(|t| t <= now);
+            if !expired.is_empty() {
+                let q = self.queues.get_mut(&name).expect("present");
+                q.counters.expired_total += expired.len() as u64;
+                q.totals_dirty = true;
+                for id in expired {
+                    self.release_lease(&name, id, "lease expired");
+                }
+            }
+            if due {
+                if let Err(e) = self.promote(&name) {
+                    self.w.poison(e);
+                }
+            }
+        }
+    }
+
+    fn promote(&mut self, queue: &str) -> Result<()> {
+        let now = self.now;
+        let start = self.queue_mut(queue)?.scheduled_cursor;
+        let store = self.w.store.clone();
+        let cf = store.cf(queue)?;
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(keys::scheduled(now.saturating_add(1), JobId(0)).to_vec());
+        let from = keys::scheduled(start, JobId(0));
+        let mut moved = 0usize;
+        let mut last_run_at = start;
+        let mut complete = true;
+        for item in store.db().iterator_cf_opt(&cf, ro, IteratorMode::From(&from, Direction::Forward)) {
+            let (k, v) = item?;
+            let Some((run_at, id)) = keys::scheduled_parts(&k) else { continue };
+            if moved >= PROMOTE_CHUNK {
+                complete = false;
+                break;
+            }
+            // Skip keys this batch already removed (e.g. cancelled this turn).
+            if self.w.deletes(queue, &k) {
+                continue;
+            }
+            let g = GroupRef::decode(&*v).map_err(|e| BrokerError::Storage(format!("corrupt schedule entry: {e}")))?;
+            self.w.delete(queue, &k);
+            let pos = (keys::inv_priority(g.priority), id.0);
+            self.w.put(queue, &keys::ready(&g.tenant, &g.environment, pos), &run_at.to_be_bytes());
+            let q = self.queue_mut(queue)?;
+            q.add_ready(&g.tenant, &g.environment, pos, run_at);
+            q.counters.scheduled = q.counters.scheduled.saturating_sub(1);
+            q.totals_dirty = true;
+            moved += 1;
+            last_run_at = run_at;
+        }
+        let q = self.queue_mut(queue)?;
+        if complete {
+            q.scheduled_cursor = now.saturating_add(1);
+            q.next_due = first_scheduled(&store, queue, q.scheduled_cursor)?;
+        } else {
+            // Resume at the same run_at next turn, after this batch commits.
+            q.scheduled_cursor = last_run_at;
+            q.next_due = Some(last_run_at);
+        }
+        Ok(())
+    }
+
+    // --------------------------------------------------------------- admin
+
+    pub(super) fn create_queue(&mut self, name: String, config: QueueConfig, reply: Reply<pb::Queue>) {
+        if self.queues.contains_key(&name) {
+            let _ = reply.send(Err(BrokerError::QueueExists(name)));
+            return;
+        }
+        if let Err(e) = self.w.store.create_queue_cf(&name) {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        let generation = self.alloc_id().0;
+        let meta = meta_from_config(&name, &config, false, generation);
+        let q = QueueState::new(&meta, QueueCounters::default());
+        self.queues.insert(name.clone(), q);
+        self.stage_meta(&name);
+        tracing::info!(queue = %name, "queue created");
+        self.w.after(reply_after(reply, view::queue(&name, &config, false)));
+    }
+
+    fn stage_meta(&mut self, name: &str) {
+        let Some(q) = self.queues.get(name) else { return };
+        let meta = q.meta();
+        self.w.put_queue_meta(&meta);
+        self.publish_registry();
+    }
+
+    pub(super) fn update_queue(&mut self, name: String, patch: QueueConfigPatch, reply: Reply<pb::Queue>) {
+        let q = match self.queue_mut(&name) {
+            Ok(q) => q,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let config = patch.apply(&q.config);
+        if let Err(e) = config.validate() {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        q.config = config.clone();
+        let paused = q.paused;
+        self.stage_meta(&name);
+        self.w.after(reply_after(reply, view::queue(&name, &config, paused)));
+    }
+
+    pub(super) fn set_paused(&mut self, name: String, paused: bool, reply: Reply<pb::Queue>) {
+        let q = match self.queue_mut(&name) {
+            Ok(q) => q,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        q.paused = paused;
+        let config = q.config.clone();
+        self.stage_meta(&name);
+        tracing::info!(queue = %name, paused, "queue pause state changed");
+        self.w.after(reply_after(reply, view::queue(&name, &config, paused)));
+    }
+
+    pub(super) fn delete_queue(&mut self, name: String, force: bool, reply: Reply<bool>) {
+        let q = match self.queue_mut(&name) {
+            Ok(q) => q,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let total = q.total_jobs();
+        if total > 0 && !force {
+            let msg = format!(
+                "queue {name:?} still holds {total} jobs (ready {}, scheduled {}, leased {}, dead {}); \
+                 purge it first or delete with force=true",
+                q.ready_total(),
+                q.counters.scheduled,
+                q.leases.len(),
+                q.counters.dead
+            );
+            let _ = reply.send(Err(BrokerError::FailedPrecondition(msg)));
+            return;
+        }
+        // Writes already staged for this queue must land before its column
+        // family goes away.
+        self.commit();
+        self.queues.remove(&name);
+        for c in self.consumers.values_mut() {
+            let before = c.leases.len();
+            c.leases.retain(|(q, _)| q != &name);
+            c.in_flight = c.in_flight.saturating_sub((before - c.leases.len()) as u32);
+        }
+        let mut b = rocksdb::WriteBatch::default();
+        let res = self.w.store.delete_queue_meta(&mut b, &name).and_then(|_| self.w.store.write(b));
+        let res = res.and_then(|_| self.w.store.drop_queue_cf(&name));
+        self.publish_registry();
+        tracing::info!(queue = %name, force, dropped_jobs = total, "queue deleted");
+        let _ = reply.send(res.map(|_| true));
+    }
+
+    pub(super) fn stats(&self, queue: &str) -> Result<pb::QueueStats> {
+        let q = self.queues.get(queue).ok_or_else(|| BrokerError::QueueNotFound(queue.to_string()))?;
+        let mut groups = Vec::new();
+        let mut oldest: Option<Millis> = None;
+        for (t, envs) in &q.groups {
+            for (e, g) in envs {
+                if g.ready == 0 && g.leased == 0 {
+                    continue;
+                }
+                groups.push(pb::GroupStats {
+                    tenant: t.clone(),
+                    environment: e.clone(),
+                    ready: g.ready,
+                    leased: g.leased,
+                });
+                if g.ready > 0 {
+                    let head = match g.heads.values().min() {
+                        Some(t) => Some(*t),
+                        None => self.peek_ready_at(queue, t, e, g.cursor),
+                    };
+                    if let Some(h) = head {
+                        oldest = Some(oldest.map_or(h, |o: Millis| o.min(h)));
+                    }
+                }
+            }
+        }
+        groups.sort_by(|a, b| (b.ready + b.leased).cmp(&(a.ready + a.leased)).then(a.tenant.cmp(&b.tenant)));
+        groups.truncate(1000);
+        let c = &q.counters;
+        let workers = self.consumers.values().filter(|c| c.queues.iter().any(|n| n == queue)).count();
+        Ok(pb::QueueStats {
+            queue: queue.to_string(),
+            scheduled: c.scheduled,
+            ready: q.ready_total(),
+            leased: q.leases.len() as u64,
+            dead: c.dead,
+            oldest_ready_age: oldest.map(|o| view::duration(Duration::from_millis(self.now.saturating_sub(o)))),
+            paused: q.paused,
+            groups,
+            enqueued_total: c.enqueued_total,
+            acked_total: c.acked_total,
+            nacked_total: c.nacked_total,
+            expired_total: c.expired_total,
+            deduplicated_total: c.deduplicated_total,
+            dead_lettered_total: c.dead_lettered_total,
+            connected_workers: workers as u32,
+        })
+    }
+
+    /// ready_at of the first ready job after `cursor` on disk (stats only).
+    fn peek_ready_at(&self, queue: &str, tenant: &str, env: &str, cursor: Option<ReadyPos>) -> Option<Millis> {
+        let (loaded, _) = super::dispatch::scan_ready(&self.w.store, queue, tenant, env, cursor, 1).ok()?;
+        loaded.first().map(|(_, t)| *t)
+    }
+
+    // --------------------------------------------------- redrive and purge
+
+    pub(super) fn start_redrive(
+        &mut self,
+        queue: String,
+        tenant: Option<String>,
+        env: Option<String>,
+        limit: u64,
+        reply: Reply<u64>,
+    ) {
+        let generation = match self.queue_mut(&queue) {
+            Ok(q) => q.generation,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let (prefix, env) = match (&tenant, &env) {
+            (Some(t), Some(e)) => (keys::group_prefix(keys::DEAD, t, e), None),
+            (Some(t), None) => (keys::tenant_prefix(keys::DEAD, t), None),
+            (None, e) => (vec![keys::DEAD], e.clone()),
+        };
+        let remaining = if limit == 0 { u64::MAX } else { limit };
+        self.tasks.push_back(Task::Redrive { queue, generation, prefix, env, remaining, done: 0, resume: None, reply });
+    }
+
+    pub(super) fn start_purge(&mut self, queue: String, state: Option<JobState>, reply: Reply<u64>) {
+        let generation = match self.queue_mut(&queue) {
+            Ok(q) => q.generation,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let tags = match state {
+            None => vec![keys::SCHEDULED, keys::READY, keys::DEAD],
+            Some(JobState::Scheduled) => vec![keys::SCHEDULED],
+            Some(JobState::Ready) => vec![keys::READY],
+            Some(JobState::Dead) => vec![keys::DEAD],
+            Some(JobState::Leased) => {
+                let _ = reply.send(Err(BrokerError::FailedPrecondition(
+                    "leased jobs can't be purged: they end with ack or nack, or when their lease expires".into(),
+                )));
+                return;
+            }
+        };
+        self.tasks.push_back(Task::Purge { queue, generation, tags, resume: None, done: 0, reply });
+    }
+
+    /// One chunk of each long task.
+    pub(super) fn run_tasks(&mut self) {
+        for _ in 0..self.tasks.len() {
+            let Some(task) = self.tasks.pop_front() else { break };
+            if let Some(task) = self.step_task(task) {
+                self.tasks.push_back(task);
+            }
+        }
+    }
+
+    fn step_task(&mut self, task: Task) -> Option<Task> {
+        let (queue, generation) = match &task {
+            Task::Redrive { queue, generation, .. } | Task::Purge { queue, generation, .. } => {
+                (queue.clone(), *generation)
+            }
+        };
+        if self.queues.get(&queue).map(|q| q.generation) != Some(generation) {
+            let reply = match task {
+                Task::Redrive { reply, .. } | Task::Purge { reply, .. } => reply,
+            };
+            let _ = reply.send(Err(BrokerError::QueueNotFound(queue)));
+            return None;
+        }
+        match task {
+            Task::Redrive { queue, generation, prefix, env, mut remaining, mut done, resume, reply } => {
+                let want = (remaining.min(TASK_CHUNK as u64)) as usize;
+                let (entries, more) = match self.scan_index(&queue, &prefix, resume.as_deref(), want) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        return None;
+                    }
+                };
+                let last = entries.last().map(|(k, _)| k.clone());
+                for (k, _) in entries {
+                    let Some((t, e)) = keys::group_of(&k) else { continue };
+                    if env.as_deref().is_some_and(|want| want != e) {
+                        continue;
+                    }
+                    let (t, e) = (t.to_string(), e.to_string());
+                    let Some(id) = keys::trailing_id(&k) else { continue };
+                    match self.redrive_one(&queue, &t, &e, id) {
+                        Ok(true) => {
+                            done += 1;
+                            remaining -= 1;
+                        }
+                        Ok(false) => {}
+                        Err(e) => self.w.poison(e),
+                    }
+                }
+                if more && remaining > 0 {
+                    return Some(Task::Redrive {
+                        queue,
+                        generation,
+                        prefix,
+                        env,
+                        remaining,
+                        done,
+                        resume: last,
+                        reply,
+                    });
+                }
+                if done > 0 {
+                    tracing::info!(queue = %queue, redriven = done, "dead letters redriven");
+                }
+                self.w.after(reply_after(reply, done));
+                None
+            }
+            Task::Purge { queue, generation, mut tags, resume, mut done, reply } => {
+                let Some(&tag) = tags.first() else {
+                    self.w.after(reply_after(reply, done));
+                    return None;
+                };
+                let (entries, more) = match self.scan_index(&queue, &[tag], resume.as_deref(), TASK_CHUNK) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        return None;
+                    }
+                };
+                let last = entries.last().map(|(k, _)| k.clone());
+                for (k, _) in entries {
+                    let id = if tag == keys::SCHEDULED {
+                        keys::scheduled_parts(&k).map(|(_, id)| id)
+                    } else {
+                        keys::trailing_id(&k)
+                    };
+                    let Some(id) = id else { continue };
+                    match self.purge_one(&queue, id) {
+                        Ok(true) => done += 1,
+                        Ok(false) => {}
+                        Err(e) => self.w.poison(e),
+                    }
+                }
+                let resume = if more {
+                    last
+                } else {
+                    tags.remove(0);
+                    None
+                };
+                if tags.is_empty() {
+                    tracing::info!(queue = %queue, purged = done, "queue purged");
+                    self.w.after(reply_after(reply, done));
+                    return None;
+                }
+                Some(Task::Purge { queue, generation, tags, resume, done, reply })
+            }
+        }
+    }
+
+    fn redrive_one(&mut self, queue: &str, _t: &str, _e: &str, id: JobId) -> Result<bool> {
+        let Some(mut rec) = self.w.read_job(queue, id)? else { return Ok(false) };
+        if rec.state != stored_state::DEAD {
+            return Ok(false);
+        }
+        self.w.delete(queue, &keys::dead(&rec.tenant, &rec.environment, id));
+        rec.state = stored_state::READY;
+        rec.attempt = 0;
+        rec.run_at_ms = self.now;
+        let now = self.now;
+        self.stage_ready(queue, id, &rec, now)?;
+        self.w.put_job(queue, id, &rec);
+        let q = self.queue_mut(queue)?;
+        q.counters.dead = q.counters.dead.saturating_sub(1);
+        q.totals_dirty = true;
+        Ok(true)
+    }
+
+    fn purge_one(&mut self, queue: &str, id: JobId) -> Result<bool> {
+        if self.queue_mut(queue)?.leases.contains_key(&id) {
+            return Ok(false);
+        }
+        let Some(rec) = self.w.read_job(queue, id)? else { return Ok(false) };
+        self.remove_stored(queue, id, &rec)?;
+        self.end_job(queue, id, &rec)?;
+        Ok(true)
+    }
+
+    /// Up to `limit` committed index entries under `prefix`, after `resume`.
+    fn scan_index(
+        &self,
+        queue: &str,
+        prefix: &[u8],
+        resume: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<Entry>, bool)> {
+        let store = &self.w.store;
+        let cf = store.cf(queue)?;
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(keys::prefix_end(prefix));
+        let start = resume.map(keys::successor).unwrap_or_else(|| prefix.to_vec());
+        let mut out = Vec::new();
+        for item in store.db().iterator_cf_opt(&cf, ro, IteratorMode::From(&start, Direction::Forward)) {
+            if out.len() >= limit {
+                return Ok((out, true));
+            }
+            let (k, v) = item?;
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok((out, false))
+    }
+
+    // ------------------------------------------------------------ shutdown
+
+    pub(super) fn begin_shutdown(&mut self, done: tokio::sync::oneshot::Sender<()>) {
+        tracing::info!("writer draining for shutdown");
+        for w in self.waiters.drain(..) {
+            if let Some(reply) = w.reply {
+                let _ = reply.send(Err(BrokerError::ShuttingDown));
+            }
+        }
+        // Work streams end, but their leases stay: workers that reconnect to
+        // the restarted broker can still ack with their lease ids.
+        for (_, c) in std::mem::take(&mut self.consumers) {
+            let _ = c.tx.send(Err(tonic::Status::unavailable("broker shutting down; reconnect to continue")));
+            for (q, job) in c.leases {
+                if let Some(l) = self.queues.get_mut(&q).and_then(|q| q.leases.get_mut(&job)) {
+                    l.consumer = None;
+                }
+            }
+        }
+        self.stopping = Some(done);
+    }
+}
+
+pub(super) fn lease_record(l: &ActiveLease) -> LeaseRecord {
+    LeaseRecord {
+        lease_id: l.lease_id.0.to_vec(),
+        expires_at_ms: l.expires_at,
+        attempt: l.attempt,
+        worker_id: l.worker_id.clone(),
+        duration_ms: l.duration_ms,
+    }
+}

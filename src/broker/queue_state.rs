@@ -1,0 +1,274 @@
+//! In-memory state of one queue, owned by the writer thread.
+//!
+//! Nothing here scales with the number of stored jobs: per (tenant, env)
+//! group it keeps counters and a bounded buffer of the group's next ready
+//! jobs ("heads"), per lease the lease itself. The ready index stays on disk.
+//!
+//! Heads invariant, per group: every ready key of the group on disk is either
+//! in `heads` or sorts after `cursor`; with `exhausted`, every one is in
+//! `heads`. Leasing pops heads and refills by scanning the disk strictly after
+//! the cursor, so a refill never walks over the tombstones of jobs already
+//! leased: lease cost doesn't grow as acked jobs pile up.
+
+use crate::model::{JobId, LeaseId, Millis, QueueConfig};
+use crate::scheduler::FairScheduler;
+use crate::storage::keys::ReadyPos;
+use crate::storage::records::{JobRecord, QueueCounters, QueueMeta};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::Duration;
+
+/// Most heads kept per group; a refill loads up to [`REFILL`].
+pub const HEAD_CAP: usize = 1024;
+pub const REFILL: usize = 256;
+
+/// One (tenant, environment) group of a queue.
+#[derive(Debug)]
+pub struct Group {
+    /// Ready jobs of this group, on disk (persisted as the `C` counter).
+    pub ready: u64,
+    /// Jobs of this group under lease now.
+    pub leased: u64,
+    /// The next ready jobs in lease order, with the time each became ready.
+    pub heads: BTreeMap<ReadyPos, Millis>,
+    /// Last position loaded from disk; `None` = nothing loaded yet.
+    pub cursor: Option<ReadyPos>,
+    /// True when `heads` holds every ready job of the group.
+    pub exhausted: bool,
+}
+
+impl Group {
+    /// A group whose disk holds `ready` jobs not yet loaded.
+    pub fn new(ready: u64) -> Group {
+        Group { ready, leased: 0, heads: BTreeMap::new(), cursor: None, exhausted: ready == 0 }
+    }
+
+    /// Records a new ready job at `pos` (its key is being written now).
+    pub fn insert_ready(&mut self, pos: ReadyPos, ready_at: Millis) {
+        self.ready += 1;
+        let behind_cursor = self.cursor.is_some_and(|c| pos <= c);
+        if self.exhausted || behind_cursor {
+            self.heads.insert(pos, ready_at);
+            if self.heads.len() > HEAD_CAP {
+                // Forget the last head: it stays on disk after the new cursor.
+                self.heads.pop_last();
+                self.cursor = self.heads.last_key_value().map(|(k, _)| *k);
+                self.exhausted = false;
+            }
+        }
+    }
+
+    /// True when the heads are empty but the disk may hold more.
+    pub fn needs_refill(&self) -> bool {
+        self.heads.is_empty() && !self.exhausted && self.ready > 0
+    }
+
+    /// Adds what a refill read from disk (positions after the cursor, in
+    /// order); `complete` when the scan reached the end of the group.
+    pub fn refilled(&mut self, loaded: Vec<(ReadyPos, Millis)>, complete: bool) {
+        if let Some((last, _)) = loaded.last() {
+            self.cursor = Some(*last);
+        }
+        self.heads.extend(loaded);
+        self.exhausted = complete;
+    }
+
+    /// Takes the next job in lease order from the heads.
+    pub fn pop(&mut self) -> Option<(ReadyPos, Millis)> {
+        let head = self.heads.pop_first()?;
+        self.ready = self.ready.saturating_sub(1);
+        Some(head)
+    }
+
+    /// Removes a ready job wherever it is (cancel, purge).
+    pub fn remove_ready(&mut self, pos: ReadyPos) {
+        self.heads.remove(&pos);
+        self.ready = self.ready.saturating_sub(1);
+    }
+}
+
+/// A lease in progress, kept whole so settling it needs no disk read.
+#[derive(Debug, Clone)]
+pub struct ActiveLease {
+    pub lease_id: LeaseId,
+    pub expires_at: Millis,
+    /// This delivery's attempt number.
+    pub attempt: u32,
+    pub duration_ms: u64,
+    pub worker_id: String,
+    /// The Work stream holding it, whose prefetch slot it takes.
+    pub consumer: Option<u64>,
+    pub record: JobRecord,
+}
+
+/// Everything the writer knows about one queue.
+#[derive(Debug)]
+pub struct QueueState {
+    pub name: String,
+    pub config: QueueConfig,
+    pub paused: bool,
+    /// Bumped on every re-creation, so leftovers of a dropped queue of the
+    /// same name are never mistaken for this one's.
+    pub generation: u64,
+    /// tenant -> env -> group.
+    pub groups: HashMap<String, HashMap<String, Group>>,
+    pub scheduler: FairScheduler,
+    pub leases: HashMap<JobId, ActiveLease>,
+    /// (expires_at, job) of every lease, to expire them in time order.
+    pub lease_expiry: BTreeSet<(Millis, JobId)>,
+    /// Earliest run_at in the scheduled index; `None` = nothing scheduled.
+    pub next_due: Option<Millis>,
+    /// Every scheduled key before this run_at has been promoted.
+    pub scheduled_cursor: Millis,
+    pub counters: QueueCounters,
+    /// Counters changed since the last commit.
+    pub totals_dirty: bool,
+    pub dirty_groups: HashSet<(String, String)>,
+}
+
+impl QueueState {
+    pub fn new(meta: &QueueMeta, counters: QueueCounters) -> QueueState {
+        QueueState {
+            name: meta.name.clone(),
+            config: config_from_meta(meta),
+            paused: meta.paused,
+            generation: meta.generation,
+            groups: HashMap::new(),
+            scheduler: FairScheduler::new(),
+            leases: HashMap::new(),
+            lease_expiry: BTreeSet::new(),
+            next_due: None,
+            scheduled_cursor: 0,
+            counters,
+            totals_dirty: false,
+            dirty_groups: HashSet::new(),
+        }
+    }
+
+    pub fn meta(&self) -> QueueMeta {
+        meta_from_config(&self.name, &self.config, self.paused, self.generation)
+    }
+
+    pub fn group_mut(&mut self, tenant: &str, env: &str) -> &mut Group {
+        if !self.groups.contains_key(tenant) {
+            self.groups.insert(tenant.to_string(), HashMap::new());
+        }
+        let envs = self.groups.get_mut(tenant).expect("inserted above");
+        if !envs.contains_key(env) {
+            envs.insert(env.to_string(), Group::new(0));
+        }
+        envs.get_mut(env).expect("inserted above")
+    }
+
+    pub fn group(&self, tenant: &str, env: &str) -> Option<&Group> {
+        self.groups.get(tenant).and_then(|e| e.get(env))
+    }
+
+    pub fn mark_group(&mut self, tenant: &str, env: &str) {
+        self.dirty_groups.insert((tenant.to_string(), env.to_string()));
+    }
+
+    /// A ready job joins its group and the fair rotation.
+    pub fn add_ready(&mut self, tenant: &str, env: &str, pos: ReadyPos, ready_at: Millis) {
+        self.group_mut(tenant, env).insert_ready(pos, ready_at);
+        self.scheduler.activate(tenant, env);
+        self.mark_group(tenant, env);
+    }
+
+    pub fn ready_total(&self) -> u64 {
+        self.groups.values().flat_map(|e| e.values()).map(|g| g.ready).sum()
+    }
+
+    pub fn total_jobs(&self) -> u64 {
+        self.ready_total() + self.leases.len() as u64 + self.counters.scheduled + self.counters.dead
+    }
+
+    pub fn has_ready(&self) -> bool {
+        !self.paused && !self.scheduler.is_empty()
+    }
+
+    /// Drops groups with nothing in them, so tenants that come and go don't
+    /// accumulate in memory.
+    pub fn forget_group_if_idle(&mut self, tenant: &str, env: &str) -> bool {
+        let idle = self.group(tenant, env).is_some_and(|g| g.ready == 0 && g.leased == 0);
+        if idle {
+            if let Some(envs) = self.groups.get_mut(tenant) {
+                envs.remove(env);
+                if envs.is_empty() {
+                    self.groups.remove(tenant);
+                }
+            }
+        }
+        idle
+    }
+}
+
+pub fn config_from_meta(m: &QueueMeta) -> QueueConfig {
+    QueueConfig {
+        default_lease: Duration::from_millis(m.default_lease_ms),
+        max_attempts: m.max_attempts,
+        backoff_initial: Duration::from_millis(m.backoff_initial_ms),
+        backoff_max: Duration::from_millis(m.backoff_max_ms),
+        dedup_window: Duration::from_millis(m.dedup_window_ms),
+        max_payload_bytes: m.max_payload_bytes,
+    }
+}
+
+pub fn meta_from_config(name: &str, c: &QueueConfig, paused: bool, generation: u64) -> QueueMeta {
+    use crate::model::duration_millis as ms;
+    QueueMeta {
+        name: name.to_string(),
+        default_lease_ms: ms(c.default_lease),
+        max_attempts: c.max_attempts,
+        backoff_initial_ms: ms(c.backoff_initial),
+        backoff_max_ms: ms(c.backoff_max),
+        dedup_window_ms: ms(c.dedup_window),
+        max_payload_bytes: c.max_payload_bytes,
+        paused,
+        generation,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pos(p: u32, id: u64) -> ReadyPos {
+        (p, id)
+    }
+
+    #[test]
+    fn a_fresh_group_keeps_new_jobs_in_memory() {
+        let mut g = Group::new(0);
+        assert!(g.exhausted);
+        g.insert_ready(pos(5, 2), 10);
+        g.insert_ready(pos(5, 1), 11);
+        assert!(!g.needs_refill());
+        assert_eq!(g.pop().unwrap().0, pos(5, 1));
+        assert_eq!(g.pop().unwrap().0, pos(5, 2));
+        assert_eq!(g.ready, 0);
+    }
+
+    #[test]
+    fn jobs_after_the_cursor_are_left_to_the_disk_scan() {
+        let mut g = Group::new(3);
+        assert!(g.needs_refill());
+        g.refilled(vec![(pos(5, 1), 0), (pos(5, 2), 0)], false);
+        g.insert_ready(pos(5, 9), 0); // after the cursor: found by a later scan
+        g.insert_ready(pos(1, 7), 0); // higher priority, before the cursor
+        assert_eq!(g.heads.len(), 3);
+        assert_eq!(g.pop().unwrap().0, pos(1, 7));
+        assert_eq!(g.ready, 4);
+    }
+
+    #[test]
+    fn overflowing_heads_move_the_cursor_back() {
+        let mut g = Group::new(0);
+        for id in 0..(HEAD_CAP as u64 + 10) {
+            g.insert_ready(pos(0, id), 0);
+        }
+        assert_eq!(g.heads.len(), HEAD_CAP);
+        assert!(!g.exhausted);
+        assert_eq!(g.cursor, Some(pos(0, HEAD_CAP as u64 - 1)));
+        assert_eq!(g.ready, HEAD_CAP as u64 + 10);
+    }
+}

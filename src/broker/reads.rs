@@ -1,0 +1,133 @@
+//! Reads served straight from RocksDB on the blocking pool, without going
+//! through the writer: they need no in-memory state, and a big listing must
+//! never delay enqueues or leases.
+
+use super::ops::effective_max_attempts;
+use super::view;
+use crate::error::{BrokerError, Result};
+use crate::model::{now_millis, JobId, JobState, QueueConfig};
+use crate::pb;
+use crate::storage::keys;
+use crate::storage::records::{stored_state, JobRecord, LeaseRecord};
+use crate::storage::Store;
+use prost::Message;
+use rocksdb::{Direction, IteratorMode, ReadOptions};
+
+/// Default and largest `ListJobs` page.
+pub const DEFAULT_PAGE: usize = 100;
+pub const MAX_PAGE: usize = 1000;
+/// Most index entries one `ListJobs` call looks at, whatever the filters:
+/// a page may come back short, with a token to go on.
+const MAX_SCANNED: usize = 10_000;
+
+/// A validated `ListJobs` request.
+#[derive(Debug, Clone)]
+pub struct ListJobs {
+    pub queue: String,
+    pub state: Option<JobState>,
+    pub tenant: Option<String>,
+    pub environment: Option<String>,
+    pub page_size: usize,
+    /// The key to continue after.
+    pub page_token: Option<Vec<u8>>,
+}
+
+fn decode_job(id: JobId, raw: &[u8]) -> Result<JobRecord> {
+    JobRecord::decode(raw).map_err(|e| BrokerError::Storage(format!("corrupt job {id}: {e}")))
+}
+
+/// Works out a job's state from the indexes that hold it.
+fn resolve(store: &Store, queue: &str, cfg: &QueueConfig, id: JobId, rec: &JobRecord) -> Result<pb::Job> {
+    let cf = store.cf(queue)?;
+    let db = store.db();
+    let max = effective_max_attempts(rec, cfg);
+    if let Some(raw) = db.get_cf(&cf, keys::lease(id))? {
+        let l = LeaseRecord::decode(raw.as_slice())
+            .map_err(|e| BrokerError::Storage(format!("corrupt lease of job {id}: {e}")))?;
+        return Ok(view::job(queue, id, rec, JobState::Leased, l.attempt, max, Some(l.expires_at_ms)));
+    }
+    let state = match rec.state {
+        stored_state::DEAD => JobState::Dead,
+        stored_state::SCHEDULED if db.get_cf(&cf, keys::scheduled(rec.run_at_ms, id))?.is_some() => JobState::Scheduled,
+        stored_state::SCHEDULED if rec.run_at_ms > now_millis() => JobState::Scheduled,
+        _ => JobState::Ready,
+    };
+    Ok(view::job(queue, id, rec, state, rec.attempt, max, None))
+}
+
+pub fn get_job(store: &Store, queue: &str, cfg: &QueueConfig, id: JobId) -> Result<pb::Job> {
+    let cf = store.cf(queue)?;
+    let raw = store
+        .db()
+        .get_cf(&cf, keys::job(id))?
+        .ok_or_else(|| BrokerError::JobNotFound { queue: queue.to_string(), job: id.to_string() })?;
+    let rec = decode_job(id, &raw)?;
+    resolve(store, queue, cfg, id, &rec)
+}
+
+/// Pages through one index (chosen by state) in key order.
+pub fn list_jobs(store: &Store, cfg: &QueueConfig, req: &ListJobs) -> Result<(Vec<pb::Job>, String)> {
+    let cf = store.cf(&req.queue)?;
+    let db = store.db();
+    let page = if req.page_size == 0 { DEFAULT_PAGE } else { req.page_size.min(MAX_PAGE) };
+    // The index to walk, and the part of it the tenant/env filters allow.
+    let (tag, grouped) = match req.state {
+        None => (keys::JOB, false),
+        Some(JobState::Ready) => (keys::READY, true),
+        Some(JobState::Dead) => (keys::DEAD, true),
+        Some(JobState::Scheduled) => (keys::SCHEDULED, false),
+        Some(JobState::Leased) => (keys::LEASE, false),
+    };
+    let prefix = match (grouped, &req.tenant, &req.environment) {
+        (true, Some(t), Some(e)) => keys::group_prefix(tag, t, e),
+        (true, Some(t), None) => keys::tenant_prefix(tag, t),
+        _ => vec![tag],
+    };
+    let start = match &req.page_token {
+        Some(k) if k.starts_with(&prefix) => keys::successor(k),
+        Some(_) => return Err(BrokerError::InvalidArgument(
+            "page_token does not belong to this listing; pass the token from the previous page with the same filters"
+                .into(),
+        )),
+        None => prefix.clone(),
+    };
+    let mut ro = ReadOptions::default();
+    ro.set_iterate_upper_bound(keys::prefix_end(&prefix));
+    let mut jobs = Vec::new();
+    let mut last: Option<Vec<u8>> = None;
+    let mut more = false;
+    let entries = db.iterator_cf_opt(&cf, ro, IteratorMode::From(&start, Direction::Forward));
+    for (scanned, item) in entries.enumerate() {
+        if jobs.len() >= page || scanned >= MAX_SCANNED {
+            more = true;
+            break;
+        }
+        let (k, v) = item?;
+        last = Some(k.to_vec());
+        let id = match tag {
+            keys::SCHEDULED => keys::scheduled_parts(&k).map(|(_, id)| id),
+            _ => keys::trailing_id(&k),
+        };
+        let Some(id) = id else { continue };
+        let rec = if tag == keys::JOB {
+            decode_job(id, &v)?
+        } else {
+            match db.get_cf(&cf, keys::job(id))? {
+                Some(raw) => decode_job(id, &raw)?,
+                None => continue,
+            }
+        };
+        if req.tenant.as_ref().is_some_and(|t| *t != rec.tenant)
+            || req.environment.as_ref().is_some_and(|e| *e != rec.environment)
+        {
+            continue;
+        }
+        let job = resolve(store, &req.queue, cfg, id, &rec)?;
+        if req.state.is_some_and(|s| view::state(s) as i32 != job.state) {
+            continue;
+        }
+        jobs.push(job);
+    }
+    let token = if more { last.map(hex::encode).unwrap_or_default() } else { String::new() };
+    Ok((jobs, token))
+}

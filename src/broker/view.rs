@@ -1,0 +1,133 @@
+//! How stored records look on the wire.
+
+use super::queue_state::ActiveLease;
+use super::SettleOutcome;
+use crate::error::BrokerError;
+use crate::model::{JobId, JobState, Millis, QueueConfig};
+use crate::pb;
+use crate::storage::records::JobRecord;
+use std::time::Duration;
+
+pub fn duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
+}
+
+pub fn timestamp(ms: Millis) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: (ms / 1000) as i64, nanos: ((ms % 1000) * 1_000_000) as i32 }
+}
+
+pub fn state(s: JobState) -> pb::JobState {
+    match s {
+        JobState::Scheduled => pb::JobState::Scheduled,
+        JobState::Ready => pb::JobState::Ready,
+        JobState::Leased => pb::JobState::Leased,
+        JobState::Dead => pb::JobState::Dead,
+    }
+}
+
+pub fn queue(name: &str, c: &QueueConfig, paused: bool) -> pb::Queue {
+    pb::Queue {
+        name: name.to_string(),
+        config: Some(pb::QueueConfig {
+            default_lease_duration: Some(duration(c.default_lease)),
+            max_attempts: c.max_attempts,
+            backoff_initial: Some(duration(c.backoff_initial)),
+            backoff_max: Some(duration(c.backoff_max)),
+            dedup_window: Some(duration(c.dedup_window)),
+            max_payload_bytes: c.max_payload_bytes,
+        }),
+        paused,
+    }
+}
+
+/// A job as clients see it. `attempt` and `lease_expires` come from the
+/// lease when the job is leased.
+pub fn job(
+    queue: &str,
+    id: JobId,
+    rec: &JobRecord,
+    st: JobState,
+    attempt: u32,
+    max_attempts: u32,
+    lease_expires: Option<Millis>,
+) -> pb::Job {
+    pb::Job {
+        id: id.to_string(),
+        queue: queue.to_string(),
+        tenant: rec.tenant.clone(),
+        environment: rec.environment.clone(),
+        payload: rec.payload.clone(),
+        headers: rec.headers.clone(),
+        priority: rec.priority,
+        state: state(st) as i32,
+        attempt,
+        max_attempts,
+        last_error: rec.last_error.clone(),
+        created_at: Some(timestamp(rec.created_at_ms)),
+        run_at: Some(timestamp(rec.run_at_ms)),
+        dedup_key: rec.dedup_key.clone(),
+        lease_duration: (rec.lease_duration_ms > 0).then(|| duration(Duration::from_millis(rec.lease_duration_ms))),
+        lease_expires_at: lease_expires.map(timestamp),
+    }
+}
+
+pub fn delivery(queue: &str, id: JobId, l: &ActiveLease, max_attempts: u32) -> pb::Delivery {
+    pb::Delivery {
+        job: Some(job(queue, id, &l.record, JobState::Leased, l.attempt, max_attempts, Some(l.expires_at))),
+        lease_id: l.lease_id.to_string(),
+        lease_expires_at: Some(timestamp(l.expires_at)),
+    }
+}
+
+/// The answer to an ack/nack/extend sent on a Work stream.
+pub fn outcome(job_id: String, kind: &str, res: Result<SettleOutcome, &BrokerError>) -> pb::WorkResponse {
+    let mut o = pb::Outcome { job_id, ok: res.is_ok(), kind: kind.to_string(), ..Default::default() };
+    match res {
+        Ok(SettleOutcome::Extended { expires_at }) => o.lease_expires_at = Some(timestamp(expires_at)),
+        Ok(_) => {}
+        Err(e) => {
+            o.error = e.to_string();
+            o.code = format!("{:?}", e.code()).to_uppercase_snake();
+        }
+    }
+    pb::WorkResponse { response: Some(pb::work_response::Response::Outcome(o)) }
+}
+
+trait UpperSnake {
+    fn to_uppercase_snake(&self) -> String;
+}
+
+impl UpperSnake for String {
+    /// "FailedPrecondition" -> "FAILED_PRECONDITION", the gRPC code name.
+    fn to_uppercase_snake(&self) -> String {
+        let mut out = String::with_capacity(self.len() + 4);
+        for (i, ch) in self.chars().enumerate() {
+            if ch.is_uppercase() && i > 0 {
+                out.push('_');
+            }
+            out.push(ch.to_ascii_uppercase());
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_names_the_grpc_code() {
+        let e = BrokerError::LeaseNotHeld("stale".into());
+        let r = outcome("j".into(), "ack", Err(&e));
+        let Some(pb::work_response::Response::Outcome(o)) = r.response else { panic!() };
+        assert!(!o.ok);
+        assert_eq!(o.code, "FAILED_PRECONDITION");
+        assert_eq!(o.kind, "ack");
+    }
+
+    #[test]
+    fn timestamps_keep_milliseconds() {
+        let t = timestamp(1_700_000_000_123);
+        assert_eq!((t.seconds, t.nanos), (1_700_000_000, 123_000_000));
+    }
+}

@@ -1,0 +1,222 @@
+//! The terminal client: `fairway queue|enqueue|health` talk gRPC to a
+//! running broker.
+
+use crate::pb;
+use crate::pb::admin_service_client::AdminServiceClient;
+use crate::pb::job_service_client::JobServiceClient;
+use std::time::Duration;
+use tonic::transport::Channel;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum QueueCmd {
+    /// Create a queue (unset options take the defaults).
+    Create {
+        name: String,
+        /// Lease length when neither worker nor job sets one, e.g. 30s, 5m.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        lease: Option<Duration>,
+        #[arg(long)]
+        max_attempts: Option<u32>,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        backoff_initial: Option<Duration>,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        backoff_max: Option<Duration>,
+        /// How long a dedup key stays held after its job ends (default 0).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        dedup_window: Option<Duration>,
+        #[arg(long)]
+        max_payload_bytes: Option<u32>,
+    },
+    /// List queues.
+    List,
+    /// Show a queue's counts, age and groups.
+    Stats { name: String },
+    /// Stop leasing from a queue (enqueues still accepted).
+    Pause { name: String },
+    /// Resume leasing.
+    Resume { name: String },
+    /// Delete a queue; refuses a non-empty one without --force.
+    Delete {
+        name: String,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EnqueueArgs {
+    pub queue: String,
+    /// Payload as text (use --payload-file for binary).
+    #[arg(long, default_value = "")]
+    pub payload: String,
+    #[arg(long, conflicts_with = "payload")]
+    pub payload_file: Option<std::path::PathBuf>,
+    #[arg(long, default_value = "")]
+    pub tenant: String,
+    #[arg(long = "env", default_value = "")]
+    pub environment: String,
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    pub priority: i32,
+    /// Run after this delay, e.g. 10s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub delay: Option<Duration>,
+    #[arg(long, default_value = "")]
+    pub dedup_key: String,
+    /// Header as key=value; repeatable.
+    #[arg(long = "header", value_parser = parse_header)]
+    pub headers: Vec<(String, String)>,
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("header {s:?} must be key=value"))
+}
+
+type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+async fn connect(addr: &str) -> Result<Channel, Box<dyn std::error::Error>> {
+    let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())?.connect_timeout(Duration::from_secs(5));
+    endpoint
+        .connect()
+        .await
+        .map_err(|e| format!("cannot reach the broker at {addr}: {e} (is `fairway serve` running?)").into())
+}
+
+fn d(x: Duration) -> prost_types::Duration {
+    crate::broker::view::duration(x)
+}
+
+fn fmt_age(d: Option<&prost_types::Duration>) -> String {
+    d.map(|d| format!("{:.1}s", d.seconds as f64 + d.nanos as f64 / 1e9)).unwrap_or_else(|| "-".into())
+}
+
+fn print_queue(q: &pb::Queue) {
+    let c = q.config.unwrap_or_default();
+    let secs = |d: Option<prost_types::Duration>| d.map(|d| d.seconds).unwrap_or(0);
+    println!(
+        "{:<24} paused={:<5} lease={}s max_attempts={} backoff={}s..{}s dedup_window={}s max_payload={}B",
+        q.name,
+        q.paused,
+        secs(c.default_lease_duration),
+        c.max_attempts,
+        secs(c.backoff_initial),
+        secs(c.backoff_max),
+        secs(c.dedup_window),
+        c.max_payload_bytes
+    );
+}
+
+pub async fn queue(addr: &str, cmd: QueueCmd) -> CliResult {
+    let mut admin = AdminServiceClient::new(connect(addr).await?);
+    match cmd {
+        QueueCmd::Create {
+            name,
+            lease,
+            max_attempts,
+            backoff_initial,
+            backoff_max,
+            dedup_window,
+            max_payload_bytes,
+        } => {
+            let config = pb::QueueConfig {
+                default_lease_duration: lease.map(d),
+                max_attempts: max_attempts.unwrap_or(0),
+                backoff_initial: backoff_initial.map(d),
+                backoff_max: backoff_max.map(d),
+                dedup_window: dedup_window.map(d),
+                max_payload_bytes: max_payload_bytes.unwrap_or(0),
+            };
+            let q = admin.create_queue(pb::CreateQueueRequest { name, config: Some(config) }).await?.into_inner();
+            print_queue(&q);
+        }
+        QueueCmd::List => {
+            let qs = admin.list_queues(pb::ListQueuesRequest {}).await?.into_inner().queues;
+            if qs.is_empty() {
+                println!("no queues; create one with `fairway queue create NAME`");
+            }
+            for q in &qs {
+                print_queue(q);
+            }
+        }
+        QueueCmd::Stats { name } => {
+            let s = admin.get_queue_stats(pb::GetQueueStatsRequest { queue: name }).await?.into_inner();
+            println!("queue {} (paused: {})", s.queue, s.paused);
+            println!(
+                "  ready {}  scheduled {}  leased {}  dead {}  oldest ready {}  workers {}",
+                s.ready,
+                s.scheduled,
+                s.leased,
+                s.dead,
+                fmt_age(s.oldest_ready_age.as_ref()),
+                s.connected_workers
+            );
+            println!(
+                "  enqueued {}  acked {}  nacked {}  expired {}  deduplicated {}  dead-lettered {}",
+                s.enqueued_total,
+                s.acked_total,
+                s.nacked_total,
+                s.expired_total,
+                s.deduplicated_total,
+                s.dead_lettered_total
+            );
+            if !s.groups.is_empty() {
+                println!("  {:<24} {:<24} {:>10} {:>10}", "TENANT", "ENVIRONMENT", "READY", "LEASED");
+                for g in &s.groups {
+                    println!("  {:<24} {:<24} {:>10} {:>10}", g.tenant, g.environment, g.ready, g.leased);
+                }
+            }
+        }
+        QueueCmd::Pause { name } => {
+            print_queue(&admin.pause_queue(pb::PauseQueueRequest { queue: name }).await?.into_inner())
+        }
+        QueueCmd::Resume { name } => {
+            print_queue(&admin.resume_queue(pb::ResumeQueueRequest { queue: name }).await?.into_inner())
+        }
+        QueueCmd::Delete { name, force } => {
+            admin.delete_queue(pb::DeleteQueueRequest { queue: name.clone(), force }).await?;
+            println!("deleted {name}");
+        }
+    }
+    Ok(())
+}
+
+pub async fn enqueue(addr: &str, a: EnqueueArgs) -> CliResult {
+    let mut jobs = JobServiceClient::new(connect(addr).await?);
+    let payload = match &a.payload_file {
+        Some(p) => std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?,
+        None => a.payload.into_bytes(),
+    };
+    let r = jobs
+        .enqueue(pb::EnqueueRequest {
+            queue: a.queue,
+            tenant: a.tenant,
+            environment: a.environment,
+            payload: payload.into(),
+            headers: a.headers.into_iter().collect(),
+            priority: a.priority,
+            schedule: a.delay.map(|x| pb::enqueue_request::Schedule::Delay(d(x))),
+            dedup_key: a.dedup_key,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    println!("{}{}", r.job_id, if r.deduplicated { " (deduplicated)" } else { "" });
+    Ok(())
+}
+
+/// Exits non-zero unless the broker (or the named service) is SERVING: fit
+/// for a container HEALTHCHECK.
+pub async fn health(addr: &str, service: String) -> CliResult {
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let mut client = HealthClient::new(connect(addr).await?);
+    let r = client.check(HealthCheckRequest { service }).await?.into_inner();
+    let status = tonic_health::pb::health_check_response::ServingStatus::try_from(r.status)
+        .map(|s| s.as_str_name().to_string())
+        .unwrap_or_else(|_| r.status.to_string());
+    println!("{status}");
+    if status != "SERVING" {
+        return Err(format!("broker is {status}").into());
+    }
+    Ok(())
+}

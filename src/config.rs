@@ -1,0 +1,35 @@
+//! Settings of `fairway serve`, from flags or `FAIRWAY_*` environment variables.
+
+use crate::storage::Durability;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeConfig {
+    /// Where RocksDB keeps the jobs.
+    #[arg(long, env = "FAIRWAY_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// gRPC listen address (port 0 picks a free port).
+    #[arg(long, env = "FAIRWAY_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// strict: every acknowledged write is fsynced (group commit).
+    /// relaxed: written to the WAL but not fsynced; an OS crash or power loss
+    /// can lose the most recent writes (a broker crash cannot).
+    #[arg(long, env = "FAIRWAY_DURABILITY", value_enum, default_value = "strict")]
+    pub durability: Durability,
+    /// Log line format.
+    #[arg(long, env = "FAIRWAY_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: crate::telemetry::LogFormat,
+}
+
+impl ServeConfig {
+    /// Settings for tests and embedding: a data dir, any free local port.
+    pub fn for_dir(data_dir: impl Into<PathBuf>) -> ServeConfig {
+        ServeConfig {
+            data_dir: data_dir.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            durability: Durability::Strict,
+            log_format: crate::telemetry::LogFormat::Text,
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! The broker's one error type, and the one table that maps it to gRPC codes.
+
+use tonic::{Code, Status};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BrokerError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("queue {0:?} does not exist; create it with AdminService.CreateQueue or `fairway queue create {0}`")]
+    QueueNotFound(String),
+    #[error("queue {0:?} already exists")]
+    QueueExists(String),
+    #[error("job {job} does not exist in queue {queue:?} (it may have been acked, cancelled or purged)")]
+    JobNotFound { queue: String, job: String },
+    /// Fencing: the caller's lease is not the job's current lease.
+    #[error("{0}")]
+    LeaseNotHeld(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A not-found with a caller-supplied message (e.g. naming a batch item).
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
+    #[error("the broker is shutting down; retry against a running instance")]
+    ShuttingDown,
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+impl From<rocksdb::Error> for BrokerError {
+    fn from(e: rocksdb::Error) -> Self {
+        BrokerError::Storage(e.into_string())
+    }
+}
+
+impl BrokerError {
+    pub fn code(&self) -> Code {
+        match self {
+            BrokerError::InvalidArgument(_) => Code::InvalidArgument,
+            BrokerError::QueueNotFound(_) | BrokerError::JobNotFound { .. } | BrokerError::NotFound(_) => {
+                Code::NotFound
+            }
+            BrokerError::QueueExists(_) => Code::AlreadyExists,
+            BrokerError::LeaseNotHeld(_) | BrokerError::FailedPrecondition(_) => Code::FailedPrecondition,
+            BrokerError::ResourceExhausted(_) => Code::ResourceExhausted,
+            BrokerError::ShuttingDown => Code::Unavailable,
+            BrokerError::Storage(_) => Code::Internal,
+        }
+    }
+
+    /// Prefixes the message, e.g. with the index of a bad batch item.
+    pub fn context(self, prefix: &str) -> BrokerError {
+        match self {
+            BrokerError::InvalidArgument(m) => BrokerError::InvalidArgument(format!("{prefix}: {m}")),
+            BrokerError::FailedPrecondition(m) => BrokerError::FailedPrecondition(format!("{prefix}: {m}")),
+            e @ (BrokerError::QueueNotFound(_) | BrokerError::JobNotFound { .. } | BrokerError::NotFound(_)) => {
+                BrokerError::NotFound(format!("{prefix}: {e}"))
+            }
+            other => other,
+        }
+    }
+}
+
+impl From<BrokerError> for Status {
+    fn from(e: BrokerError) -> Status {
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+pub type Result<T, E = BrokerError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_maps_to_a_precise_code() {
+        assert_eq!(Status::from(BrokerError::QueueNotFound("q".into())).code(), Code::NotFound);
+        assert_eq!(Status::from(BrokerError::QueueExists("q".into())).code(), Code::AlreadyExists);
+        assert_eq!(Status::from(BrokerError::LeaseNotHeld("x".into())).code(), Code::FailedPrecondition);
+        assert_eq!(Status::from(BrokerError::ShuttingDown).code(), Code::Unavailable);
+        let s = Status::from(BrokerError::QueueNotFound("emails".into()));
+        assert!(s.message().contains("fairway queue create emails"));
+    }
+
+    #[test]
+    fn context_names_the_item() {
+        let e = BrokerError::InvalidArgument("bad".into()).context("jobs[3]");
+        assert_eq!(e.to_string(), "jobs[3]: bad");
+        let e = BrokerError::QueueNotFound("q".into()).context("jobs[1]");
+        assert_eq!(e.code(), Code::NotFound);
+        assert!(e.to_string().starts_with("jobs[1]: queue \"q\" does not exist"));
+    }
+}

@@ -1,0 +1,26 @@
+//! Fairway: a durable, fair, multi-tenant job-queue broker over gRPC.
+//!
+//! Layout: [`model`] (domain types and validation), [`scheduler`] (fair
+//! selection), [`storage`] (RocksDB layout), [`broker`] (the writer thread and
+//! all job logic), [`api`] (thin gRPC handlers), [`server`] (tonic wiring,
+//! health, reflection), [`cli`] (the terminal client).
+
+pub mod api;
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod model;
+pub mod scheduler;
+pub mod server;
+pub mod storage;
+pub mod telemetry;
+
+/// Code generated from `proto/fairway/v1/fairway.proto`.
+pub mod pb {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("fairway.v1");
+
+    /// Encoded descriptors of the contract, for gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fairway_descriptor.bin"));
+}

@@ -1,0 +1,101 @@
+//! `fairway`: the broker (`serve`) and its terminal client.
+
+use clap::{Parser, Subcommand};
+use fairway::{cli, config::ServeConfig, server, telemetry};
+use std::io::Write;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "fairway", version, about = "A durable, fair, multi-tenant job-queue broker")]
+struct Args {
+    /// Broker address for client commands.
+    #[arg(long, global = true, env = "FAIRWAY_ADDR", default_value = "http://127.0.0.1:50051")]
+    addr: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the broker.
+    Serve(ServeConfig),
+    /// Manage queues.
+    #[command(subcommand)]
+    Queue(cli::QueueCmd),
+    /// Enqueue one job.
+    Enqueue(cli::EnqueueArgs),
+    /// Check the broker's gRPC health (exit 0 only when SERVING).
+    Health {
+        /// A service name, e.g. fairway.v1.JobService; empty = the whole broker.
+        #[arg(long, default_value = "")]
+        service: String,
+    },
+}
+
+/// Resolves on the first SIGINT/SIGTERM; a second one exits at once.
+async fn shutdown_signal() {
+    wait_signal().await;
+    tracing::info!("signal received; draining (send another to force exit)");
+    tokio::spawn(async {
+        wait_signal().await;
+        tracing::warn!("second signal: exiting without draining");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let result: Result<(), Box<dyn std::error::Error>> = match args.cmd {
+        Cmd::Serve(config) => {
+            telemetry::init(config.log_format);
+            match tokio::net::TcpListener::bind(config.listen).await {
+                Ok(listener) => {
+                    if let Ok(addr) = listener.local_addr() {
+                        // A stable line on stdout that scripts and tests read.
+                        println!("fairway listening on {addr}");
+                        let _ = std::io::stdout().flush();
+                    }
+                    server::run(listener, &config, shutdown_signal()).await.map_err(Into::into)
+                }
+                Err(e) => Err(format!("cannot listen on {}: {e}", config.listen).into()),
+            }
+        }
+        Cmd::Queue(cmd) => cli::queue(&args.addr, cmd).await,
+        Cmd::Enqueue(a) => cli::enqueue(&args.addr, a).await,
+        Cmd::Health { service } => cli::health(&args.addr, service).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if let Some(status) = e.downcast_ref::<tonic::Status>() {
+                eprintln!("error: {:?}: {}", status.code(), status.message());
+            } else {
+                eprintln!("error: {e}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! Domain types and their validation, independent of gRPC and of storage.
+
+use crate::error::BrokerError;
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Name used when a request leaves tenant or environment empty.
+pub const DEFAULT_SCOPE: &str = "default";
+/// Longest lease a worker may ask for: every lease must expire, and a day is
+/// far past any job a lease is meant to cover.
+pub const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
+/// Largest batch accepted by `EnqueueBatch`; bigger batches hold the writer
+/// thread for too long and should be split by the client.
+pub const MAX_BATCH: usize = 10_000;
+/// Limit on a dedup key, so keys stay cheap to index.
+pub const MAX_DEDUP_KEY: usize = 256;
+/// Limit on all header keys and values of one job together.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Limit on the error text a nack stores with the job.
+pub const MAX_ERROR_BYTES: usize = 8 * 1024;
+
+/// Milliseconds since the Unix epoch: the broker's one clock unit.
+pub type Millis = u64;
+
+pub fn now_millis() -> Millis {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+pub fn duration_millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Checks a queue, tenant or environment name against `[a-z0-9][a-z0-9._-]{0,127}`.
+pub fn validate_name(kind: &str, name: &str) -> Result<(), BrokerError> {
+    let bytes = name.as_bytes();
+    let ok = !bytes.is_empty()
+        && bytes.len() <= 128
+        && matches!(bytes[0], b'a'..=b'z' | b'0'..=b'9')
+        && bytes.iter().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(BrokerError::InvalidArgument(format!(
+            "{kind} name {name:?} is invalid: use 1-128 characters from a-z, 0-9, '.', '_', '-', starting with a letter or digit"
+        )))
+    }
+}
+
+/// Returns the tenant/environment to use: empty means [`DEFAULT_SCOPE`].
+pub fn scope_or_default(kind: &str, value: &str) -> Result<String, BrokerError> {
+    if value.is_empty() {
+        return Ok(DEFAULT_SCOPE.to_string());
+    }
+    validate_name(kind, value)?;
+    Ok(value.to_string())
+}
+
+/// A job id: a broker-wide monotonic number, shown as 16 hex digits so ids
+/// sort like their creation order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobId(pub u64);
+
+impl JobId {
+    pub fn parse(s: &str) -> Result<JobId, BrokerError> {
+        if s.len() != 16 {
+            return Err(BrokerError::InvalidArgument(format!(
+                "job_id {s:?} is malformed: job ids are 16 hex digits as returned by Enqueue"
+            )));
+        }
+        u64::from_str_radix(s, 16).map(JobId).map_err(|_| {
+            BrokerError::InvalidArgument(format!(
+                "job_id {s:?} is malformed: job ids are 16 hex digits as returned by Enqueue"
+            ))
+        })
+    }
+}
+
+impl std::fmt::Display for JobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// An unguessable lease token (128 random bits), shown as 32 hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LeaseId(pub [u8; 16]);
+
+impl LeaseId {
+    pub fn random() -> LeaseId {
+        LeaseId(rand::random())
+    }
+
+    pub fn parse(s: &str) -> Result<LeaseId, BrokerError> {
+        let mut out = [0u8; 16];
+        match hex::decode_to_slice(s, &mut out) {
+            Ok(()) => Ok(LeaseId(out)),
+            Err(_) => Err(BrokerError::InvalidArgument(format!(
+                "lease_id {s:?} is malformed: lease ids are the 32 hex digits of a Delivery"
+            ))),
+        }
+    }
+
+    /// Compares in constant time so a guesser learns nothing from timing.
+    pub fn matches(&self, other: &LeaseId) -> bool {
+        self.0.iter().zip(other.0.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+}
+
+impl std::fmt::Display for LeaseId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+/// A queue's settings, with the defaults the contract names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueConfig {
+    pub default_lease: Duration,
+    pub max_attempts: u32,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// Zero: a dedup key is held only while its job is live.
+    pub dedup_window: Duration,
+    pub max_payload_bytes: u32,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            default_lease: Duration::from_secs(30),
+            max_attempts: 10,
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(3600),
+            dedup_window: Duration::ZERO,
+            max_payload_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// Hard ceiling on `max_payload_bytes`, below the server's message limit.
+pub const MAX_PAYLOAD_LIMIT: u32 = 32 * 1024 * 1024;
+
+impl QueueConfig {
+    pub fn validate(&self) -> Result<(), BrokerError> {
+        let bad = |m: String| Err(BrokerError::InvalidArgument(m));
+        if self.default_lease.is_zero() || self.default_lease > MAX_LEASE {
+            return bad(format!("default_lease_duration must be between 1ms and {}s", MAX_LEASE.as_secs()));
+        }
+        if self.max_attempts == 0 {
+            return bad("max_attempts must be at least 1".into());
+        }
+        if self.backoff_initial.is_zero() {
+            return bad("backoff_initial must be positive".into());
+        }
+        if self.backoff_max < self.backoff_initial {
+            return bad("backoff_max must be at least backoff_initial".into());
+        }
+        if self.max_payload_bytes == 0 || self.max_payload_bytes > MAX_PAYLOAD_LIMIT {
+            return bad(format!("max_payload_bytes must be between 1 and {MAX_PAYLOAD_LIMIT}"));
+        }
+        Ok(())
+    }
+
+    /// Delay before retry number `attempt` (1-based): exponential from
+    /// `backoff_initial`, capped at `backoff_max`, with "equal jitter" (half
+    /// fixed, half random) so a burst of failures does not retry in lockstep.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let exp = attempt.saturating_sub(1).min(40);
+        let base = self.backoff_initial.saturating_mul(1u32 << exp.min(31)).min(self.backoff_max);
+        let half = base / 2;
+        let jitter_ms = duration_millis(half);
+        let extra = if jitter_ms == 0 { 0 } else { rand::random::<u64>() % (jitter_ms + 1) };
+        half + Duration::from_millis(extra)
+    }
+}
+
+/// A validated job, ready for the writer.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub queue: String,
+    pub tenant: String,
+    pub environment: String,
+    pub payload: bytes::Bytes,
+    pub headers: HashMap<String, String>,
+    pub priority: i32,
+    /// When it may first run; `None` = at once.
+    pub run_at: Option<Millis>,
+    pub dedup_key: String,
+    /// 0 = queue default.
+    pub max_attempts: u32,
+    /// `None` = queue default.
+    pub lease_duration: Option<Duration>,
+}
+
+/// The state a job is in, as the contract names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobState {
+    Scheduled,
+    Ready,
+    Leased,
+    Dead,
+}
+
+/// Checks the parts of a job that don't depend on its queue's settings.
+pub fn validate_job_shape(job: &NewJob) -> Result<(), BrokerError> {
+    if job.dedup_key.len() > MAX_DEDUP_KEY {
+        return Err(BrokerError::InvalidArgument(format!(
+            "dedup_key is {} bytes; the limit is {MAX_DEDUP_KEY}",
+            job.dedup_key.len()
+        )));
+    }
+    let header_bytes: usize = job.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return Err(BrokerError::InvalidArgument(format!(
+            "headers total {header_bytes} bytes; the limit is {MAX_HEADER_BYTES}"
+        )));
+    }
+    if let Some(d) = job.lease_duration {
+        validate_lease_duration(d)?;
+    }
+    Ok(())
+}
+
+pub fn validate_lease_duration(d: Duration) -> Result<(), BrokerError> {
+    if d.is_zero() || d > MAX_LEASE {
+        return Err(BrokerError::InvalidArgument(format!(
+            "lease_duration must be between 1ms and {}s",
+            MAX_LEASE.as_secs()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_contract_pattern() {
+        for good in ["a", "0", "emails", "tenant-1.prod_x", &"a".repeat(128)] {
+            assert!(validate_name("queue", good).is_ok(), "{good}");
+        }
+        for bad in ["", "-a", ".a", "A", "a b", "a/b", "é", &"a".repeat(129)] {
+            assert!(validate_name("queue", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn empty_scope_means_default() {
+        assert_eq!(scope_or_default("tenant", "").unwrap(), "default");
+        assert_eq!(scope_or_default("tenant", "acme").unwrap(), "acme");
+        assert!(scope_or_default("tenant", "ACME").is_err());
+    }
+
+    #[test]
+    fn ids_round_trip_and_reject_garbage() {
+        let id = JobId(0xabc);
+        assert_eq!(id.to_string(), "0000000000000abc");
+        assert_eq!(JobId::parse(&id.to_string()).unwrap(), id);
+        assert!(JobId::parse("xyz").is_err());
+        assert!(JobId::parse("zzzzzzzzzzzzzzzz").is_err());
+        let lease = LeaseId::random();
+        assert!(LeaseId::parse(&lease.to_string()).unwrap().matches(&lease));
+        assert!(!LeaseId::random().matches(&lease));
+        assert!(LeaseId::parse("not-a-lease").is_err());
+    }
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let c = QueueConfig {
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(10),
+            ..QueueConfig::default()
+        };
+        for attempt in 1..50 {
+            let base = Duration::from_secs(1u64 << (attempt - 1).min(20)).min(c.backoff_max);
+            let d = c.backoff(attempt);
+            assert!(d >= base / 2 && d <= base, "attempt {attempt}: {d:?} vs {base:?}");
+        }
+    }
+
+    #[test]
+    fn queue_config_defaults_match_the_contract() {
+        let c = QueueConfig::default();
+        assert_eq!(c.default_lease, Duration::from_secs(30));
+        assert_eq!(c.max_attempts, 10);
+        assert_eq!(c.backoff_initial, Duration::from_secs(1));
+        assert_eq!(c.backoff_max, Duration::from_secs(3600));
+        assert_eq!(c.dedup_window, Duration::ZERO);
+        assert_eq!(c.max_payload_bytes, 1 << 20);
+        assert!(c.validate().is_ok());
+    }
+}

@@ -1,0 +1,228 @@
+//! RocksDB: one column family per queue plus `meta`, sharing one block cache
+//! and one write-buffer budget. Everything that knows about RocksDB options
+//! and column-family names lives here; the key layout is in [`keys`].
+
+pub mod keys;
+pub mod records;
+
+use crate::error::{BrokerError, Result};
+use crate::model::now_millis;
+use prost::Message;
+use records::QueueMeta;
+use rocksdb::{
+    compaction_filter::Decision, BlockBasedOptions, BoundColumnFamily, Cache, ColumnFamilyDescriptor,
+    DBCompressionType, DBWithThreadMode, MultiThreaded, Options, WriteBatch, WriteBufferManager, WriteOptions,
+};
+use std::path::Path;
+use std::sync::Arc;
+
+pub type Db = DBWithThreadMode<MultiThreaded>;
+
+pub const META_CF: &str = "meta";
+/// Meta key of the highest job id ever handed out (ids never repeat).
+const ID_HWM_KEY: &[u8] = b"id_hwm";
+const QUEUE_PREFIX: &[u8] = b"queue/";
+
+/// Block cache shared by every column family: idle queues cost no memory.
+const BLOCK_CACHE_BYTES: usize = 256 << 20;
+/// Memtable budget shared by every column family, so a thousand queues don't
+/// mean a thousand full memtables.
+const WRITE_BUFFER_BUDGET: usize = 512 << 20;
+
+/// How writes reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    /// Every acknowledged write is in the WAL and fsynced (group commit).
+    Strict,
+    /// Writes reach the WAL (surviving a process crash) but are not fsynced:
+    /// an OS crash or power loss can lose the last moments of writes.
+    Relaxed,
+}
+
+/// The database handle plus what is needed to create queue column families.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Db>,
+    /// Options for new queue column families (carry the shared cache).
+    cf_opts: Options,
+    sync: bool,
+}
+
+pub fn queue_cf(queue: &str) -> String {
+    format!("q.{queue}")
+}
+
+fn queue_cf_options(cache: &Cache) -> Options {
+    let mut block = BlockBasedOptions::default();
+    block.set_block_cache(cache);
+    block.set_bloom_filter(10.0, false);
+    block.set_cache_index_and_filter_blocks(true);
+    block.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    let mut o = Options::default();
+    o.set_block_based_table_factory(&block);
+    o.set_compression_type(DBCompressionType::Lz4);
+    o.set_level_compaction_dynamic_level_bytes(true);
+    o.set_write_buffer_size(64 << 20);
+    // Expired dedup holds vanish at compaction; the broker already treats
+    // them as absent, so this only reclaims space.
+    o.set_compaction_filter("fairway-dedup-expiry", |_level: u32, key: &[u8], value: &[u8]| {
+        if key.first() == Some(&keys::DEDUP) {
+            if let Some((_, expires)) = keys::parse_dedup_value(value) {
+                if expires != 0 && expires < now_millis() {
+                    return Decision::Remove;
+                }
+            }
+        }
+        Decision::Keep
+    });
+    o
+}
+
+impl Store {
+    pub fn open(dir: &Path, durability: Durability) -> Result<Store> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| BrokerError::Storage(format!("cannot create data dir {}: {e}", dir.display())))?;
+        let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+        let wbm = WriteBufferManager::new_write_buffer_manager_with_cache(WRITE_BUFFER_BUDGET, false, cache.clone());
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.increase_parallelism(2);
+        db_opts.set_max_background_jobs(2);
+        db_opts.set_write_buffer_manager(&wbm);
+        db_opts.set_max_total_wal_size(256 << 20);
+        db_opts.set_keep_log_file_num(3);
+        let cf_opts = queue_cf_options(&cache);
+        let existing = Db::list_cf(&db_opts, dir).unwrap_or_default();
+        let mut descriptors = vec![ColumnFamilyDescriptor::new(META_CF, Options::default())];
+        for name in existing.iter().filter(|n| n.starts_with("q.")) {
+            descriptors.push(ColumnFamilyDescriptor::new(name, cf_opts.clone()));
+        }
+        let db = Db::open_cf_descriptors(&db_opts, dir, descriptors)?;
+        Ok(Store { db: Arc::new(db), cf_opts, sync: durability == Durability::Strict })
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    pub fn cf(&self, queue: &str) -> Result<Arc<BoundColumnFamily<'_>>> {
+        self.db.cf_handle(&queue_cf(queue)).ok_or_else(|| BrokerError::QueueNotFound(queue.to_string()))
+    }
+
+    pub fn meta(&self) -> Result<Arc<BoundColumnFamily<'_>>> {
+        self.db.cf_handle(META_CF).ok_or_else(|| BrokerError::Storage("meta column family missing".into()))
+    }
+
+    pub fn create_queue_cf(&self, queue: &str) -> Result<()> {
+        let name = queue_cf(queue);
+        if self.db.cf_handle(&name).is_none() {
+            self.db.create_cf(&name, &self.cf_opts)?;
+        }
+        Ok(())
+    }
+
+    pub fn drop_queue_cf(&self, queue: &str) -> Result<()> {
+        let name = queue_cf(queue);
+        if self.db.cf_handle(&name).is_some() {
+            self.db.drop_cf(&name)?;
+        }
+        Ok(())
+    }
+
+    /// Commits a batch atomically; with strict durability, fsynced.
+    pub fn write(&self, batch: WriteBatch) -> Result<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(self.sync);
+        self.db.write_opt(batch, &wo)?;
+        Ok(())
+    }
+
+    /// Makes every write so far durable (used at shutdown with relaxed durability).
+    pub fn sync_wal(&self) -> Result<()> {
+        self.db.flush_wal(true)?;
+        Ok(())
+    }
+
+    pub fn queue_meta_key(queue: &str) -> Vec<u8> {
+        let mut k = QUEUE_PREFIX.to_vec();
+        k.extend_from_slice(queue.as_bytes());
+        k
+    }
+
+    pub fn put_queue_meta(&self, batch: &mut WriteBatch, meta: &QueueMeta) -> Result<()> {
+        batch.put_cf(&self.meta()?, Self::queue_meta_key(&meta.name), meta.encode_to_vec());
+        Ok(())
+    }
+
+    pub fn delete_queue_meta(&self, batch: &mut WriteBatch, queue: &str) -> Result<()> {
+        batch.delete_cf(&self.meta()?, Self::queue_meta_key(queue));
+        Ok(())
+    }
+
+    /// Every queue definition, and drops column families left without one
+    /// (a queue whose creation did not commit).
+    pub fn load_queues(&self) -> Result<Vec<QueueMeta>> {
+        let meta_cf = self.meta()?;
+        let mut out = Vec::new();
+        for item in self.db.prefix_iterator_cf(&meta_cf, QUEUE_PREFIX) {
+            let (k, v) = item?;
+            if !k.starts_with(QUEUE_PREFIX) {
+                break;
+            }
+            let meta =
+                QueueMeta::decode(&*v).map_err(|e| BrokerError::Storage(format!("corrupt queue definition: {e}")))?;
+            out.push(meta);
+        }
+        let existing = Db::list_cf(&Options::default(), self.db.path()).unwrap_or_default();
+        for cf in existing.iter().filter_map(|n| n.strip_prefix("q.")) {
+            if !out.iter().any(|m| m.name == cf) {
+                tracing::warn!(queue = cf, "dropping column family of a queue with no definition");
+                self.drop_queue_cf(cf)?;
+            }
+        }
+        for m in &out {
+            self.create_queue_cf(&m.name)?;
+        }
+        Ok(out)
+    }
+
+    pub fn load_id_hwm(&self) -> Result<u64> {
+        let v = self.db.get_cf(&self.meta()?, ID_HWM_KEY)?;
+        Ok(v.and_then(|v| v.as_slice().try_into().ok().map(u64::from_be_bytes)).unwrap_or(0))
+    }
+
+    pub fn put_id_hwm(&self, batch: &mut WriteBatch, hwm: u64) -> Result<()> {
+        batch.put_cf(&self.meta()?, ID_HWM_KEY, hwm.to_be_bytes());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queues_and_id_hwm_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), Durability::Strict).unwrap();
+            store.create_queue_cf("emails").unwrap();
+            store.create_queue_cf("orphan").unwrap();
+            let mut b = WriteBatch::default();
+            let meta = QueueMeta { name: "emails".into(), max_attempts: 3, ..Default::default() };
+            store.put_queue_meta(&mut b, &meta).unwrap();
+            store.put_id_hwm(&mut b, 42).unwrap();
+            b.put_cf(&store.cf("emails").unwrap(), b"k", b"v");
+            store.write(b).unwrap();
+        }
+        let store = Store::open(dir.path(), Durability::Strict).unwrap();
+        let queues = store.load_queues().unwrap();
+        assert_eq!(queues.len(), 1);
+        assert_eq!(queues[0].max_attempts, 3);
+        assert_eq!(store.load_id_hwm().unwrap(), 42);
+        assert!(store.cf("orphan").is_err(), "a queue without a definition is dropped");
+        let v = store.db().get_cf(&store.cf("emails").unwrap(), b"k").unwrap();
+        assert_eq!(v.as_deref(), Some(&b"v"[..]));
+    }
+}

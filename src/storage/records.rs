@@ -1,0 +1,119 @@
+//! What RocksDB values hold, as prost messages (compact, and fields can be
+//! added without a migration).
+
+/// A stored job. Written at enqueue and rewritten only when the job changes
+/// state outside a lease (nack, expiry, dead-letter, redrive), so leasing and
+/// acking never copy the payload.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct JobRecord {
+    #[prost(string, tag = "1")]
+    pub tenant: String,
+    #[prost(string, tag = "2")]
+    pub environment: String,
+    #[prost(bytes = "bytes", tag = "3")]
+    pub payload: bytes::Bytes,
+    #[prost(map = "string, string", tag = "4")]
+    pub headers: std::collections::HashMap<String, String>,
+    #[prost(int32, tag = "5")]
+    pub priority: i32,
+    /// `StoredState` as u32: scheduled, ready or dead (leases live in `L`).
+    #[prost(uint32, tag = "6")]
+    pub state: u32,
+    /// Deliveries made so far, not counting a lease in progress.
+    #[prost(uint32, tag = "7")]
+    pub attempt: u32,
+    #[prost(uint32, tag = "8")]
+    pub max_attempts: u32,
+    #[prost(string, tag = "9")]
+    pub last_error: String,
+    #[prost(uint64, tag = "10")]
+    pub created_at_ms: u64,
+    #[prost(uint64, tag = "11")]
+    pub run_at_ms: u64,
+    #[prost(string, tag = "12")]
+    pub dedup_key: String,
+    /// 0 = the queue default.
+    #[prost(uint64, tag = "13")]
+    pub lease_duration_ms: u64,
+}
+
+/// The state stored in `JobRecord.state`.
+pub mod stored_state {
+    pub const SCHEDULED: u32 = 1;
+    pub const READY: u32 = 2;
+    pub const DEAD: u32 = 4;
+}
+
+/// A lease in progress; its existence is what makes a job "leased".
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LeaseRecord {
+    #[prost(bytes = "vec", tag = "1")]
+    pub lease_id: Vec<u8>,
+    #[prost(uint64, tag = "2")]
+    pub expires_at_ms: u64,
+    /// This delivery's attempt number (1 on the first).
+    #[prost(uint32, tag = "3")]
+    pub attempt: u32,
+    #[prost(string, tag = "4")]
+    pub worker_id: String,
+    /// Used again when the worker extends without naming a duration.
+    #[prost(uint64, tag = "5")]
+    pub duration_ms: u64,
+}
+
+/// Where a scheduled job goes when it becomes ready, so promotion needs no
+/// read of the job itself.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GroupRef {
+    #[prost(string, tag = "1")]
+    pub tenant: String,
+    #[prost(string, tag = "2")]
+    pub environment: String,
+    #[prost(int32, tag = "3")]
+    pub priority: i32,
+}
+
+/// Per-queue counters, written in the same batch as the change they count.
+#[derive(Clone, Copy, PartialEq, prost::Message)]
+pub struct QueueCounters {
+    #[prost(uint64, tag = "1")]
+    pub scheduled: u64,
+    #[prost(uint64, tag = "2")]
+    pub dead: u64,
+    #[prost(uint64, tag = "3")]
+    pub enqueued_total: u64,
+    #[prost(uint64, tag = "4")]
+    pub acked_total: u64,
+    #[prost(uint64, tag = "5")]
+    pub nacked_total: u64,
+    #[prost(uint64, tag = "6")]
+    pub expired_total: u64,
+    #[prost(uint64, tag = "7")]
+    pub deduplicated_total: u64,
+    #[prost(uint64, tag = "8")]
+    pub dead_lettered_total: u64,
+}
+
+/// A queue's definition, in the metadata column family.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct QueueMeta {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(uint64, tag = "2")]
+    pub default_lease_ms: u64,
+    #[prost(uint32, tag = "3")]
+    pub max_attempts: u32,
+    #[prost(uint64, tag = "4")]
+    pub backoff_initial_ms: u64,
+    #[prost(uint64, tag = "5")]
+    pub backoff_max_ms: u64,
+    #[prost(uint64, tag = "6")]
+    pub dedup_window_ms: u64,
+    #[prost(uint32, tag = "7")]
+    pub max_payload_bytes: u32,
+    #[prost(bool, tag = "8")]
+    pub paused: bool,
+    /// Distinguishes a re-created queue from the one dropped before it.
+    #[prost(uint64, tag = "9")]
+    pub generation: u64,
+}
