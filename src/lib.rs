@@ -6,6 +6,7 @@
 //! health, reflection), [`cli`] (the terminal client).
 
 pub mod api;
+pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod config;

@@ -24,6 +24,8 @@ enum Cmd {
     Queue(cli::QueueCmd),
     /// Enqueue one job.
     Enqueue(cli::EnqueueArgs),
+    /// Measure throughput and latency against a broker process started here.
+    Bench(fairway::bench::BenchArgs),
     /// Check the broker's gRPC health (exit 0 only when SERVING).
     Health {
         /// A service name, e.g. fairway.v1.JobService; empty = the whole broker.
@@ -86,6 +88,7 @@ async fn main() -> ExitCode {
         Cmd::Queue(cmd) => cli::queue(&args.addr, cmd).await,
         Cmd::Enqueue(a) => cli::enqueue(&args.addr, a).await,
         Cmd::Health { service } => cli::health(&args.addr, service).await,
+        Cmd::Bench(a) => fairway::bench::run(a).await.map_err(|e| e.to_string().into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -17,6 +17,7 @@ use std::future::Future;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
 use tonic_health::ServingStatus;
 
 /// Largest request accepted: room for a maximal batch of small jobs or one
@@ -78,10 +79,18 @@ pub async fn run(
         let _ = drained_tx.send(());
     };
 
+    // `Server::tcp_nodelay` only covers listeners tonic binds itself: set it
+    // on every accepted socket, or Nagle plus delayed ACKs add ~40 ms stalls.
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        conn.inspect(|s| {
+            if let Err(e) = s.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        })
+    });
     let serve = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -100,7 +109,7 @@ pub async fn run(
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), on_shutdown);
+        .serve_with_incoming_shutdown(incoming, on_shutdown);
     tokio::pin!(serve);
     tokio::select! {
         r = &mut serve => r?,

@@ -427,3 +427,57 @@ async fn list_jobs_pages_through_a_queue() {
     assert!(odd.jobs.iter().all(|j| j.tenant == "odd"));
     s.stop().await;
 }
+
+/// Retries (nack with backoff) racing with delayed jobs coming due: every job
+/// must still be delivered until acked, none stranded in the scheduled index.
+#[tokio::test]
+async fn retries_and_delays_racing_never_strand_a_job() {
+    let s = TestServer::start().await;
+    s.create_queue(
+        "q",
+        pb::QueueConfig {
+            backoff_initial: Some(dur(Duration::from_millis(5))),
+            backoff_max: Some(dur(Duration::from_millis(40))),
+            ..Default::default()
+        },
+    )
+    .await;
+    let total = 300;
+    let jobs = (0..total)
+        .map(|i| {
+            let mut r = job("q", &format!("t{}", i % 7), "e", &i.to_string());
+            r.schedule = Some(pb::enqueue_request::Schedule::Delay(dur(Duration::from_millis((i % 30) * 10))));
+            r
+        })
+        .collect();
+    s.jobs().enqueue_batch(pb::EnqueueBatchRequest { jobs }).await.unwrap();
+    let mut acked = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acked < total {
+        assert!(Instant::now() < deadline, "only {acked} of {total} jobs completed: {:?}", s.stats("q").await);
+        for d in s.lease("q", 16, Duration::from_millis(500), None).await {
+            let j = d.job.as_ref().unwrap();
+            if j.attempt < 3 {
+                // Alternate explicit retry_after and the queue's backoff.
+                let retry_after = (j.attempt == 1).then(|| dur(Duration::from_millis(15)));
+                s.workers()
+                    .nack(pb::NackRequest {
+                        queue: "q".into(),
+                        job_id: j.id.clone(),
+                        lease_id: d.lease_id.clone(),
+                        retry_after,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+            } else {
+                s.ack("q", &d).await.unwrap();
+                acked += 1;
+            }
+        }
+    }
+    let st = s.stats("q").await;
+    assert_eq!((st.ready, st.scheduled, st.leased, st.dead), (0, 0, 0, 0));
+    assert_eq!((st.acked_total, st.nacked_total), (total, total * 2));
+    s.stop().await;
+}

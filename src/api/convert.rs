@@ -29,7 +29,7 @@ fn timestamp_millis(field: &str, t: &prost_types::Timestamp) -> Result<u64> {
     if t.seconds < 0 || t.nanos < 0 || t.nanos >= 1_000_000_000 {
         return Err(invalid(format!("{field} must be a timestamp after 1970")));
     }
-    Ok((t.seconds as u64).saturating_mul(1000) + (t.nanos as u64) / 1_000_000)
+    Ok((t.seconds as u64).saturating_mul(1000).saturating_add((t.nanos as u64) / 1_000_000))
 }
 
 pub fn queue_name(name: &str) -> Result<String> {

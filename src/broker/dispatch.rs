@@ -267,6 +267,14 @@ impl Engine {
             });
             if !sent {
                 tracing::debug!(queue = %o.queue, job = %o.job, "delivery not sent: worker stream closed");
+                // Nobody received it: revert the lease without an attempt.
+                if let Some(c) = self.consumers.get_mut(&o.consumer) {
+                    c.leases.remove(&(o.queue.clone(), o.job));
+                    c.in_flight = c.in_flight.saturating_sub(1);
+                }
+                if let Err(e) = self.undeliver(&o.queue, o.job) {
+                    self.w.poison(e);
+                }
                 gone.push(o.consumer);
             }
         }

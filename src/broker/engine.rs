@@ -188,9 +188,18 @@ impl Engine {
             self.queues.insert(meta.name.clone(), q);
         }
         self.publish_registry();
-        for c in self.consumers.values_mut() {
-            c.in_flight = 0;
-            c.leases.clear();
+        // Leases on disk come back without their Work streams: re-link the
+        // ones whose stream is still connected, so windows and disconnects
+        // keep working.
+        for (id, c) in self.consumers.iter_mut() {
+            c.leases.retain(|(q, job)| match self.queues.get_mut(q).and_then(|q| q.leases.get_mut(job)) {
+                Some(l) => {
+                    l.consumer = Some(*id);
+                    true
+                }
+                None => false,
+            });
+            c.in_flight = c.leases.len() as u32;
         }
         Ok(())
     }
@@ -252,7 +261,7 @@ impl Engine {
     }
 
     fn next_wakeup(&self) -> Duration {
-        if !self.tasks.is_empty() {
+        if !self.tasks.is_empty() || !self.w.is_empty() {
             return Duration::ZERO;
         }
         let now = now_millis();
@@ -309,6 +318,9 @@ impl Engine {
         let after = std::mem::take(&mut self.w.after);
         match result {
             Ok(()) => {
+                for q in self.queues.values_mut() {
+                    q.staged_due = None;
+                }
                 for f in after {
                     f(None);
                 }
@@ -318,6 +330,11 @@ impl Engine {
                 tracing::error!(error = %e, "commit failed; answering callers with the error and reloading state from disk");
                 for f in after {
                     f(Some(&e));
+                }
+                // Their progress so far may not have landed: fail them
+                // rather than report a partial redrive or purge as done.
+                for task in self.tasks.drain(..) {
+                    task.fail(e.clone());
                 }
                 self.drop_uncommitted_deliveries();
                 if let Err(e) = self.load_all() {

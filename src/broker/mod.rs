@@ -8,6 +8,8 @@
 
 mod dispatch;
 mod engine;
+#[cfg(test)]
+mod engine_tests;
 mod ops;
 mod queue_state;
 mod reads;

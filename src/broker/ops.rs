@@ -47,6 +47,15 @@ pub(super) enum Task {
     },
 }
 
+impl Task {
+    pub(super) fn fail(self, e: BrokerError) {
+        let reply = match self {
+            Task::Redrive { reply, .. } | Task::Purge { reply, .. } => reply,
+        };
+        let _ = reply.send(Err(e));
+    }
+}
+
 /// Where a job goes when its lease ends without an ack.
 enum Next {
     Ready,
@@ -84,6 +93,14 @@ fn reply_after<T: Send + 'static>(reply: Reply<T>, value: T) -> AfterCommit {
 }
 
 impl Engine {
+    /// A storage failure part way through an operation may leave some of
+    /// its writes staged: the batch must not commit half of it.
+    fn poison_if_storage<T>(&mut self, result: &Result<T>) {
+        if let Err(e @ BrokerError::Storage(_)) = result {
+            self.w.poison(e.clone());
+        }
+    }
+
     fn queue_mut(&mut self, name: &str) -> Result<&mut QueueState> {
         self.queues.get_mut(name).ok_or_else(|| BrokerError::QueueNotFound(name.to_string()))
     }
@@ -183,6 +200,9 @@ impl Engine {
         q.counters.scheduled += 1;
         q.totals_dirty = true;
         q.next_due = Some(q.next_due.map_or(run_at, |d| d.min(run_at)));
+        q.staged_due = Some(q.staged_due.map_or(run_at, |d| d.min(run_at)));
+        // If the clock stepped back, promotion must look before its cursor.
+        q.scheduled_cursor = q.scheduled_cursor.min(run_at);
         Ok(())
     }
 
@@ -230,6 +250,7 @@ impl Engine {
         reply: SettleReply,
     ) {
         let result = self.settle_inner(&queue, job, lease, &action);
+        self.poison_if_storage(&result);
         match reply {
             SettleReply::Unary(tx) => match result {
                 Ok(v) => self.w.after(reply_after(tx, v)),
@@ -382,7 +403,9 @@ impl Engine {
     // -------------------------------------------------------------- cancel
 
     pub(super) fn cancel(&mut self, queue: String, job: JobId, reply: Reply<bool>) {
-        match self.cancel_inner(&queue, job) {
+        let result = self.cancel_inner(&queue, job);
+        self.poison_if_storage(&result);
+        match result {
             Ok(()) => self.w.after(reply_after(reply, true)),
             Err(e) => {
                 let _ = reply.send(Err(e));
@@ -501,7 +524,11 @@ impl Engine {
         let q = self.queue_mut(queue)?;
         if complete {
             q.scheduled_cursor = now.saturating_add(1);
-            q.next_due = first_scheduled(&store, queue, q.scheduled_cursor)?;
+            let on_disk = first_scheduled(&store, queue, q.scheduled_cursor)?;
+            q.next_due = match (on_disk, q.staged_due) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
         } else {
             // Resume at the same run_at next turn, after this batch commits.
             q.scheduled_cursor = last_run_at;
@@ -517,7 +544,10 @@ impl Engine {
             let _ = reply.send(Err(BrokerError::QueueExists(name)));
             return;
         }
-        if let Err(e) = self.w.store.create_queue_cf(&name) {
+        // A column family without a queue is a leftover (e.g. a drop that
+        // failed): never let a new queue inherit its keys.
+        let fresh = self.w.store.drop_queue_cf(&name).and_then(|_| self.w.store.create_queue_cf(&name));
+        if let Err(e) = fresh {
             let _ = reply.send(Err(e));
             return;
         }

@@ -119,6 +119,9 @@ pub struct QueueState {
     pub next_due: Option<Millis>,
     /// Every scheduled key before this run_at has been promoted.
     pub scheduled_cursor: Millis,
+    /// Earliest run_at staged in the uncommitted batch: a promotion scan of
+    /// committed keys can't see those, so it must not forget them.
+    pub staged_due: Option<Millis>,
     pub counters: QueueCounters,
     /// Counters changed since the last commit.
     pub totals_dirty: bool,
@@ -138,6 +141,7 @@ impl QueueState {
             lease_expiry: BTreeSet::new(),
             next_due: None,
             scheduled_cursor: 0,
+            staged_due: None,
             counters,
             totals_dirty: false,
             dirty_groups: HashSet::new(),

@@ -1,0 +1,392 @@
+//! `fairway bench`: throughput and latency percentiles against a real broker
+//! process (started here on a temp dir, or an existing one via --target).
+//!
+//! Scenarios: unary `Enqueue` with many concurrent callers; `EnqueueBatch`;
+//! end to end (producers batch-enqueue while workers on `Work` streams ack);
+//! restart time with a stored backlog. Every enqueue is fsynced unless the
+//! broker runs with `--durability relaxed`.
+
+use crate::pb;
+use crate::pb::job_service_client::JobServiceClient;
+use crate::pb::worker_service_client::WorkerServiceClient;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Jobs per throughput scenario.
+    #[arg(long, default_value_t = 50_000)]
+    pub jobs: u64,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub payload_bytes: usize,
+    /// Concurrent unary callers.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Jobs per EnqueueBatch call.
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// Work streams in the end-to-end scenario.
+    #[arg(long, default_value_t = 4)]
+    pub workers: usize,
+    /// Prefetch window of each Work stream.
+    #[arg(long, default_value_t = 256)]
+    pub max_in_flight: u32,
+    /// Jobs stored before measuring restart time (0 skips the scenario).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub restart_jobs: u64,
+    /// Broker durability for the broker started here.
+    #[arg(long, value_enum, default_value = "strict")]
+    pub durability: crate::storage::Durability,
+    /// Data dir for the broker started here (default: a fresh temp dir).
+    #[arg(long)]
+    pub data_dir: Option<std::path::PathBuf>,
+}
+
+/// Latency samples in microseconds.
+#[derive(Default)]
+struct Samples(Vec<u64>);
+
+impl Samples {
+    fn pct(&mut self, p: f64) -> f64 {
+        if self.0.is_empty() {
+            return 0.0;
+        }
+        self.0.sort_unstable();
+        let i = ((self.0.len() as f64 - 1.0) * p).round() as usize;
+        self.0[i] as f64 / 1000.0
+    }
+}
+
+struct Row {
+    name: String,
+    jobs: u64,
+    secs: f64,
+    lat: Samples,
+    note: String,
+}
+
+struct BrokerProc {
+    child: Child,
+    addr: String,
+}
+
+impl BrokerProc {
+    fn start(dir: &std::path::Path, durability: crate::storage::Durability) -> BenchResult<BrokerProc> {
+        let exe = std::env::current_exe()?;
+        let mut child = Command::new(exe)
+            .args(["serve", "--listen", "127.0.0.1:0", "--durability"])
+            .arg(format!("{durability:?}").to_lowercase())
+            .arg("--data-dir")
+            .arg(dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().ok_or("no stdout")?).read_line(&mut line)?;
+        let addr = line.trim().strip_prefix("fairway listening on ").ok_or("broker did not start")?.to_string();
+        Ok(BrokerProc { child, addr: format!("http://{addr}") })
+    }
+
+    fn stop(mut self) -> BenchResult<()> {
+        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for BrokerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn now_nanos() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+fn job(queue: &str, tenant: usize, size: usize) -> pb::EnqueueRequest {
+    let mut payload = vec![b'x'; size.max(8)];
+    payload[..8].copy_from_slice(&now_nanos().to_be_bytes());
+    pb::EnqueueRequest {
+        queue: queue.into(),
+        tenant: format!("t{}", tenant % 16),
+        payload: payload.into(),
+        ..Default::default()
+    }
+}
+
+async fn connect(addr: &str) -> BenchResult<Channel> {
+    let ep = tonic::transport::Endpoint::from_shared(addr.to_string())?;
+    for _ in 0..100 {
+        if let Ok(c) = ep.connect().await {
+            return Ok(c);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err("cannot connect to broker".into())
+}
+
+async fn create_queue(ch: &Channel, name: &str) -> BenchResult<()> {
+    let mut admin = pb::admin_service_client::AdminServiceClient::new(ch.clone());
+    admin.create_queue(pb::CreateQueueRequest { name: name.into(), config: None }).await?;
+    Ok(())
+}
+
+async fn unary(ch: &Channel, a: &BenchArgs) -> BenchResult<Row> {
+    create_queue(ch, "bench-unary").await?;
+    let next = Arc::new(AtomicU64::new(0));
+    let lat = Arc::new(Mutex::new(Samples::default()));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..a.concurrency {
+        let (mut c, next, lat, a) = (JobServiceClient::new(ch.clone()), next.clone(), lat.clone(), a.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < a.jobs {
+                let t = Instant::now();
+                c.enqueue(job("bench-unary", mine.len(), a.payload_bytes)).await?;
+                mine.push(t.elapsed().as_micros() as u64);
+            }
+            lat.lock().map_err(|_| "poisoned")?.0.extend(mine);
+            BenchResult::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let lat = std::mem::take(&mut *lat.lock().map_err(|_| "poisoned")?);
+    Ok(Row {
+        name: format!("unary Enqueue, {} callers", a.concurrency),
+        jobs: a.jobs,
+        secs,
+        lat,
+        note: "per call".into(),
+    })
+}
+
+async fn batch(ch: &Channel, a: &BenchArgs, queue: &str, jobs: u64, in_flight: usize) -> BenchResult<Row> {
+    let batches = jobs.div_ceil(a.batch as u64);
+    let next = Arc::new(AtomicU64::new(0));
+    let lat = Arc::new(Mutex::new(Samples::default()));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..in_flight {
+        let (mut c, next, lat, a, q) =
+            (JobServiceClient::new(ch.clone()), next.clone(), lat.clone(), a.clone(), queue.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < batches {
+                let jobs = (0..a.batch).map(|i| job(&q, i, a.payload_bytes)).collect();
+                let t = Instant::now();
+                c.enqueue_batch(pb::EnqueueBatchRequest { jobs }).await?;
+                mine.push(t.elapsed().as_micros() as u64);
+            }
+            lat.lock().map_err(|_| "poisoned")?.0.extend(mine);
+            BenchResult::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let lat = std::mem::take(&mut *lat.lock().map_err(|_| "poisoned")?);
+    Ok(Row {
+        name: format!("EnqueueBatch of {}, {in_flight} in flight", a.batch),
+        jobs: batches * a.batch as u64,
+        secs,
+        lat,
+        note: "per batch".into(),
+    })
+}
+
+/// Producers batch-enqueue while workers on Work streams ack everything.
+async fn end_to_end(ch: &Channel, a: &BenchArgs) -> BenchResult<(Row, Row)> {
+    create_queue(ch, "bench-e2e").await?;
+    let total = a.jobs.div_ceil(a.batch as u64) * a.batch as u64;
+    let acked = Arc::new(AtomicU64::new(0));
+    let delivery_lat = Arc::new(Mutex::new(Samples::default()));
+    let ack_lat = Arc::new(Mutex::new(Samples::default()));
+    let start = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..a.workers {
+        let (ch, acked, dl, al, a) = (ch.clone(), acked.clone(), delivery_lat.clone(), ack_lat.clone(), a.clone());
+        workers.push(tokio::spawn(async move {
+            let (tx, rx) = tokio::sync::mpsc::channel(4096);
+            tx.send(pb::WorkRequest {
+                request: Some(pb::work_request::Request::Subscribe(pb::Subscribe {
+                    queues: vec!["bench-e2e".into()],
+                    worker_id: format!("bench-{w}"),
+                    max_in_flight: a.max_in_flight,
+                    ..Default::default()
+                })),
+            })
+            .await?;
+            let mut stream =
+                WorkerServiceClient::new(ch).work(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+            let mut sent: HashMap<String, Instant> = HashMap::new();
+            while let Some(msg) = stream.next().await {
+                match msg?.response {
+                    Some(pb::work_response::Response::Delivery(d)) => {
+                        let job = d.job.ok_or("delivery without job")?;
+                        let ts = u64::from_be_bytes(job.payload[..8].try_into()?);
+                        dl.lock().map_err(|_| "poisoned")?.0.push(now_nanos().saturating_sub(ts) / 1000);
+                        sent.insert(job.id.clone(), Instant::now());
+                        let ack = pb::AckRequest { queue: job.queue, job_id: job.id, lease_id: d.lease_id };
+                        tx.send(pb::WorkRequest { request: Some(pb::work_request::Request::Ack(ack)) }).await?;
+                    }
+                    Some(pb::work_response::Response::Outcome(o)) => {
+                        if !o.ok {
+                            return Err(format!("ack failed: {}", o.error).into());
+                        }
+                        if let Some(t) = sent.remove(&o.job_id) {
+                            al.lock().map_err(|_| "poisoned")?.0.push(t.elapsed().as_micros() as u64);
+                        }
+                        acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    None => {}
+                }
+            }
+            BenchResult::Ok(())
+        }));
+    }
+    batch(ch, a, "bench-e2e", total, 8).await?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while acked.load(Ordering::Relaxed) < total {
+        if let Some(w) = workers.iter().find(|w| w.is_finished()) {
+            return Err(format!("a worker stopped early: {:?}", w.is_finished()).into());
+        }
+        if Instant::now() > deadline {
+            return Err("end-to-end run did not finish in 300s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    for w in workers {
+        w.abort();
+    }
+    let dl = std::mem::take(&mut *delivery_lat.lock().map_err(|_| "poisoned")?);
+    let al = std::mem::take(&mut *ack_lat.lock().map_err(|_| "poisoned")?);
+    let name = format!("end to end, {} Work streams x {} in flight", a.workers, a.max_in_flight);
+    Ok((
+        Row { name: name.clone(), jobs: total, secs, lat: dl, note: "enqueue-to-delivery (at full load)".into() },
+        Row { name, jobs: total, secs, lat: al, note: "ack sent to ack confirmed".into() },
+    ))
+}
+
+/// fdatasync rate of the data dir's disk, for reading results against it.
+fn fsync_rate(dir: &std::path::Path) -> BenchResult<f64> {
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).open(&path)?;
+    let buf = [7u8; 4096];
+    let start = Instant::now();
+    let n = 200;
+    for _ in 0..n {
+        f.write_all(&buf)?;
+        f.sync_data()?;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    std::fs::remove_file(path)?;
+    Ok(rate)
+}
+
+pub async fn run(a: BenchArgs) -> BenchResult<()> {
+    let tmp;
+    let dir = match &a.data_dir {
+        Some(d) => d.clone(),
+        None => {
+            tmp = std::env::temp_dir().join(format!("fairway-bench-{}", std::process::id()));
+            tmp.clone()
+        }
+    };
+    std::fs::create_dir_all(&dir)?;
+    let fsyncs = fsync_rate(&dir)?;
+    let broker = BrokerProc::start(&dir, a.durability)?;
+    let ch = connect(&broker.addr).await?;
+    eprintln!("bench: broker at {} on {} ({:?})", broker.addr, dir.display(), a.durability);
+    let mut rows = vec![unary(&ch, &a).await?];
+    create_queue(&ch, "bench-batch").await?;
+    rows.push(batch(&ch, &a, "bench-batch", a.jobs, 8).await?);
+    let (e2e, acks) = end_to_end(&ch, &a).await?;
+    rows.push(e2e);
+    rows.push(acks);
+
+    let mut restart_note = String::from("skipped");
+    if a.restart_jobs > 0 {
+        create_queue(&ch, "bench-backlog").await?;
+        let fill = batch(&ch, &a, "bench-backlog", a.restart_jobs, 8).await?;
+        drop(ch);
+        broker.stop()?;
+        let t = Instant::now();
+        let broker = BrokerProc::start(&dir, a.durability)?;
+        let ch = connect(&broker.addr).await?;
+        let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+        health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await?;
+        let serving = t.elapsed();
+        let mut w = WorkerServiceClient::new(ch.clone());
+        let mut lease_lat = Samples::default();
+        for _ in 0..200 {
+            let t = Instant::now();
+            let d = w
+                .lease(pb::LeaseRequest { queues: vec!["bench-backlog".into()], max_jobs: 1, ..Default::default() })
+                .await?
+                .into_inner()
+                .deliveries;
+            lease_lat.0.push(t.elapsed().as_micros() as u64);
+            for d in d {
+                let j = d.job.ok_or("no job")?;
+                w.ack(pb::AckRequest { queue: j.queue, job_id: j.id, lease_id: d.lease_id }).await?;
+            }
+        }
+        restart_note = format!(
+            "{} jobs stored (filled at {:.0} jobs/s): restart to serving {:.2} s; then unary Lease p50 {:.2} ms, p99 {:.2} ms",
+            fill.jobs,
+            fill.jobs as f64 / fill.secs,
+            serving.as_secs_f64(),
+            lease_lat.pct(0.5),
+            lease_lat.pct(0.99)
+        );
+        broker.stop()?;
+    } else {
+        broker.stop()?;
+    }
+    if a.data_dir.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    println!("| scenario | jobs | jobs/s | p50 ms | p99 ms | p99.9 ms | latency of |");
+    println!("|---|---:|---:|---:|---:|---:|---|");
+    for mut r in rows {
+        println!(
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
+            r.name,
+            r.jobs,
+            r.jobs as f64 / r.secs,
+            r.lat.pct(0.5),
+            r.lat.pct(0.99),
+            r.lat.pct(0.999),
+            r.note
+        );
+    }
+    println!();
+    println!("Backlog: {restart_note}");
+    println!("Disk: {fsyncs:.0} fdatasync/s on the data dir ({:.2} ms each)", 1000.0 / fsyncs);
+    println!(
+        "Durability: {:?}; payload {} B; machine: {} cores",
+        a.durability,
+        a.payload_bytes,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    );
+    Ok(())
+}

@@ -1,0 +1,77 @@
+//! The terminal client (`fairway queue|enqueue|health`) against a live broker.
+
+mod common;
+
+use common::*;
+use std::process::{Command, Output};
+
+async fn fairway(addr: &str, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fairway"));
+    cmd.arg("--addr").arg(format!("http://{addr}")).args(args);
+    tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().expect("run fairway")
+}
+
+fn stdout(o: &Output) -> String {
+    assert!(o.status.success(), "failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+#[tokio::test]
+async fn cli_creates_enqueues_inspects_and_deletes() {
+    let s = TestServer::start().await;
+    let addr = s.addr.to_string();
+    let out = stdout(&fairway(&addr, &["queue", "create", "emails", "--max-attempts", "5", "--lease", "1m"]).await);
+    assert!(out.contains("emails") && out.contains("max_attempts=5") && out.contains("lease=60s"), "{out}");
+
+    let id = stdout(
+        &fairway(
+            &addr,
+            &[
+                "enqueue",
+                "emails",
+                "--tenant",
+                "acme",
+                "--env",
+                "prod",
+                "--payload",
+                "hi",
+                "--priority",
+                "-2",
+                "--header",
+                "k=v",
+            ],
+        )
+        .await,
+    );
+    let id = id.trim();
+    assert_eq!(id.len(), 16, "{id}");
+    let dup = stdout(&fairway(&addr, &["enqueue", "emails", "--dedup-key", "x", "--payload", "a"]).await);
+    let dup2 = stdout(&fairway(&addr, &["enqueue", "emails", "--dedup-key", "x", "--payload", "a"]).await);
+    assert!(dup2.contains("(deduplicated)") && dup2.starts_with(dup.trim()), "{dup} / {dup2}");
+    stdout(&fairway(&addr, &["enqueue", "emails", "--delay", "1h", "--payload", "later"]).await);
+
+    let stats = stdout(&fairway(&addr, &["queue", "stats", "emails"]).await);
+    assert!(stats.contains("ready 2") && stats.contains("scheduled 1") && stats.contains("deduplicated 1"), "{stats}");
+    assert!(stats.contains("acme") && stats.contains("prod"), "{stats}");
+
+    let paused = stdout(&fairway(&addr, &["queue", "pause", "emails"]).await);
+    assert!(paused.contains("paused=true"), "{paused}");
+    let resumed = stdout(&fairway(&addr, &["queue", "resume", "emails"]).await);
+    assert!(resumed.contains("paused=false"), "{resumed}");
+    assert!(stdout(&fairway(&addr, &["queue", "list"]).await).contains("emails"));
+    assert_eq!(stdout(&fairway(&addr, &["health"]).await).trim(), "SERVING");
+
+    let again = fairway(&addr, &["queue", "create", "emails"]).await;
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("AlreadyExists"));
+    let refused = fairway(&addr, &["queue", "delete", "emails"]).await;
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("force"), "{}", String::from_utf8_lossy(&refused.stderr));
+    stdout(&fairway(&addr, &["queue", "delete", "emails", "--force"]).await);
+    s.stop().await;
+
+    // With the broker gone, health fails with a message a person can act on.
+    let down = fairway(&addr, &["health"]).await;
+    assert!(!down.status.success());
+    assert!(String::from_utf8_lossy(&down.stderr).contains("cannot reach the broker"));
+}
