@@ -143,30 +143,49 @@ async fn create_queue(ch: &Channel, name: &str) -> BenchResult<()> {
     Ok(())
 }
 
-async fn unary(ch: &Channel, a: &BenchArgs) -> BenchResult<Row> {
-    create_queue(ch, "bench-unary").await?;
+/// Runs `rounds` calls spread over `tasks` concurrent callers; returns the
+/// elapsed seconds and each call's latency. `make` builds one caller.
+async fn timed_calls<F, Fut>(tasks: usize, rounds: u64, make: impl Fn() -> F) -> BenchResult<(f64, Samples)>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = BenchResult<()>> + Send,
+{
     let next = Arc::new(AtomicU64::new(0));
-    let lat = Arc::new(Mutex::new(Samples::default()));
     let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..a.concurrency {
-        let (mut c, next, lat, a) = (JobServiceClient::new(ch.clone()), next.clone(), lat.clone(), a.clone());
-        tasks.push(tokio::spawn(async move {
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let (next, mut call) = (next.clone(), make());
+        handles.push(tokio::spawn(async move {
             let mut mine = Vec::new();
-            while next.fetch_add(1, Ordering::Relaxed) < a.jobs {
+            while next.fetch_add(1, Ordering::Relaxed) < rounds {
                 let t = Instant::now();
-                c.enqueue(job("bench-unary", mine.len(), a.payload_bytes)).await?;
+                call().await?;
                 mine.push(t.elapsed().as_micros() as u64);
             }
-            lat.lock().map_err(|_| "poisoned")?.0.extend(mine);
-            BenchResult::Ok(())
+            BenchResult::Ok(mine)
         }));
     }
-    for t in tasks {
-        t.await??;
+    let mut lat = Samples::default();
+    for h in handles {
+        lat.0.extend(h.await??);
     }
-    let secs = start.elapsed().as_secs_f64();
-    let lat = std::mem::take(&mut *lat.lock().map_err(|_| "poisoned")?);
+    Ok((start.elapsed().as_secs_f64(), lat))
+}
+
+async fn unary(ch: &Channel, a: &BenchArgs) -> BenchResult<Row> {
+    create_queue(ch, "bench-unary").await?;
+    let size = a.payload_bytes;
+    let (secs, lat) = timed_calls(a.concurrency, a.jobs, || {
+        let c = JobServiceClient::new(ch.clone());
+        move || {
+            let mut c = c.clone();
+            async move {
+                c.enqueue(job("bench-unary", 0, size)).await?;
+                Ok(())
+            }
+        }
+    })
+    .await?;
     Ok(Row {
         name: format!("unary Enqueue, {} callers", a.concurrency),
         jobs: a.jobs,
@@ -178,30 +197,19 @@ async fn unary(ch: &Channel, a: &BenchArgs) -> BenchResult<Row> {
 
 async fn batch(ch: &Channel, a: &BenchArgs, queue: &str, jobs: u64, in_flight: usize) -> BenchResult<Row> {
     let batches = jobs.div_ceil(a.batch as u64);
-    let next = Arc::new(AtomicU64::new(0));
-    let lat = Arc::new(Mutex::new(Samples::default()));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..in_flight {
-        let (mut c, next, lat, a, q) =
-            (JobServiceClient::new(ch.clone()), next.clone(), lat.clone(), a.clone(), queue.to_string());
-        tasks.push(tokio::spawn(async move {
-            let mut mine = Vec::new();
-            while next.fetch_add(1, Ordering::Relaxed) < batches {
-                let jobs = (0..a.batch).map(|i| job(&q, i, a.payload_bytes)).collect();
-                let t = Instant::now();
+    let (size, per_batch) = (a.payload_bytes, a.batch);
+    let (secs, lat) = timed_calls(in_flight, batches, || {
+        let (c, q) = (JobServiceClient::new(ch.clone()), queue.to_string());
+        move || {
+            let (mut c, q) = (c.clone(), q.clone());
+            async move {
+                let jobs = (0..per_batch).map(|i| job(&q, i, size)).collect();
                 c.enqueue_batch(pb::EnqueueBatchRequest { jobs }).await?;
-                mine.push(t.elapsed().as_micros() as u64);
+                Ok(())
             }
-            lat.lock().map_err(|_| "poisoned")?.0.extend(mine);
-            BenchResult::Ok(())
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
-    let secs = start.elapsed().as_secs_f64();
-    let lat = std::mem::take(&mut *lat.lock().map_err(|_| "poisoned")?);
+        }
+    })
+    .await?;
     Ok(Row {
         name: format!("EnqueueBatch of {}, {in_flight} in flight", a.batch),
         jobs: batches * a.batch as u64,
@@ -285,6 +293,39 @@ async fn end_to_end(ch: &Channel, a: &BenchArgs) -> BenchResult<(Row, Row)> {
     ))
 }
 
+/// Leases jobs with a 1 s lease, lets the leases run out, and measures how
+/// long after each expiry the job is delivered again.
+async fn expiry_redelivery(w: &mut WorkerServiceClient<Channel>) -> BenchResult<Samples> {
+    let lease = |max: u32, wait: Duration| pb::LeaseRequest {
+        queues: vec!["bench-backlog".into()],
+        max_jobs: max,
+        wait: Some(crate::broker::view::duration(wait)),
+        lease_duration: Some(crate::broker::view::duration(Duration::from_secs(1))),
+        worker_id: "bench-expiry".into(),
+    };
+    let first = w.lease(lease(50, Duration::ZERO)).await?.into_inner().deliveries;
+    let mut expires: HashMap<String, u64> = HashMap::new();
+    for d in &first {
+        let (Some(j), Some(t)) = (&d.job, &d.lease_expires_at) else { continue };
+        expires.insert(j.id.clone(), t.seconds as u64 * 1_000_000_000 + t.nanos as u64);
+    }
+    let mut out = Samples::default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !expires.is_empty() && Instant::now() < deadline {
+        for d in w.lease(lease(50, Duration::from_secs(5))).await?.into_inner().deliveries {
+            let j = d.job.ok_or("no job")?;
+            if let Some(exp) = expires.remove(&j.id) {
+                out.0.push(now_nanos().saturating_sub(exp) / 1000);
+            }
+            w.ack(pb::AckRequest { queue: j.queue, job_id: j.id, lease_id: d.lease_id }).await?;
+        }
+    }
+    if !expires.is_empty() {
+        return Err(format!("{} expired jobs were not redelivered within 30 s", expires.len()).into());
+    }
+    Ok(out)
+}
+
 /// fdatasync rate of the data dir's disk, for reading results against it.
 fn fsync_rate(dir: &std::path::Path) -> BenchResult<f64> {
     let path = dir.join("fsync-probe");
@@ -349,13 +390,17 @@ pub async fn run(a: BenchArgs) -> BenchResult<()> {
                 w.ack(pb::AckRequest { queue: j.queue, job_id: j.id, lease_id: d.lease_id }).await?;
             }
         }
+        let mut expiry = expiry_redelivery(&mut w).await?;
         restart_note = format!(
-            "{} jobs stored (filled at {:.0} jobs/s): restart to serving {:.2} s; then unary Lease p50 {:.2} ms, p99 {:.2} ms",
+            "{} jobs stored (filled at {:.0} jobs/s): restart to serving {:.2} s; then unary Lease p50 {:.2} ms, \
+             p99 {:.2} ms; expired lease to redelivery p50 {:.0} ms, max {:.0} ms",
             fill.jobs,
             fill.jobs as f64 / fill.secs,
             serving.as_secs_f64(),
             lease_lat.pct(0.5),
-            lease_lat.pct(0.99)
+            lease_lat.pct(0.99),
+            expiry.pct(0.5),
+            expiry.pct(1.0),
         );
         broker.stop()?;
     } else {

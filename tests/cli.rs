@@ -75,3 +75,22 @@ async fn cli_creates_enqueues_inspects_and_deletes() {
     assert!(!down.status.success());
     assert!(String::from_utf8_lossy(&down.stderr).contains("cannot reach the broker"));
 }
+
+/// The benchmark runs end to end at a small size and prints sane figures
+/// (a smoke test, not a timed test).
+#[tokio::test]
+async fn bench_smoke_prints_every_scenario() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fairway"));
+    cmd.args(["bench", "--jobs", "400", "--restart-jobs", "300", "--concurrency", "8", "--data-dir"]).arg(tmp.path());
+    let out = tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().unwrap();
+    let text = stdout(&out);
+    for row in ["unary Enqueue", "EnqueueBatch of 100", "end to end", "restart to serving", "fdatasync/s"] {
+        assert!(text.contains(row), "{row} missing from:\n{text}");
+    }
+    // Every throughput figure is a positive number.
+    for line in text.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| scenario")) {
+        let jobs_per_s: f64 = line.split('|').nth(3).unwrap().trim().parse().unwrap();
+        assert!(jobs_per_s > 0.0, "{line}");
+    }
+}

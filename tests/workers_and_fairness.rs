@@ -231,9 +231,15 @@ async fn dedup_is_scoped_to_queue_tenant_and_environment() {
         assert_ne!(r.job_id, a.job_id);
     }
     assert_eq!(s.stats("q").await.deduplicated_total, 1);
+    // Inside one batch, a repeated key dedups to the batch's own first job.
+    let batch = vec![with_key("q", "t3", "prod"), with_key("q", "t3", "prod")];
+    let r = s.jobs().enqueue_batch(pb::EnqueueBatchRequest { jobs: batch }).await.unwrap().into_inner().results;
+    assert!(!r[0].deduplicated && r[1].deduplicated);
+    assert_eq!(r[0].job_id, r[1].job_id);
+    assert_eq!(s.stats("q").await.deduplicated_total, 2);
 
     // Once the job is acked (window 0) the key is free again.
-    let d = s.lease("q", 3, Duration::ZERO, None).await;
+    let d = s.lease("q", 5, Duration::ZERO, None).await;
     let mine = d.iter().find(|d| d.job.as_ref().unwrap().id == a.job_id).unwrap();
     s.ack("q", mine).await.unwrap();
     let fresh = s.enqueue(with_key("q", "t1", "prod")).await;

@@ -254,6 +254,9 @@ impl Engine {
         if let Err(e) = self.w.store.sync_wal() {
             tracing::error!(error = %e, "final WAL sync failed");
         }
+        if let Err(e) = self.w.store.flush_memtables() {
+            tracing::warn!(error = %e, "flushing memtables at shutdown failed; the next start replays the WAL");
+        }
         tracing::info!("writer stopped; storage closed cleanly");
         if let Some(done) = self.stopping.take() {
             let _ = done.send(());
