@@ -43,6 +43,10 @@ pub struct BenchArgs {
     /// Jobs stored before measuring restart time (0 skips the scenario).
     #[arg(long, default_value_t = 1_000_000)]
     pub restart_jobs: u64,
+    /// Stop the broker with `kill -9` (not SIGTERM) before measuring restart,
+    /// so the restart replays the WAL as after a crash.
+    #[arg(long)]
+    pub crash: bool,
     /// Broker durability for the broker started here.
     #[arg(long, value_enum, default_value = "strict")]
     pub durability: crate::storage::Durability,
@@ -368,7 +372,11 @@ pub async fn run(a: BenchArgs) -> BenchResult<()> {
         create_queue(&ch, "bench-backlog").await?;
         let fill = batch(&ch, &a, "bench-backlog", a.restart_jobs, 8).await?;
         drop(ch);
-        broker.stop()?;
+        if a.crash {
+            drop(broker); // SIGKILL
+        } else {
+            broker.stop()?;
+        }
         let t = Instant::now();
         let broker = BrokerProc::start(&dir, a.durability)?;
         let ch = connect(&broker.addr).await?;
@@ -392,10 +400,11 @@ pub async fn run(a: BenchArgs) -> BenchResult<()> {
         }
         let mut expiry = expiry_redelivery(&mut w).await?;
         restart_note = format!(
-            "{} jobs stored (filled at {:.0} jobs/s): restart to serving {:.2} s; then unary Lease p50 {:.2} ms, \
+            "{} jobs stored (filled at {:.0} jobs/s): restart after {} to serving {:.2} s; then unary Lease p50 {:.2} ms, \
              p99 {:.2} ms; expired lease to redelivery p50 {:.0} ms, max {:.0} ms",
             fill.jobs,
             fill.jobs as f64 / fill.secs,
+            if a.crash { "kill -9" } else { "a clean stop" },
             serving.as_secs_f64(),
             lease_lat.pct(0.5),
             lease_lat.pct(0.99),

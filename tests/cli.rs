@@ -85,7 +85,14 @@ async fn bench_smoke_prints_every_scenario() {
     cmd.args(["bench", "--jobs", "400", "--restart-jobs", "300", "--concurrency", "8", "--data-dir"]).arg(tmp.path());
     let out = tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().unwrap();
     let text = stdout(&out);
-    for row in ["unary Enqueue", "EnqueueBatch of 100", "end to end", "restart to serving", "fdatasync/s"] {
+    for row in [
+        "unary Enqueue",
+        "EnqueueBatch of 100",
+        "end to end",
+        "to serving",
+        "expired lease to redelivery",
+        "fdatasync/s",
+    ] {
         assert!(text.contains(row), "{row} missing from:\n{text}");
     }
     // Every throughput figure is a positive number.

@@ -15,7 +15,6 @@ use crate::pb;
 use crate::storage::keys::{self, ReadyPos};
 use crate::storage::Store;
 use prost::Message;
-use rocksdb::{Direction, IteratorMode, ReadOptions};
 use std::collections::HashSet;
 
 /// A Work stream.
@@ -348,23 +347,19 @@ pub(super) fn scan_ready(
     cursor: Option<ReadyPos>,
     limit: usize,
 ) -> Result<(Vec<(ReadyPos, Millis)>, bool)> {
-    let cf = store.cf(queue)?;
     let prefix = keys::group_prefix(keys::READY, tenant, env);
     let start = match cursor {
         Some(c) => keys::successor(&keys::ready(tenant, env, c)),
         None => prefix.clone(),
     };
-    let mut ro = ReadOptions::default();
-    ro.set_iterate_upper_bound(keys::prefix_end(&prefix));
-    let mut out = Vec::with_capacity(limit.min(256));
-    for item in store.db().iterator_cf_opt(&cf, ro, IteratorMode::From(&start, Direction::Forward)) {
-        let (k, v) = item?;
-        let Some(pos) = keys::ready_pos(&k) else { continue };
-        let ready_at = v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
-        out.push((pos, ready_at));
-        if out.len() >= limit {
-            return Ok((out, false));
-        }
-    }
-    Ok((out, true))
+    let scan = store.scan(queue, &start, &keys::prefix_end(&prefix), limit)?;
+    let out = scan
+        .entries
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let pos = keys::ready_pos(&k)?;
+            Some((pos, v.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(0)))
+        })
+        .collect();
+    Ok((out, !scan.more))
 }

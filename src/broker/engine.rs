@@ -16,7 +16,7 @@ use crate::storage::keys;
 use crate::storage::records::{JobRecord, LeaseRecord, QueueCounters};
 use crate::storage::Store;
 use prost::Message;
-use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
+use rocksdb::WriteBatch;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
@@ -431,30 +431,12 @@ fn load_queue(store: &Store, meta: &crate::storage::records::QueueMeta) -> Resul
 }
 
 /// All entries under a prefix (used at startup for small key ranges).
-fn scan_prefix(store: &Store, queue: &str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let cf = store.cf(queue)?;
-    let mut ro = ReadOptions::default();
-    ro.set_iterate_upper_bound(keys::prefix_end(prefix));
-    let mut out = Vec::new();
-    for item in store.db().iterator_cf_opt(&cf, ro, IteratorMode::From(prefix, Direction::Forward)) {
-        let (k, v) = item?;
-        out.push((k.to_vec(), v.to_vec()));
-    }
-    Ok(out)
+fn scan_prefix(store: &Store, queue: &str, prefix: &[u8]) -> Result<Vec<crate::storage::Entry>> {
+    Ok(store.scan(queue, prefix, &keys::prefix_end(prefix), usize::MAX)?.entries)
 }
 
 /// The run_at of the first scheduled job at or after `from`.
 pub(super) fn first_scheduled(store: &Store, queue: &str, from: Millis) -> Result<Option<Millis>> {
-    let cf = store.cf(queue)?;
-    let mut ro = ReadOptions::default();
-    ro.set_iterate_upper_bound(vec![keys::SCHEDULED + 1]);
-    let start = keys::scheduled(from, JobId(0));
-    let mut it = store.db().iterator_cf_opt(&cf, ro, IteratorMode::From(&start, Direction::Forward));
-    match it.next() {
-        Some(item) => {
-            let (k, _) = item?;
-            Ok(keys::scheduled_parts(&k).map(|(t, _)| t))
-        }
-        None => Ok(None),
-    }
+    let scan = store.scan(queue, &keys::scheduled(from, JobId(0)), &[keys::SCHEDULED + 1], 1)?;
+    Ok(scan.entries.first().and_then(|(k, _)| keys::scheduled_parts(k)).map(|(t, _)| t))
 }

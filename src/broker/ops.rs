@@ -12,7 +12,6 @@ use crate::pb;
 use crate::storage::keys::{self, ReadyPos};
 use crate::storage::records::{stored_state, GroupRef, JobRecord, LeaseRecord, QueueCounters};
 use prost::Message;
-use rocksdb::{Direction, IteratorMode, ReadOptions};
 use std::time::Duration;
 
 /// Most index entries a redrive or purge handles per turn, so a huge one
@@ -21,8 +20,7 @@ const TASK_CHUNK: usize = 2_000;
 /// Most scheduled jobs promoted per queue per turn.
 const PROMOTE_CHUNK: usize = 10_000;
 
-/// A raw (key, value) pair read from an index.
-type Entry = (Vec<u8>, Vec<u8>);
+use crate::storage::Entry;
 
 /// A long admin operation, done a chunk per turn.
 pub(super) enum Task {
@@ -492,20 +490,16 @@ impl Engine {
         let now = self.now;
         let start = self.queue_mut(queue)?.scheduled_cursor;
         let store = self.w.store.clone();
-        let cf = store.cf(queue)?;
-        let mut ro = ReadOptions::default();
-        ro.set_iterate_upper_bound(keys::scheduled(now.saturating_add(1), JobId(0)).to_vec());
-        let from = keys::scheduled(start, JobId(0));
-        let mut moved = 0usize;
+        let due = store.scan(
+            queue,
+            &keys::scheduled(start, JobId(0)),
+            &keys::scheduled(now.saturating_add(1), JobId(0)),
+            PROMOTE_CHUNK,
+        )?;
+        let complete = !due.more;
         let mut last_run_at = start;
-        let mut complete = true;
-        for item in store.db().iterator_cf_opt(&cf, ro, IteratorMode::From(&from, Direction::Forward)) {
-            let (k, v) = item?;
+        for (k, v) in due.entries {
             let Some((run_at, id)) = keys::scheduled_parts(&k) else { continue };
-            if moved >= PROMOTE_CHUNK {
-                complete = false;
-                break;
-            }
             // Skip keys this batch already removed (e.g. cancelled this turn).
             if self.w.deletes(queue, &k) {
                 continue;
@@ -518,7 +512,6 @@ impl Engine {
             q.add_ready(&g.tenant, &g.environment, pos, run_at);
             q.counters.scheduled = q.counters.scheduled.saturating_sub(1);
             q.totals_dirty = true;
-            moved += 1;
             last_run_at = run_at;
         }
         let q = self.queue_mut(queue)?;
@@ -889,20 +882,9 @@ impl Engine {
         resume: Option<&[u8]>,
         limit: usize,
     ) -> Result<(Vec<Entry>, bool)> {
-        let store = &self.w.store;
-        let cf = store.cf(queue)?;
-        let mut ro = ReadOptions::default();
-        ro.set_iterate_upper_bound(keys::prefix_end(prefix));
         let start = resume.map(keys::successor).unwrap_or_else(|| prefix.to_vec());
-        let mut out = Vec::new();
-        for item in store.db().iterator_cf_opt(&cf, ro, IteratorMode::From(&start, Direction::Forward)) {
-            if out.len() >= limit {
-                return Ok((out, true));
-            }
-            let (k, v) = item?;
-            out.push((k.to_vec(), v.to_vec()));
-        }
-        Ok((out, false))
+        let scan = self.w.store.scan(queue, &start, &keys::prefix_end(prefix), limit)?;
+        Ok((scan.entries, scan.more))
     }
 
     // ------------------------------------------------------------ shutdown

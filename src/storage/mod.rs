@@ -11,7 +11,8 @@ use prost::Message;
 use records::QueueMeta;
 use rocksdb::{
     compaction_filter::Decision, BlockBasedOptions, BoundColumnFamily, Cache, ColumnFamilyDescriptor,
-    DBCompressionType, DBWithThreadMode, MultiThreaded, Options, WriteBatch, WriteBufferManager, WriteOptions,
+    DBCompressionType, DBWithThreadMode, Direction, IteratorMode, MultiThreaded, Options, ReadOptions, WriteBatch,
+    WriteBufferManager, WriteOptions,
 };
 use std::path::Path;
 use std::sync::Arc;
@@ -28,6 +29,16 @@ const BLOCK_CACHE_BYTES: usize = 256 << 20;
 /// Memtable budget shared by every column family, so a thousand queues don't
 /// mean a thousand full memtables.
 const WRITE_BUFFER_BUDGET: usize = 512 << 20;
+
+/// A (key, value) pair read from a queue.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// The result of [`Store::scan`].
+pub struct Scan {
+    pub entries: Vec<Entry>,
+    /// True when the range holds more than was returned.
+    pub more: bool,
+}
 
 /// How writes reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -112,6 +123,25 @@ impl Store {
 
     pub fn meta(&self) -> Result<Arc<BoundColumnFamily<'_>>> {
         self.db.cf_handle(META_CF).ok_or_else(|| BrokerError::Storage("meta column family missing".into()))
+    }
+
+    /// Up to `limit` entries of a queue with keys in `[start, end)`, in key
+    /// order; `more` says whether the range holds further entries. The
+    /// iterator is bounded on both sides, so it never wanders into
+    /// tombstones outside the range.
+    pub fn scan(&self, queue: &str, start: &[u8], end: &[u8], limit: usize) -> Result<Scan> {
+        let cf = self.cf(queue)?;
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(end.to_vec());
+        let mut entries = Vec::new();
+        for item in self.db.iterator_cf_opt(&cf, ro, IteratorMode::From(start, Direction::Forward)) {
+            let (k, v) = item?;
+            if entries.len() >= limit {
+                return Ok(Scan { entries, more: true });
+            }
+            entries.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(Scan { entries, more: false })
     }
 
     pub fn create_queue_cf(&self, queue: &str) -> Result<()> {
@@ -213,6 +243,31 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scan_is_bounded_on_both_sides_and_reports_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Durability::Relaxed).unwrap();
+        store.create_queue_cf("q").unwrap();
+        let mut b = WriteBatch::default();
+        let cf = store.cf("q").unwrap();
+        for k in [&b"a1"[..], b"b1", b"b2", b"b3", b"c1"] {
+            b.put_cf(&cf, k, b"v");
+        }
+        b.delete_cf(&cf, b"b2");
+        drop(cf);
+        store.write(b).unwrap();
+        let s = store.scan("q", b"b", b"c", 10).unwrap();
+        let keys: Vec<_> = s.entries.iter().map(|(k, _)| k.as_slice()).collect();
+        assert_eq!(keys, [&b"b1"[..], b"b3"]);
+        assert!(!s.more);
+        let s = store.scan("q", b"b", b"c", 1).unwrap();
+        assert_eq!(s.entries.len(), 1);
+        assert!(s.more);
+        let s = store.scan("q", b"b", b"c", 2).unwrap();
+        assert!(!s.more, "exactly the range: nothing more");
+        assert!(store.scan("missing", b"a", b"z", 1).is_err());
+    }
 
     #[test]
     fn queues_and_id_hwm_survive_reopen() {
