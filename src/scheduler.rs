@@ -1,29 +1,89 @@
 //! Fair selection of the next (tenant, environment) group to lease from.
 //!
 //! Pure and synchronous: it knows only which groups *may* have ready work and
-//! answers "whose turn is it?". Round-robin over tenants, then round-robin over
-//! environments inside the chosen tenant, so a tenant with a million ready jobs
-//! and a tenant with one alternate. Idle tenants cost nothing: they are dropped
-//! from the ring the first time their turn finds nothing ready. Every call is
-//! O(1) amortized: no scan over tenants or jobs.
+//! answers "whose turn is it?". Two levels of weighted fair queueing by
+//! virtual time (stride scheduling): first a tenant, then an environment of
+//! that tenant. Each member of a level has a `pass`; the lowest pass goes
+//! next, and serving it adds `1 / weight` to its pass. So over any stretch in
+//! which tenants stay backlogged, each gets leases in proportion to its
+//! weight, within one lease; and since the choice of environment happens
+//! *inside* the tenant's turn, spreading jobs over many environments buys a
+//! tenant nothing.
+//!
+//! A member that comes back from idle starts at the level's current virtual
+//! time, so idling earns no credit to burst with later. Idle members are
+//! dropped the first time their turn finds nothing ready: they cost no memory
+//! and no time. Each choice is O(log active members).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 
-#[derive(Debug, Default)]
-struct Tenant {
-    /// Environments of this tenant that may have ready work, in turn order.
-    envs: VecDeque<String>,
-    /// Mirror of `envs` for O(1) "is it already queued?".
-    queued: std::collections::HashSet<String>,
+/// The pass increment of weight 1. Fixed point, so shares are exact.
+const STRIDE_ONE: u128 = 1 << 40;
+/// Largest weight accepted.
+pub const MAX_WEIGHT: u32 = 10_000;
+pub const DEFAULT_WEIGHT: u32 = 1;
+
+fn stride(weight: u32) -> u128 {
+    STRIDE_ONE / u128::from(weight.clamp(1, MAX_WEIGHT))
 }
 
-/// The round-robin state of one queue.
+/// One level of weighted fair queueing over named members.
+#[derive(Debug, Default)]
+struct Level {
+    /// Members that may have work, ordered by (pass, name).
+    queue: BTreeSet<(u128, String)>,
+    /// Pass of every queued member.
+    pass: HashMap<String, u128>,
+    /// Pass of the member served last: where newcomers start.
+    vtime: u128,
+}
+
+impl Level {
+    /// Queues `name` if it isn't; returns true when newly queued.
+    fn activate(&mut self, name: &str) -> bool {
+        if self.pass.contains_key(name) {
+            return false;
+        }
+        self.pass.insert(name.to_string(), self.vtime);
+        self.queue.insert((self.vtime, name.to_string()));
+        true
+    }
+
+    fn first(&self) -> Option<&str> {
+        self.queue.first().map(|(_, n)| n.as_str())
+    }
+
+    /// Charges the member one lease at `weight`.
+    fn charge(&mut self, name: &str, weight: u32) {
+        if let Some(p) = self.pass.get_mut(name) {
+            self.queue.remove(&(*p, name.to_string()));
+            self.vtime = self.vtime.max(*p);
+            *p += stride(weight);
+            self.queue.insert((*p, name.to_string()));
+        }
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Some(p) = self.pass.remove(name) {
+            self.queue.remove(&(p, name.to_string()));
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.queue.len()
+    }
+}
+
+/// The weighted fair rotation of one queue.
 #[derive(Debug, Default)]
 pub struct FairScheduler {
-    /// Tenants that may have ready work, in turn order; each appears once.
-    ring: VecDeque<String>,
-    /// Per tenant in `ring`, its environments.
-    tenants: HashMap<String, Tenant>,
+    tenants: Level,
+    /// Per queued tenant, its environments.
+    envs: HashMap<String, Level>,
+    /// Configured tenant weights; absent = [`DEFAULT_WEIGHT`].
+    tenant_weight: HashMap<String, u32>,
+    /// Configured environment weights inside a tenant.
+    env_weight: HashMap<(String, String), u32>,
 }
 
 impl FairScheduler {
@@ -31,57 +91,94 @@ impl FairScheduler {
         Self::default()
     }
 
-    /// Notes that group (tenant, env) has ready work. Idempotent; a newly
-    /// active tenant joins the back of the ring.
-    pub fn activate(&mut self, tenant: &str, env: &str) {
-        let t = match self.tenants.get_mut(tenant) {
-            Some(t) => t,
-            None => {
-                self.ring.push_back(tenant.to_string());
-                self.tenants.entry(tenant.to_string()).or_default()
-            }
-        };
-        if !t.queued.contains(env) {
-            t.queued.insert(env.to_string());
-            t.envs.push_back(env.to_string());
+    /// Sets a tenant's weight (its share relative to other tenants).
+    pub fn set_tenant_weight(&mut self, tenant: &str, weight: u32) {
+        if weight == DEFAULT_WEIGHT {
+            self.tenant_weight.remove(tenant);
+        } else {
+            self.tenant_weight.insert(tenant.to_string(), weight.clamp(1, MAX_WEIGHT));
         }
     }
 
-    /// Whose turn it is: the next (tenant, env) for which `has_ready` holds.
-    /// Groups found empty leave the rotation; the chosen group moves to the
-    /// back of its tenant's environments and the tenant to the back of the
-    /// ring. `None` when no group has ready work.
+    /// Sets an environment's weight inside its tenant.
+    pub fn set_env_weight(&mut self, tenant: &str, env: &str, weight: u32) {
+        let key = (tenant.to_string(), env.to_string());
+        if weight == DEFAULT_WEIGHT {
+            self.env_weight.remove(&key);
+        } else {
+            self.env_weight.insert(key, weight.clamp(1, MAX_WEIGHT));
+        }
+    }
+
+    pub fn tenant_weight(&self, tenant: &str) -> u32 {
+        self.tenant_weight.get(tenant).copied().unwrap_or(DEFAULT_WEIGHT)
+    }
+
+    pub fn env_weight(&self, tenant: &str, env: &str) -> u32 {
+        self.env_weight.get(&(tenant.to_string(), env.to_string())).copied().unwrap_or(DEFAULT_WEIGHT)
+    }
+
+    /// Notes that group (tenant, env) has ready work. Idempotent.
+    pub fn activate(&mut self, tenant: &str, env: &str) {
+        self.tenants.activate(tenant);
+        match self.envs.get_mut(tenant) {
+            Some(level) => {
+                level.activate(env);
+            }
+            None => {
+                let mut level = Level::default();
+                level.activate(env);
+                self.envs.insert(tenant.to_string(), level);
+            }
+        }
+    }
+
+    /// Whose turn it is: the next (tenant, env) for which `has_ready` holds,
+    /// charged one lease. Groups found empty leave the rotation. `None` when
+    /// no group has ready work.
     pub fn next(&mut self, mut has_ready: impl FnMut(&str, &str) -> bool) -> Option<(String, String)> {
-        while let Some(tenant) = self.ring.pop_front() {
-            let Some(t) = self.tenants.get_mut(&tenant) else {
+        while let Some(tenant) = self.tenants.first().map(str::to_string) {
+            let Some(level) = self.envs.get_mut(&tenant) else {
+                self.tenants.remove(&tenant);
                 continue;
             };
-            while let Some(env) = t.envs.pop_front() {
+            let mut chosen = None;
+            while let Some(env) = level.first().map(str::to_string) {
                 if has_ready(&tenant, &env) {
-                    t.envs.push_back(env.clone());
-                    self.ring.push_back(tenant.clone());
-                    return Some((tenant, env));
+                    chosen = Some(env);
+                    break;
                 }
-                t.queued.remove(&env);
+                level.remove(&env);
             }
-            self.tenants.remove(&tenant);
+            let Some(env) = chosen else {
+                self.envs.remove(&tenant);
+                self.tenants.remove(&tenant);
+                continue;
+            };
+            let (tw, ew) = (self.tenant_weight(&tenant), self.env_weight(&tenant, &env));
+            if let Some(level) = self.envs.get_mut(&tenant) {
+                level.charge(&env, ew);
+            }
+            self.tenants.charge(&tenant, tw);
+            return Some((tenant, env));
         }
         None
     }
 
     /// Tenants currently in the rotation (some may have just run dry).
     pub fn active_tenants(&self) -> usize {
-        self.ring.len()
+        self.tenants.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ring.is_empty()
+        self.tenants.len() == 0
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use std::collections::HashMap;
 
     /// A toy backlog: ready counts per (tenant, env).
@@ -91,7 +188,7 @@ mod tests {
         fn new(groups: &[(&str, &str, u64)], s: &mut FairScheduler) -> Backlog {
             let mut m = HashMap::new();
             for (t, e, n) in groups {
-                m.insert((t.to_string(), e.to_string()), *n);
+                *m.entry((t.to_string(), e.to_string())).or_default() += *n;
                 if *n > 0 {
                     s.activate(t, e);
                 }
@@ -102,7 +199,9 @@ mod tests {
         fn take(&mut self, s: &mut FairScheduler) -> Option<(String, String)> {
             let m = &self.0;
             let pick = s.next(|t, e| m.get(&(t.to_string(), e.to_string())).copied().unwrap_or(0) > 0)?;
-            *self.0.get_mut(&pick).unwrap() -= 1;
+            let n = self.0.get_mut(&pick).expect("picked group exists");
+            assert!(*n > 0, "picked an empty group {pick:?}");
+            *n -= 1;
             Some(pick)
         }
     }
@@ -113,14 +212,13 @@ mod tests {
         let mut b = Backlog::new(&[("big", "default", 1_000_000), ("small", "default", 1)], &mut s);
         let first_two: Vec<_> = (0..2).map(|_| b.take(&mut s).unwrap().0).collect();
         assert!(first_two.contains(&"small".to_string()), "{first_two:?}");
-        // The flood then continues alone.
         for _ in 0..10 {
             assert_eq!(b.take(&mut s).unwrap().0, "big");
         }
     }
 
     #[test]
-    fn tenants_alternate_then_environments_alternate_inside_a_tenant() {
+    fn equal_tenants_alternate_and_environments_alternate_inside_a_tenant() {
         let mut s = FairScheduler::new();
         let mut b = Backlog::new(&[("a", "prod", 10), ("a", "staging", 10), ("b", "prod", 10)], &mut s);
         let picks: Vec<_> = (0..8).map(|_| b.take(&mut s).unwrap()).collect();
@@ -133,18 +231,53 @@ mod tests {
     #[test]
     fn many_environments_do_not_buy_a_tenant_more_turns() {
         let mut s = FairScheduler::new();
-        let mut groups: Vec<(String, String, u64)> =
-            (0..50).map(|i| ("spread".to_string(), format!("env{i}"), 100)).collect();
-        groups.push(("single".into(), "default".into(), 100));
+        let groups: Vec<(String, String, u64)> = (0..50)
+            .map(|i| ("spread".to_string(), format!("env{i}"), 100))
+            .chain([("single".into(), "d".into(), 100)])
+            .collect();
         let refs: Vec<(&str, &str, u64)> = groups.iter().map(|(t, e, n)| (t.as_str(), e.as_str(), *n)).collect();
         let mut b = Backlog::new(&refs, &mut s);
-        let mut single = 0;
-        for _ in 0..100 {
-            if b.take(&mut s).unwrap().0 == "single" {
-                single += 1;
-            }
-        }
+        let single = (0..100).filter(|_| b.take(&mut s).unwrap().0 == "single").count();
         assert_eq!(single, 50);
+    }
+
+    #[test]
+    fn weights_split_leases_proportionally() {
+        let mut s = FairScheduler::new();
+        s.set_tenant_weight("b", 2);
+        s.set_tenant_weight("c", 4);
+        let mut b = Backlog::new(&[("a", "e", 10_000), ("b", "e", 10_000), ("c", "e", 10_000)], &mut s);
+        let mut n: HashMap<String, u32> = HashMap::new();
+        for _ in 0..700 {
+            *n.entry(b.take(&mut s).unwrap().0).or_default() += 1;
+        }
+        assert_eq!((n["a"], n["b"], n["c"]), (100, 200, 400));
+    }
+
+    #[test]
+    fn environment_weights_split_a_tenants_share() {
+        let mut s = FairScheduler::new();
+        s.set_env_weight("a", "prod", 3);
+        let mut b = Backlog::new(&[("a", "prod", 1000), ("a", "dev", 1000), ("b", "x", 1000)], &mut s);
+        let picks: Vec<_> = (0..800).map(|_| b.take(&mut s).unwrap()).collect();
+        let count = |t: &str, e: &str| picks.iter().filter(|p| p.0 == t && p.1 == e).count();
+        assert_eq!(count("b", "x"), 400, "the tenant level is untouched");
+        assert_eq!((count("a", "prod"), count("a", "dev")), (300, 100));
+    }
+
+    #[test]
+    fn idle_time_earns_no_credit() {
+        let mut s = FairScheduler::new();
+        let mut b = Backlog::new(&[("a", "e", 1000)], &mut s);
+        for _ in 0..500 {
+            b.take(&mut s);
+        }
+        // b arrives late with a big backlog: it alternates with a, it does
+        // not get 500 turns in a row to "catch up".
+        b.0.insert(("b".into(), "e".into()), 1000);
+        s.activate("b", "e");
+        let next: Vec<_> = (0..10).map(|_| b.take(&mut s).unwrap().0).collect();
+        assert_eq!(next.iter().filter(|t| *t == "b").count(), 5, "{next:?}");
     }
 
     #[test]
@@ -157,8 +290,7 @@ mod tests {
         }
         assert_eq!(n, 3);
         assert!(s.is_empty());
-        assert!(s.next(|_, _| true).is_none());
-        // Activation after draining brings the group back.
+        assert!(s.envs.is_empty() && s.tenants.pass.is_empty(), "no memory kept for idle tenants");
         s.activate("b", "y");
         assert_eq!(s.next(|_, _| true), Some(("b".into(), "y".into())));
     }
@@ -173,5 +305,90 @@ mod tests {
         assert_eq!(s.next(|_, _| true), Some(("a".into(), "x".into())));
         assert_eq!(s.next(|_, _| false), None);
         assert!(s.is_empty());
+    }
+
+    /// Operations of the model-based property test.
+    #[derive(Debug, Clone)]
+    enum Op {
+        Enqueue { tenant: u8, env: u8, n: u8 },
+        Lease,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u8..6, 0u8..4, 1u8..20).prop_map(|(tenant, env, n)| Op::Enqueue { tenant, env, n }),
+            Just(Op::Lease),
+        ]
+    }
+
+    proptest! {
+        /// Against any sequence of enqueues and leases: a lease never picks
+        /// an empty group, a lease always finds work when any exists, and
+        /// draining at the end delivers every job exactly once.
+        #[test]
+        fn no_job_is_lost_or_picked_from_nothing(ops in proptest::collection::vec(op(), 1..300)) {
+            let mut s = FairScheduler::new();
+            let mut b = Backlog(HashMap::new());
+            let (mut enqueued, mut leased) = (0u64, 0u64);
+            for op in ops {
+                match op {
+                    Op::Enqueue { tenant, env, n } => {
+                        let (t, e) = (format!("t{tenant}"), format!("e{env}"));
+                        *b.0.entry((t.clone(), e.clone())).or_default() += u64::from(n);
+                        s.activate(&t, &e);
+                        enqueued += u64::from(n);
+                    }
+                    Op::Lease => {
+                        let any = b.0.values().any(|n| *n > 0);
+                        let got = b.take(&mut s);
+                        prop_assert_eq!(got.is_some(), any, "work-conserving");
+                        leased += u64::from(got.is_some());
+                    }
+                }
+            }
+            while b.take(&mut s).is_some() {
+                leased += 1;
+            }
+            prop_assert_eq!(leased, enqueued);
+            prop_assert!(b.0.values().all(|n| *n == 0));
+        }
+
+        /// Backlogged tenants get shares within 2% of their weights, and
+        /// each is served at least once every ceil(total / weight) + tenants
+        /// leases (bounded wait), however many environments they use.
+        #[test]
+        fn shares_match_weights_and_waits_are_bounded(
+            weights in proptest::collection::vec(1u32..=8, 2..7),
+            envs in proptest::collection::vec(1usize..5, 7),
+        ) {
+            let mut s = FairScheduler::new();
+            let total: u32 = weights.iter().sum();
+            let mut groups = Vec::new();
+            for (i, w) in weights.iter().enumerate() {
+                s.set_tenant_weight(&format!("t{i}"), *w);
+                for e in 0..envs[i] {
+                    groups.push((format!("t{i}"), format!("e{e}"), 1_000_000u64));
+                }
+            }
+            let refs: Vec<(&str, &str, u64)> = groups.iter().map(|(t, e, n)| (t.as_str(), e.as_str(), *n)).collect();
+            let mut b = Backlog::new(&refs, &mut s);
+            let rounds = 200 * total as usize;
+            let mut count = vec![0usize; weights.len()];
+            let mut last = vec![0usize; weights.len()];
+            for k in 1..=rounds {
+                let (t, _) = b.take(&mut s).unwrap();
+                let i: usize = t[1..].parse().unwrap();
+                let gap = k - last[i];
+                let bound = total.div_ceil(weights[i]) as usize + weights.len();
+                prop_assert!(gap <= bound, "tenant {} waited {} > {}", i, gap, bound);
+                last[i] = k;
+                count[i] += 1;
+            }
+            for (i, w) in weights.iter().enumerate() {
+                let want = rounds as f64 * f64::from(*w) / f64::from(total);
+                let got = count[i] as f64;
+                prop_assert!((got - want).abs() <= want * 0.02, "tenant {} got {} want {}", i, got, want);
+            }
+        }
     }
 }
