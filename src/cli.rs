@@ -26,6 +26,15 @@ pub enum QueueCmd {
         dedup_window: Option<Duration>,
         #[arg(long)]
         max_payload_bytes: Option<u32>,
+        /// Share of workers that serve several queues (default 1).
+        #[arg(long)]
+        weight: Option<u32>,
+        /// Most jobs leased at once from the queue (default: no limit).
+        #[arg(long)]
+        max_in_flight: Option<u32>,
+        /// Most jobs leased at once per tenant unless its policy says otherwise.
+        #[arg(long)]
+        tenant_max_in_flight: Option<u32>,
     },
     /// List queues.
     List,
@@ -91,11 +100,68 @@ fn fmt_age(d: Option<&prost_types::Duration>) -> String {
     d.map(|d| format!("{:.1}s", d.seconds as f64 + d.nanos as f64 / 1e9)).unwrap_or_else(|| "-".into())
 }
 
+#[derive(Debug, clap::Subcommand)]
+pub enum TenantCmd {
+    /// Set a tenant's share, in-flight limit and enqueue rate in a queue
+    /// (replaces its previous policy), or with --env one environment's weight.
+    SetPolicy {
+        queue: String,
+        tenant: String,
+        /// Share relative to the queue's other tenants (1..10000).
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+        /// Most jobs of the tenant leased at once (0 = the queue default).
+        #[arg(long, default_value_t = 0)]
+        max_in_flight: u32,
+        /// Sustained enqueues per second (0 = unlimited).
+        #[arg(long, default_value_t = 0.0)]
+        enqueue_rate: f64,
+        /// Largest enqueue burst (0 = max(1, rate)).
+        #[arg(long, default_value_t = 0)]
+        enqueue_burst: u32,
+        /// Set this environment's weight inside the tenant instead.
+        #[arg(long = "env")]
+        environment: Option<String>,
+    },
+}
+
+pub async fn tenant(addr: &str, cmd: TenantCmd) -> CliResult {
+    let mut admin = AdminServiceClient::new(connect(addr).await?);
+    match cmd {
+        TenantCmd::SetPolicy { queue, tenant, weight, max_in_flight, enqueue_rate, enqueue_burst, environment } => {
+            let p = admin
+                .set_tenant_policy(pb::SetTenantPolicyRequest {
+                    queue,
+                    tenant,
+                    weight,
+                    max_in_flight,
+                    enqueue_rate,
+                    enqueue_burst,
+                    environment: environment.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            let envs: Vec<String> = p.environment_weights.iter().map(|(e, w)| format!("{e}={w}")).collect();
+            println!(
+                "{} weight={} max_in_flight={} enqueue_rate={} enqueue_burst={} env_weights=[{}]",
+                p.tenant,
+                p.weight,
+                p.max_in_flight,
+                p.enqueue_rate,
+                p.enqueue_burst,
+                envs.join(",")
+            );
+        }
+    }
+    Ok(())
+}
+
 fn print_queue(q: &pb::Queue) {
     let c = q.config.unwrap_or_default();
     let secs = |d: Option<prost_types::Duration>| d.map(|d| d.seconds).unwrap_or(0);
     println!(
-        "{:<24} paused={:<5} lease={}s max_attempts={} backoff={}s..{}s dedup_window={}s max_payload={}B",
+        "{:<24} paused={:<5} lease={}s max_attempts={} backoff={}s..{}s dedup_window={}s max_payload={}B weight={} \
+         max_in_flight={} tenant_max_in_flight={}",
         q.name,
         q.paused,
         secs(c.default_lease_duration),
@@ -103,7 +169,10 @@ fn print_queue(q: &pb::Queue) {
         secs(c.backoff_initial),
         secs(c.backoff_max),
         secs(c.dedup_window),
-        c.max_payload_bytes
+        c.max_payload_bytes,
+        c.weight,
+        c.max_in_flight.unwrap_or(0),
+        c.tenant_max_in_flight.unwrap_or(0)
     );
 }
 
@@ -118,6 +187,9 @@ pub async fn queue(addr: &str, cmd: QueueCmd) -> CliResult {
             backoff_max,
             dedup_window,
             max_payload_bytes,
+            weight,
+            max_in_flight,
+            tenant_max_in_flight,
         } => {
             let config = pb::QueueConfig {
                 default_lease_duration: lease.map(d),
@@ -126,6 +198,9 @@ pub async fn queue(addr: &str, cmd: QueueCmd) -> CliResult {
                 backoff_max: backoff_max.map(d),
                 dedup_window: dedup_window.map(d),
                 max_payload_bytes: max_payload_bytes.unwrap_or(0),
+                weight: weight.unwrap_or(0),
+                max_in_flight,
+                tenant_max_in_flight,
             };
             let q = admin.create_queue(pb::CreateQueueRequest { name, config: Some(config) }).await?.into_inner();
             print_queue(&q);
@@ -160,6 +235,25 @@ pub async fn queue(addr: &str, cmd: QueueCmd) -> CliResult {
                 s.deduplicated_total,
                 s.dead_lettered_total
             );
+            if !s.tenant_policies.is_empty() {
+                println!(
+                    "  {:<24} {:>7} {:>14} {:>8} {:>10} {:>7}  ENV WEIGHTS",
+                    "POLICY", "WEIGHT", "MAX_IN_FLIGHT", "LEASED", "ENQ/S", "BURST"
+                );
+                for p in &s.tenant_policies {
+                    let envs: Vec<String> = p.environment_weights.iter().map(|(e, w)| format!("{e}={w}")).collect();
+                    println!(
+                        "  {:<24} {:>7} {:>14} {:>8} {:>10} {:>7}  {}",
+                        p.tenant,
+                        p.weight,
+                        p.max_in_flight,
+                        p.leased,
+                        p.enqueue_rate,
+                        p.enqueue_burst,
+                        envs.join(",")
+                    );
+                }
+            }
             if !s.groups.is_empty() {
                 println!("  {:<24} {:<24} {:>10} {:>10}", "TENANT", "ENVIRONMENT", "READY", "LEASED");
                 for g in &s.groups {

@@ -22,6 +22,9 @@ pub enum BrokerError {
     NotFound(String),
     #[error("{0}")]
     ResourceExhausted(String),
+    /// A tenant's enqueue rate limit; carries when to retry.
+    #[error("tenant {tenant:?} is over its enqueue rate of {rate}/s in queue {queue:?}; retry in {} ms", retry_after.as_millis())]
+    RateLimited { queue: String, tenant: String, rate: f64, retry_after: std::time::Duration },
     #[error("the broker is shutting down; retry against a running instance")]
     ShuttingDown,
     #[error("storage error: {0}")]
@@ -43,7 +46,7 @@ impl BrokerError {
             }
             BrokerError::QueueExists(_) => Code::AlreadyExists,
             BrokerError::LeaseNotHeld(_) | BrokerError::FailedPrecondition(_) => Code::FailedPrecondition,
-            BrokerError::ResourceExhausted(_) => Code::ResourceExhausted,
+            BrokerError::ResourceExhausted(_) | BrokerError::RateLimited { .. } => Code::ResourceExhausted,
             BrokerError::ShuttingDown => Code::Unavailable,
             BrokerError::Storage(_) => Code::Internal,
         }
@@ -64,7 +67,14 @@ impl BrokerError {
 
 impl From<BrokerError> for Status {
     fn from(e: BrokerError) -> Status {
-        Status::new(e.code(), e.to_string())
+        let mut status = Status::new(e.code(), e.to_string());
+        if let BrokerError::RateLimited { retry_after, .. } = &e {
+            // Machine-readable retry hint for clients that back off.
+            if let Ok(v) = retry_after.as_millis().to_string().parse() {
+                status.metadata_mut().insert("retry-after-ms", v);
+            }
+        }
+        status
     }
 }
 

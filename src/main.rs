@@ -22,6 +22,9 @@ enum Cmd {
     /// Manage queues.
     #[command(subcommand)]
     Queue(cli::QueueCmd),
+    /// Tenant policies: weights, in-flight limits, enqueue rates.
+    #[command(subcommand)]
+    Tenant(cli::TenantCmd),
     /// Enqueue one job.
     Enqueue(cli::EnqueueArgs),
     /// Measure throughput and latency against a broker process started here.
@@ -87,6 +90,7 @@ async fn main() -> ExitCode {
         }
         Cmd::Queue(cmd) => cli::queue(&args.addr, cmd).await,
         Cmd::Enqueue(a) => cli::enqueue(&args.addr, a).await,
+        Cmd::Tenant(cmd) => cli::tenant(&args.addr, cmd).await,
         Cmd::Health { service } => cli::health(&args.addr, service).await,
         Cmd::Bench(a) => fairway::bench::run(a).await.map_err(|e| e.to_string().into()),
     };

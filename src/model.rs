@@ -122,6 +122,12 @@ pub struct QueueConfig {
     /// Zero: a dedup key is held only while its job is live.
     pub dedup_window: Duration,
     pub max_payload_bytes: u32,
+    /// Share of multi-queue workers relative to their other queues.
+    pub weight: u32,
+    /// Most jobs of the queue leased at once; 0 = no limit.
+    pub max_in_flight: u32,
+    /// Default per-tenant in-flight limit; 0 = no limit.
+    pub tenant_max_in_flight: u32,
 }
 
 impl Default for QueueConfig {
@@ -133,6 +139,9 @@ impl Default for QueueConfig {
             backoff_max: Duration::from_secs(3600),
             dedup_window: Duration::ZERO,
             max_payload_bytes: 1024 * 1024,
+            weight: 1,
+            max_in_flight: 0,
+            tenant_max_in_flight: 0,
         }
     }
 }
@@ -155,6 +164,9 @@ impl QueueConfig {
         if self.backoff_max < self.backoff_initial {
             return bad("backoff_max must be at least backoff_initial".into());
         }
+        if self.weight == 0 || self.weight > crate::scheduler::MAX_WEIGHT {
+            return bad(format!("weight must be between 1 and {}", crate::scheduler::MAX_WEIGHT));
+        }
         if self.max_payload_bytes == 0 || self.max_payload_bytes > MAX_PAYLOAD_LIMIT {
             return bad(format!("max_payload_bytes must be between 1 and {MAX_PAYLOAD_LIMIT}"));
         }
@@ -171,6 +183,59 @@ impl QueueConfig {
         let jitter_ms = duration_millis(half);
         let extra = if jitter_ms == 0 { 0 } else { rand::random::<u64>() % (jitter_ms + 1) };
         half + Duration::from_millis(extra)
+    }
+}
+
+/// How one tenant is treated inside one queue (`SetTenantPolicy`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantPolicy {
+    /// Share relative to the queue's other tenants.
+    pub weight: u32,
+    /// Most jobs leased at once; 0 = the queue's `tenant_max_in_flight`.
+    pub max_in_flight: u32,
+    /// Sustained enqueues per second; 0 = unlimited.
+    pub enqueue_rate: f64,
+    /// Largest burst; 0 = max(1, enqueue_rate).
+    pub enqueue_burst: u32,
+    /// Weights of environments inside the tenant (absent = 1).
+    pub env_weights: std::collections::BTreeMap<String, u32>,
+}
+
+impl Default for TenantPolicy {
+    fn default() -> Self {
+        TenantPolicy {
+            weight: 1,
+            max_in_flight: 0,
+            enqueue_rate: 0.0,
+            enqueue_burst: 0,
+            env_weights: Default::default(),
+        }
+    }
+}
+
+impl TenantPolicy {
+    /// True when it changes nothing, so it need not be stored.
+    pub fn is_default(&self) -> bool {
+        *self == TenantPolicy::default()
+    }
+
+    pub fn validate_weight(weight: u32) -> Result<u32, BrokerError> {
+        match weight {
+            0 => Ok(1),
+            w if w <= crate::scheduler::MAX_WEIGHT => Ok(w),
+            w => Err(BrokerError::InvalidArgument(format!(
+                "weight {w} is out of range: use 1..={}",
+                crate::scheduler::MAX_WEIGHT
+            ))),
+        }
+    }
+
+    pub fn validate_rate(rate: f64) -> Result<f64, BrokerError> {
+        if rate.is_finite() && rate >= 0.0 {
+            Ok(rate)
+        } else {
+            Err(BrokerError::InvalidArgument("enqueue_rate must be a finite number >= 0".into()))
+        }
     }
 }
 

@@ -83,6 +83,14 @@ impl AdminService for AdminApi {
         Ok(Response::new(pb::RedriveDeadLettersResponse { redriven }))
     }
 
+    async fn set_tenant_policy(
+        &self,
+        req: Request<pb::SetTenantPolicyRequest>,
+    ) -> Result<Response<pb::TenantPolicy>, Status> {
+        let (queue, tenant, env, policy) = convert::tenant_policy(req.into_inner())?;
+        Ok(Response::new(self.broker.set_tenant_policy(queue, tenant, env, policy).await?))
+    }
+
     async fn purge_queue(
         &self,
         req: Request<pb::PurgeQueueRequest>,

@@ -83,6 +83,9 @@ pub fn config_patch(c: Option<pb::QueueConfig>) -> Result<QueueConfigPatch> {
         backoff_max: opt_duration("backoff_max", c.backoff_max.as_ref())?,
         dedup_window: opt_duration("dedup_window", c.dedup_window.as_ref())?,
         max_payload_bytes: (c.max_payload_bytes > 0).then_some(c.max_payload_bytes),
+        weight: (c.weight > 0).then_some(c.weight),
+        max_in_flight: c.max_in_flight,
+        tenant_max_in_flight: c.tenant_max_in_flight,
     })
 }
 
@@ -185,6 +188,21 @@ pub fn list_jobs(r: pb::ListJobsRequest) -> Result<ListJobs> {
 
 pub fn scope_filter(tenant: &str, env: &str) -> Result<(Option<String>, Option<String>)> {
     Ok((optional_scope("tenant", tenant)?, optional_scope("environment", env)?))
+}
+
+/// `SetTenantPolicy` as (queue, tenant, environment, policy).
+pub fn tenant_policy(r: pb::SetTenantPolicyRequest) -> Result<(String, String, Option<String>, model::TenantPolicy)> {
+    let queue = queue_name(&r.queue)?;
+    validate_name("tenant", &r.tenant)?;
+    let env = optional_scope("environment", &r.environment)?;
+    let policy = model::TenantPolicy {
+        weight: model::TenantPolicy::validate_weight(r.weight)?,
+        max_in_flight: r.max_in_flight,
+        enqueue_rate: model::TenantPolicy::validate_rate(r.enqueue_rate)?,
+        enqueue_burst: r.enqueue_burst,
+        env_weights: Default::default(),
+    };
+    Ok((queue, r.tenant, env, policy))
 }
 
 pub fn job_id(s: &str) -> Result<model::JobId> {

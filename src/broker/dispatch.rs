@@ -12,6 +12,7 @@ use super::{view, LeaseSpec, Reply, StreamTx, Subscription};
 use crate::error::Result;
 use crate::model::{duration_millis, now_millis, JobId, LeaseId, Millis};
 use crate::pb;
+use crate::scheduler::QueueRotation;
 use crate::storage::keys::{self, ReadyPos};
 use crate::storage::Store;
 use prost::Message;
@@ -29,8 +30,8 @@ pub(super) struct Consumer {
     pub tx: StreamTx,
     /// (queue, job) of its current leases, returned to ready when it leaves.
     pub leases: HashSet<(String, JobId)>,
-    /// Round-robin position over `queues`.
-    pub rr: usize,
+    /// Weighted turn order over `queues`.
+    pub rotation: QueueRotation,
 }
 
 /// A unary `Lease` call waiting for jobs.
@@ -44,7 +45,7 @@ pub(super) struct Waiter {
     /// Leased for it this turn, sent once committed.
     pub got: Vec<pb::Delivery>,
     pub leases: Vec<(String, JobId)>,
-    pub rr: usize,
+    pub rotation: QueueRotation,
 }
 
 /// A delivery for a Work stream, held until its lease is committed.
@@ -65,6 +66,7 @@ impl Engine {
     pub(super) fn subscribe(&mut self, id: u64, sub: Subscription, tx: StreamTx) {
         tracing::info!(consumer = id, worker_id = %sub.worker_id, worker_version = %sub.worker_version,
             queues = ?sub.queues, max_in_flight = sub.max_in_flight, "worker subscribed");
+        let rotation = QueueRotation::new(sub.queues.len());
         self.consumers.insert(
             id,
             Consumer {
@@ -75,7 +77,7 @@ impl Engine {
                 lease_ms: sub.lease_duration.map(duration_millis),
                 tx,
                 leases: HashSet::new(),
-                rr: 0,
+                rotation,
             },
         );
     }
@@ -91,6 +93,7 @@ impl Engine {
     }
 
     pub(super) fn add_waiter(&mut self, spec: LeaseSpec, reply: Reply<Vec<pb::Delivery>>) {
+        let rotation = QueueRotation::new(spec.queues.len());
         self.waiters.push(Waiter {
             queues: spec.queues,
             max_jobs: spec.max_jobs.max(1),
@@ -100,7 +103,7 @@ impl Engine {
             reply: Some(reply),
             got: Vec::new(),
             leases: Vec::new(),
-            rr: 0,
+            rotation,
         });
     }
 
@@ -129,18 +132,17 @@ impl Engine {
         }
     }
 
-    /// Leases one job for `target` from the next of its queues (round-robin)
-    /// that has ready work. True when a job was leased.
+    /// Leases one job for `target` from the next of its queues (weighted by
+    /// queue weight) that has ready work. True when a job was leased.
     fn lease_for(&mut self, target: Target) -> bool {
-        let (n, start) = match target {
+        let order = match target {
             Target::Consumer(id) => match self.consumers.get(&id) {
-                Some(c) => (c.queues.len(), c.rr),
+                Some(c) => c.rotation.order(),
                 None => return false,
             },
-            Target::Waiter(i) => (self.waiters[i].queues.len(), self.waiters[i].rr),
+            Target::Waiter(i) => self.waiters[i].rotation.order(),
         };
-        for k in 0..n {
-            let idx = (start + k) % n;
+        for idx in order {
             let (queue, lease_ms, worker) = match target {
                 Target::Consumer(id) => {
                     let c = &self.consumers[&id];
@@ -151,9 +153,9 @@ impl Engine {
                     (w.queues[idx].clone(), w.lease_ms, w.worker_id.clone())
                 }
             };
-            if !self.queues.get(&queue).is_some_and(|q| q.has_ready()) {
+            let Some(weight) = self.queues.get(&queue).filter(|q| q.has_ready()).map(|q| q.config.weight) else {
                 continue;
-            }
+            };
             let consumer = match target {
                 Target::Consumer(id) => Some(id),
                 Target::Waiter(_) => None,
@@ -165,7 +167,7 @@ impl Engine {
                             if let Some(c) = self.consumers.get_mut(&id) {
                                 c.in_flight += 1;
                                 c.leases.insert((queue.clone(), job));
-                                c.rr = idx + 1;
+                                c.rotation.charge(idx, weight);
                             }
                             self.outbox.push(Outgoing { consumer: id, queue, job, delivery });
                         }
@@ -173,7 +175,7 @@ impl Engine {
                             let w = &mut self.waiters[i];
                             w.got.push(delivery);
                             w.leases.push((queue, job));
-                            w.rr = idx + 1;
+                            w.rotation.charge(idx, weight);
                         }
                     }
                     return true;
@@ -203,10 +205,18 @@ impl Engine {
             if q.paused {
                 return Ok(None);
             }
-            let groups = &q.groups;
-            let Some((t, e)) =
-                q.scheduler.next(|t, e| groups.get(t).and_then(|m| m.get(e)).is_some_and(|g| g.ready > 0))
-            else {
+            if !q.has_room() {
+                return Ok(None);
+            }
+            let (groups, policies, config, in_flight) = (&q.groups, &q.policies, &q.config, &q.tenant_leased);
+            // A tenant at its in-flight limit leaves the rotation here and
+            // rejoins when one of its leases ends (QueueState::lease_ended).
+            let eligible = |t: &str, e: &str| {
+                groups.get(t).and_then(|m| m.get(e)).is_some_and(|g| g.ready > 0)
+                    && super::queue_state::tenant_limit(policies, config, t)
+                        .is_none_or(|limit| in_flight.get(t).copied().unwrap_or(0) < limit)
+            };
+            let Some((t, e)) = q.scheduler.next(eligible) else {
                 return Ok(None);
             };
             let g = q.group_mut(&t, &e);
@@ -245,7 +255,7 @@ impl Engine {
             };
             let max = super::ops::effective_max_attempts(&lease.record, &q.config);
             let delivery = view::delivery(queue, id, &lease, max);
-            q.group_mut(&t, &e).leased += 1;
+            q.lease_started(&t, &e);
             q.lease_expiry.insert((lease.expires_at, id));
             let lrec = super::ops::lease_record(&lease);
             q.leases.insert(id, lease);
@@ -326,8 +336,7 @@ impl Engine {
         let Some(l) = q.leases.remove(&job) else { return Ok(()) };
         q.lease_expiry.remove(&(l.expires_at, job));
         let (t, e) = (l.record.tenant.clone(), l.record.environment.clone());
-        let g = q.group_mut(&t, &e);
-        g.leased = g.leased.saturating_sub(1);
+        q.lease_ended(&t, &e);
         let pos = (keys::inv_priority(l.record.priority), job.0);
         let now = self.now;
         q.add_ready(&t, &e, pos, now);

@@ -115,6 +115,25 @@ impl Writes {
         self.poisoned.is_some()
     }
 
+    pub fn put_policy(&mut self, queue: &str, tenant: &str, p: &crate::model::TenantPolicy) {
+        let res = if p.is_default() {
+            self.store.delete_policy(&mut self.batch, queue, tenant)
+        } else {
+            let rec = crate::storage::records::TenantPolicyRecord {
+                tenant: tenant.to_string(),
+                weight: p.weight,
+                max_in_flight: p.max_in_flight,
+                enqueue_rate: p.enqueue_rate,
+                enqueue_burst: p.enqueue_burst,
+                env_weights: p.env_weights.clone(),
+            };
+            self.store.put_policy(&mut self.batch, queue, &rec)
+        };
+        if let Err(e) = res {
+            self.poison(e);
+        }
+    }
+
     pub fn put_queue_meta(&mut self, meta: &crate::storage::records::QueueMeta) {
         if let Err(e) = self.store.put_queue_meta(&mut self.batch, meta) {
             self.poison(e);
@@ -208,7 +227,9 @@ impl Engine {
         if let Ok(mut reg) = self.registry.write() {
             reg.clear();
             for q in self.queues.values() {
-                reg.insert(q.name.clone(), super::QueueInfo { config: q.config.clone(), paused: q.paused });
+                let info =
+                    super::QueueInfo { config: q.config.clone(), paused: q.paused, policies: q.policies.clone() };
+                reg.insert(q.name.clone(), info);
             }
         }
     }
@@ -302,6 +323,9 @@ impl Engine {
                 self.start_redrive(queue, tenant, env, limit, reply)
             }
             Command::Purge { queue, state, reply } => self.start_purge(queue, state, reply),
+            Command::SetTenantPolicy { queue, tenant, env, policy, reply } => {
+                self.set_tenant_policy(queue, tenant, env, policy, reply)
+            }
             Command::Shutdown { done } => self.begin_shutdown(done),
         }
     }
@@ -386,6 +410,16 @@ fn load_queue(store: &Store, meta: &crate::storage::records::QueueMeta) -> Resul
         None => QueueCounters::default(),
     };
     let mut q = QueueState::new(meta, counters);
+    for p in store.load_policies(&meta.name)? {
+        let policy = crate::model::TenantPolicy {
+            weight: p.weight.max(1),
+            max_in_flight: p.max_in_flight,
+            enqueue_rate: p.enqueue_rate,
+            enqueue_burst: p.enqueue_burst,
+            env_weights: p.env_weights,
+        };
+        q.set_policy(&p.tenant, policy);
+    }
     for (k, v) in scan_prefix(store, &meta.name, &[keys::GROUP_COUNT])? {
         let Some((t, e)) = keys::group_of(&k) else { continue };
         let ready = v.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(0);
@@ -411,7 +445,7 @@ fn load_queue(store: &Store, meta: &crate::storage::records::QueueMeta) -> Resul
         if lr.lease_id.len() == 16 {
             lease_id.copy_from_slice(&lr.lease_id);
         }
-        q.group_mut(&record.tenant, &record.environment).leased += 1;
+        q.lease_started(&record.tenant, &record.environment);
         q.lease_expiry.insert((lr.expires_at_ms, id));
         q.leases.insert(
             id,

@@ -12,11 +12,12 @@ mod engine;
 mod engine_tests;
 mod ops;
 mod queue_state;
+mod rate_limit;
 mod reads;
 pub mod view;
 
 use crate::error::{BrokerError, Result};
-use crate::model::{JobId, JobState, LeaseId, Millis, NewJob, QueueConfig};
+use crate::model::{JobId, JobState, LeaseId, Millis, NewJob, QueueConfig, TenantPolicy};
 use crate::pb;
 use crate::storage::{Durability, Store};
 use std::collections::HashMap;
@@ -34,6 +35,8 @@ pub type StreamTx = mpsc::UnboundedSender<std::result::Result<pb::WorkResponse, 
 pub struct QueueInfo {
     pub config: QueueConfig,
     pub paused: bool,
+    /// Tenant policies (for the enqueue rate limiter).
+    pub policies: HashMap<String, TenantPolicy>,
 }
 
 /// Queue definitions readable from any thread; only the engine writes it.
@@ -105,6 +108,9 @@ pub struct QueueConfigPatch {
     pub backoff_max: Option<Duration>,
     pub dedup_window: Option<Duration>,
     pub max_payload_bytes: Option<u32>,
+    pub weight: Option<u32>,
+    pub max_in_flight: Option<u32>,
+    pub tenant_max_in_flight: Option<u32>,
 }
 
 impl QueueConfigPatch {
@@ -116,6 +122,9 @@ impl QueueConfigPatch {
             backoff_max: self.backoff_max.unwrap_or(base.backoff_max),
             dedup_window: self.dedup_window.unwrap_or(base.dedup_window),
             max_payload_bytes: self.max_payload_bytes.unwrap_or(base.max_payload_bytes),
+            weight: self.weight.unwrap_or(base.weight),
+            max_in_flight: self.max_in_flight.unwrap_or(base.max_in_flight),
+            tenant_max_in_flight: self.tenant_max_in_flight.unwrap_or(base.tenant_max_in_flight),
         }
     }
 }
@@ -124,20 +133,81 @@ type Reply<T> = oneshot::Sender<Result<T>>;
 
 /// Everything the engine can be asked to do.
 pub(crate) enum Command {
-    Enqueue { jobs: Vec<NewJob>, batch: bool, reply: Reply<Vec<EnqueueOutcome>> },
-    Settle { queue: String, job: JobId, lease: LeaseId, action: SettleAction, reply: SettleReply },
-    Cancel { queue: String, job: JobId, reply: Reply<bool> },
-    Subscribe { id: u64, sub: Subscription, tx: StreamTx },
-    Unsubscribe { id: u64 },
-    Lease { spec: LeaseSpec, reply: Reply<Vec<pb::Delivery>> },
-    CreateQueue { name: String, config: QueueConfig, reply: Reply<pb::Queue> },
-    UpdateQueue { name: String, patch: QueueConfigPatch, reply: Reply<pb::Queue> },
-    DeleteQueue { name: String, force: bool, reply: Reply<bool> },
-    SetPaused { name: String, paused: bool, reply: Reply<pb::Queue> },
-    Stats { queue: String, reply: Reply<pb::QueueStats> },
-    Redrive { queue: String, tenant: Option<String>, env: Option<String>, limit: u64, reply: Reply<u64> },
-    Purge { queue: String, state: Option<JobState>, reply: Reply<u64> },
-    Shutdown { done: oneshot::Sender<()> },
+    Enqueue {
+        jobs: Vec<NewJob>,
+        batch: bool,
+        reply: Reply<Vec<EnqueueOutcome>>,
+    },
+    Settle {
+        queue: String,
+        job: JobId,
+        lease: LeaseId,
+        action: SettleAction,
+        reply: SettleReply,
+    },
+    Cancel {
+        queue: String,
+        job: JobId,
+        reply: Reply<bool>,
+    },
+    Subscribe {
+        id: u64,
+        sub: Subscription,
+        tx: StreamTx,
+    },
+    Unsubscribe {
+        id: u64,
+    },
+    Lease {
+        spec: LeaseSpec,
+        reply: Reply<Vec<pb::Delivery>>,
+    },
+    CreateQueue {
+        name: String,
+        config: QueueConfig,
+        reply: Reply<pb::Queue>,
+    },
+    UpdateQueue {
+        name: String,
+        patch: QueueConfigPatch,
+        reply: Reply<pb::Queue>,
+    },
+    DeleteQueue {
+        name: String,
+        force: bool,
+        reply: Reply<bool>,
+    },
+    SetPaused {
+        name: String,
+        paused: bool,
+        reply: Reply<pb::Queue>,
+    },
+    Stats {
+        queue: String,
+        reply: Reply<pb::QueueStats>,
+    },
+    Redrive {
+        queue: String,
+        tenant: Option<String>,
+        env: Option<String>,
+        limit: u64,
+        reply: Reply<u64>,
+    },
+    Purge {
+        queue: String,
+        state: Option<JobState>,
+        reply: Reply<u64>,
+    },
+    SetTenantPolicy {
+        queue: String,
+        tenant: String,
+        env: Option<String>,
+        policy: TenantPolicy,
+        reply: Reply<pb::TenantPolicy>,
+    },
+    Shutdown {
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// Bound on queued commands: beyond it, callers wait (backpressure) instead
@@ -151,6 +221,8 @@ pub struct Broker {
     store: Store,
     registry: Registry,
     next_consumer: Arc<std::sync::atomic::AtomicU64>,
+    /// Per-tenant enqueue rate limits, checked before the writer.
+    limiter: Arc<rate_limit::RateLimiter>,
     engine: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
@@ -170,6 +242,7 @@ impl Broker {
             store,
             registry,
             next_consumer: Arc::new(1.into()),
+            limiter: Arc::default(),
             engine: Arc::new(Mutex::new(Some(handle))),
         })
     }
@@ -203,6 +276,14 @@ impl Broker {
                 ))));
             }
         }
+        let mut wants: HashMap<(String, String), u32> = HashMap::new();
+        for job in &jobs {
+            *wants.entry((job.queue.clone(), job.tenant.clone())).or_default() += 1;
+        }
+        let registry = &self.registry;
+        self.limiter.admit(&wants, |queue, tenant| {
+            registry.read().ok().and_then(|r| r.get(queue).and_then(|q| q.policies.get(tenant).cloned()))
+        })?;
         self.call(|reply| Command::Enqueue { jobs, batch, reply }).await
     }
 
@@ -300,6 +381,17 @@ impl Broker {
 
     pub async fn redrive(&self, queue: String, tenant: Option<String>, env: Option<String>, limit: u64) -> Result<u64> {
         self.call(|reply| Command::Redrive { queue, tenant, env, limit, reply }).await
+    }
+
+    /// Replaces a tenant's policy; with `env`, only that environment's weight.
+    pub async fn set_tenant_policy(
+        &self,
+        queue: String,
+        tenant: String,
+        env: Option<String>,
+        policy: TenantPolicy,
+    ) -> Result<pb::TenantPolicy> {
+        self.call(|reply| Command::SetTenantPolicy { queue, tenant, env, policy, reply }).await
     }
 
     pub async fn purge(&self, queue: String, state: Option<JobState>) -> Result<u64> {

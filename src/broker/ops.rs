@@ -7,7 +7,9 @@ use super::engine::{first_scheduled, AfterCommit, Engine};
 use super::queue_state::{meta_from_config, ActiveLease, QueueState};
 use super::{view, EnqueueOutcome, QueueConfigPatch, Reply, SettleAction, SettleOutcome, SettleReply};
 use crate::error::{BrokerError, Result};
-use crate::model::{duration_millis, JobId, JobState, LeaseId, Millis, NewJob, QueueConfig, MAX_ERROR_BYTES};
+use crate::model::{
+    duration_millis, JobId, JobState, LeaseId, Millis, NewJob, QueueConfig, TenantPolicy, MAX_ERROR_BYTES,
+};
 use crate::pb;
 use crate::storage::keys::{self, ReadyPos};
 use crate::storage::records::{stored_state, GroupRef, JobRecord, LeaseRecord, QueueCounters};
@@ -336,9 +338,7 @@ impl Engine {
         let l = q.leases.remove(&job).ok_or_else(|| BrokerError::Storage("lease vanished".into()))?;
         q.lease_expiry.remove(&(l.expires_at, job));
         let (t, e) = (l.record.tenant.clone(), l.record.environment.clone());
-        let g = q.group_mut(&t, &e);
-        g.leased = g.leased.saturating_sub(1);
-        q.mark_group(&t, &e);
+        q.lease_ended(&t, &e);
         self.w.delete(queue, &keys::lease(job));
         if let Some(c) = l.consumer.and_then(|c| self.consumers.get_mut(&c)) {
             c.in_flight = c.in_flight.saturating_sub(1);
@@ -625,7 +625,12 @@ impl Engine {
             c.in_flight = c.in_flight.saturating_sub((before - c.leases.len()) as u32);
         }
         let mut b = rocksdb::WriteBatch::default();
-        let res = self.w.store.delete_queue_meta(&mut b, &name).and_then(|_| self.w.store.write(b));
+        let res = self
+            .w
+            .store
+            .delete_queue_meta(&mut b, &name)
+            .and_then(|_| self.w.store.delete_policies(&mut b, &name))
+            .and_then(|_| self.w.store.write(b));
         let res = res.and_then(|_| self.w.store.drop_queue_cf(&name));
         self.publish_registry();
         tracing::info!(queue = %name, force, dropped_jobs = total, "queue deleted");
@@ -678,6 +683,15 @@ impl Engine {
             deduplicated_total: c.deduplicated_total,
             dead_lettered_total: c.dead_lettered_total,
             connected_workers: workers as u32,
+            tenant_policies: {
+                let mut p: Vec<_> = q
+                    .policies
+                    .iter()
+                    .map(|(t, p)| view::tenant_policy(t, p, q.tenant_leased.get(t).copied().unwrap_or(0)))
+                    .collect();
+                p.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+                p
+            },
         })
     }
 
@@ -685,6 +699,45 @@ impl Engine {
     fn peek_ready_at(&self, queue: &str, tenant: &str, env: &str, cursor: Option<ReadyPos>) -> Option<Millis> {
         let (loaded, _) = super::dispatch::scan_ready(&self.w.store, queue, tenant, env, cursor, 1).ok()?;
         loaded.first().map(|(_, t)| *t)
+    }
+
+    // -------------------------------------------------------- tenant policy
+
+    pub(super) fn set_tenant_policy(
+        &mut self,
+        queue: String,
+        tenant: String,
+        env: Option<String>,
+        policy: TenantPolicy,
+        reply: Reply<pb::TenantPolicy>,
+    ) {
+        let q = match self.queue_mut(&queue) {
+            Ok(q) => q,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let mut next = q.policies.get(&tenant).cloned().unwrap_or_default();
+        match env {
+            Some(env) => {
+                if policy.weight == crate::scheduler::DEFAULT_WEIGHT {
+                    next.env_weights.remove(&env);
+                } else {
+                    next.env_weights.insert(env, policy.weight);
+                }
+            }
+            None => {
+                next = TenantPolicy { env_weights: next.env_weights, ..policy };
+            }
+        }
+        q.set_policy(&tenant, next.clone());
+        let leased = q.tenant_leased.get(&tenant).copied().unwrap_or(0);
+        self.w.put_policy(&queue, &tenant, &next);
+        self.publish_registry();
+        tracing::info!(queue = %queue, tenant = %tenant, weight = next.weight, max_in_flight = next.max_in_flight,
+            enqueue_rate = next.enqueue_rate, "tenant policy set");
+        self.w.after(reply_after(reply, view::tenant_policy(&tenant, &next, leased)));
     }
 
     // --------------------------------------------------- redrive and purge

@@ -10,7 +10,7 @@
 //! the cursor, so a refill never walks over the tombstones of jobs already
 //! leased: lease cost doesn't grow as acked jobs pile up.
 
-use crate::model::{JobId, LeaseId, Millis, QueueConfig};
+use crate::model::{JobId, LeaseId, Millis, QueueConfig, TenantPolicy};
 use crate::scheduler::FairScheduler;
 use crate::storage::keys::ReadyPos;
 use crate::storage::records::{JobRecord, QueueCounters, QueueMeta};
@@ -123,6 +123,10 @@ pub struct QueueState {
     /// committed keys can't see those, so it must not forget them.
     pub staged_due: Option<Millis>,
     pub counters: QueueCounters,
+    /// Tenants with a policy (SetTenantPolicy); others use the defaults.
+    pub policies: HashMap<String, TenantPolicy>,
+    /// Jobs leased now, per tenant (absent = 0).
+    pub tenant_leased: HashMap<String, u64>,
     /// Counters changed since the last commit.
     pub totals_dirty: bool,
     pub dirty_groups: HashSet<(String, String)>,
@@ -143,6 +147,8 @@ impl QueueState {
             scheduled_cursor: 0,
             staged_due: None,
             counters,
+            policies: HashMap::new(),
+            tenant_leased: HashMap::new(),
             totals_dirty: false,
             dirty_groups: HashSet::new(),
         }
@@ -186,8 +192,80 @@ impl QueueState {
         self.ready_total() + self.leases.len() as u64 + self.counters.scheduled + self.counters.dead
     }
 
+    /// True when a lease may be possible: not paused, under the queue's
+    /// in-flight limit, and some group in the rotation.
     pub fn has_ready(&self) -> bool {
-        !self.paused && !self.scheduler.is_empty()
+        !self.paused && !self.scheduler.is_empty() && self.has_room()
+    }
+
+    /// Under the queue-wide in-flight limit.
+    pub fn has_room(&self) -> bool {
+        self.config.max_in_flight == 0 || (self.leases.len() as u64) < u64::from(self.config.max_in_flight)
+    }
+
+    /// The in-flight limit of a tenant, if any: its policy, else the queue's
+    /// default.
+    pub fn tenant_limit(&self, tenant: &str) -> Option<u64> {
+        tenant_limit(&self.policies, &self.config, tenant)
+    }
+
+    /// A lease of a job of group (tenant, env) begins.
+    pub fn lease_started(&mut self, tenant: &str, env: &str) {
+        self.group_mut(tenant, env).leased += 1;
+        *self.tenant_leased.entry(tenant.to_string()).or_default() += 1;
+        self.mark_group(tenant, env);
+    }
+
+    /// A lease ends. A tenant that was at its in-flight limit left the
+    /// rotation; with a slot free again, its groups rejoin.
+    pub fn lease_ended(&mut self, tenant: &str, env: &str) {
+        let g = self.group_mut(tenant, env);
+        g.leased = g.leased.saturating_sub(1);
+        self.mark_group(tenant, env);
+        let now = match self.tenant_leased.get_mut(tenant) {
+            Some(n) => {
+                *n = n.saturating_sub(1);
+                *n
+            }
+            None => 0,
+        };
+        if now == 0 {
+            self.tenant_leased.remove(tenant);
+        }
+        if self.tenant_limit(tenant).is_some_and(|limit| now + 1 == limit) {
+            self.reactivate_tenant(tenant);
+        }
+    }
+
+    /// Puts every group of `tenant` with ready jobs back in the rotation
+    /// (after its limit rose or a slot freed). O(environments of the tenant).
+    pub fn reactivate_tenant(&mut self, tenant: &str) {
+        if let Some(envs) = self.groups.get(tenant) {
+            for (env, g) in envs {
+                if g.ready > 0 {
+                    self.scheduler.activate(tenant, env);
+                }
+            }
+        }
+    }
+
+    /// Applies a tenant's policy to the scheduler and limits.
+    pub fn set_policy(&mut self, tenant: &str, policy: TenantPolicy) {
+        self.scheduler.set_tenant_weight(tenant, policy.weight);
+        let old_envs: Vec<String> =
+            self.policies.get(tenant).map(|p| p.env_weights.keys().cloned().collect()).unwrap_or_default();
+        for env in old_envs {
+            self.scheduler.set_env_weight(tenant, &env, crate::scheduler::DEFAULT_WEIGHT);
+        }
+        for (env, w) in &policy.env_weights {
+            self.scheduler.set_env_weight(tenant, env, *w);
+        }
+        if policy.is_default() {
+            self.policies.remove(tenant);
+        } else {
+            self.policies.insert(tenant.to_string(), policy);
+        }
+        self.reactivate_tenant(tenant);
     }
 
     /// Drops groups with nothing in them, so tenants that come and go don't
@@ -206,6 +284,14 @@ impl QueueState {
     }
 }
 
+/// A tenant's in-flight limit: its policy, else the queue default; `None`
+/// = unlimited. A free function so callers can borrow fields separately.
+pub fn tenant_limit(policies: &HashMap<String, TenantPolicy>, config: &QueueConfig, tenant: &str) -> Option<u64> {
+    let own = policies.get(tenant).map(|p| p.max_in_flight).unwrap_or(0);
+    let limit = if own > 0 { own } else { config.tenant_max_in_flight };
+    (limit > 0).then_some(u64::from(limit))
+}
+
 pub fn config_from_meta(m: &QueueMeta) -> QueueConfig {
     QueueConfig {
         default_lease: Duration::from_millis(m.default_lease_ms),
@@ -214,6 +300,9 @@ pub fn config_from_meta(m: &QueueMeta) -> QueueConfig {
         backoff_max: Duration::from_millis(m.backoff_max_ms),
         dedup_window: Duration::from_millis(m.dedup_window_ms),
         max_payload_bytes: m.max_payload_bytes,
+        weight: m.weight.max(1),
+        max_in_flight: m.max_in_flight,
+        tenant_max_in_flight: m.tenant_max_in_flight,
     }
 }
 
@@ -229,6 +318,9 @@ pub fn meta_from_config(name: &str, c: &QueueConfig, paused: bool, generation: u
         max_payload_bytes: c.max_payload_bytes,
         paused,
         generation,
+        weight: c.weight,
+        max_in_flight: c.max_in_flight,
+        tenant_max_in_flight: c.tenant_max_in_flight,
     }
 }
 

@@ -35,8 +35,23 @@ pub fn queue(name: &str, c: &QueueConfig, paused: bool) -> pb::Queue {
             backoff_max: Some(duration(c.backoff_max)),
             dedup_window: Some(duration(c.dedup_window)),
             max_payload_bytes: c.max_payload_bytes,
+            weight: c.weight,
+            max_in_flight: Some(c.max_in_flight),
+            tenant_max_in_flight: Some(c.tenant_max_in_flight),
         }),
         paused,
+    }
+}
+
+pub fn tenant_policy(tenant: &str, p: &crate::model::TenantPolicy, leased: u64) -> pb::TenantPolicy {
+    pb::TenantPolicy {
+        tenant: tenant.to_string(),
+        weight: p.weight,
+        max_in_flight: p.max_in_flight,
+        enqueue_rate: p.enqueue_rate,
+        enqueue_burst: p.enqueue_burst,
+        environment_weights: p.env_weights.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        leased,
     }
 }
 

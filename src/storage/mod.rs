@@ -229,6 +229,48 @@ impl Store {
         Ok(out)
     }
 
+    fn policy_prefix(queue: &str) -> Vec<u8> {
+        format!("policy/{queue}/").into_bytes()
+    }
+
+    pub fn put_policy(&self, batch: &mut WriteBatch, queue: &str, p: &records::TenantPolicyRecord) -> Result<()> {
+        let mut key = Self::policy_prefix(queue);
+        key.extend_from_slice(p.tenant.as_bytes());
+        batch.put_cf(&self.meta()?, key, p.encode_to_vec());
+        Ok(())
+    }
+
+    pub fn delete_policy(&self, batch: &mut WriteBatch, queue: &str, tenant: &str) -> Result<()> {
+        let mut key = Self::policy_prefix(queue);
+        key.extend_from_slice(tenant.as_bytes());
+        batch.delete_cf(&self.meta()?, key);
+        Ok(())
+    }
+
+    /// Every tenant policy of a queue.
+    pub fn load_policies(&self, queue: &str) -> Result<Vec<records::TenantPolicyRecord>> {
+        let prefix = Self::policy_prefix(queue);
+        let meta = self.meta()?;
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(keys::prefix_end(&prefix));
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf_opt(&meta, ro, IteratorMode::From(&prefix, Direction::Forward)) {
+            let (_, v) = item?;
+            out.push(
+                records::TenantPolicyRecord::decode(&*v)
+                    .map_err(|e| BrokerError::Storage(format!("corrupt tenant policy in {queue}: {e}")))?,
+            );
+        }
+        Ok(out)
+    }
+
+    pub fn delete_policies(&self, batch: &mut WriteBatch, queue: &str) -> Result<()> {
+        for p in self.load_policies(queue)? {
+            self.delete_policy(batch, queue, &p.tenant)?;
+        }
+        Ok(())
+    }
+
     pub fn load_id_hwm(&self) -> Result<u64> {
         let v = self.db.get_cf(&self.meta()?, ID_HWM_KEY)?;
         Ok(v.and_then(|v| v.as_slice().try_into().ok().map(u64::from_be_bytes)).unwrap_or(0))

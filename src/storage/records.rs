@@ -116,4 +116,28 @@ pub struct QueueMeta {
     /// Distinguishes a re-created queue from the one dropped before it.
     #[prost(uint64, tag = "9")]
     pub generation: u64,
+    /// 0 reads as 1 (definitions written before weights existed).
+    #[prost(uint32, tag = "10")]
+    pub weight: u32,
+    #[prost(uint32, tag = "11")]
+    pub max_in_flight: u32,
+    #[prost(uint32, tag = "12")]
+    pub tenant_max_in_flight: u32,
+}
+
+/// A tenant's policy in one queue, in the metadata column family.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TenantPolicyRecord {
+    #[prost(string, tag = "1")]
+    pub tenant: String,
+    #[prost(uint32, tag = "2")]
+    pub weight: u32,
+    #[prost(uint32, tag = "3")]
+    pub max_in_flight: u32,
+    #[prost(double, tag = "4")]
+    pub enqueue_rate: f64,
+    #[prost(uint32, tag = "5")]
+    pub enqueue_burst: u32,
+    #[prost(btree_map = "string, uint32", tag = "6")]
+    pub env_weights: std::collections::BTreeMap<String, u32>,
 }
