@@ -54,6 +54,31 @@ async fn cli_creates_enqueues_inspects_and_deletes() {
     assert!(stats.contains("ready 2") && stats.contains("scheduled 1") && stats.contains("deduplicated 1"), "{stats}");
     assert!(stats.contains("acme") && stats.contains("prod"), "{stats}");
 
+    let p = stdout(
+        &fairway(
+            &addr,
+            &[
+                "tenant",
+                "set-policy",
+                "emails",
+                "acme",
+                "--weight",
+                "4",
+                "--max-in-flight",
+                "2",
+                "--enqueue-rate",
+                "50",
+            ],
+        )
+        .await,
+    );
+    assert!(p.contains("weight=4") && p.contains("max_in_flight=2") && p.contains("enqueue_rate=50"), "{p}");
+    let p =
+        stdout(&fairway(&addr, &["tenant", "set-policy", "emails", "acme", "--env", "prod", "--weight", "3"]).await);
+    assert!(p.contains("prod=3") && p.contains("weight=4"), "{p}");
+    let stats = stdout(&fairway(&addr, &["queue", "stats", "emails"]).await);
+    assert!(stats.contains("POLICY") && stats.contains("prod=3"), "{stats}");
+
     let paused = stdout(&fairway(&addr, &["queue", "pause", "emails"]).await);
     assert!(paused.contains("paused=true"), "{paused}");
     let resumed = stdout(&fairway(&addr, &["queue", "resume", "emails"]).await);

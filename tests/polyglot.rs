@@ -118,6 +118,16 @@ async fn grpcurl_walkthrough_with_reflection() {
     let gone = s.jobs().get_job(pb::GetJobRequest { queue: "emails".into(), job_id }).await.unwrap_err();
     assert_eq!(gone.code(), tonic::Code::NotFound);
 
+    let out = run(grpcurl_json(
+        &addr,
+        "fairway.v1.AdminService/SetTenantPolicy",
+        r#"{"queue": "emails", "tenant": "acme", "weight": 3, "maxInFlight": 10}"#,
+    ))
+    .await;
+    let p: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((p["weight"].as_u64(), p["maxInFlight"].as_u64()), (Some(3), Some(10)), "{out}");
+    assert_eq!(s.stats("emails").await.tenant_policies[0].weight, 3);
+
     let out = run(grpcurl_json(&addr, "grpc.health.v1.Health/Check", "{}")).await;
     assert!(out.contains("SERVING"), "{out}");
     s.stop().await;
