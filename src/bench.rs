@@ -53,6 +53,8 @@ pub struct BenchArgs {
     /// Data dir for the broker started here (default: a fresh temp dir).
     #[arg(long)]
     pub data_dir: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub fairness: crate::bench_fairness::FairnessArgs,
 }
 
 /// Latency samples in microseconds.
@@ -366,6 +368,7 @@ pub async fn run(a: BenchArgs) -> BenchResult<()> {
     let (e2e, acks) = end_to_end(&ch, &a).await?;
     rows.push(e2e);
     rows.push(acks);
+    let fairness = crate::bench_fairness::run(&ch, &a.fairness).await?;
 
     let mut restart_note = String::from("skipped");
     if a.restart_jobs > 0 {
@@ -432,6 +435,14 @@ pub async fn run(a: BenchArgs) -> BenchResult<()> {
             r.lat.pct(0.999),
             r.note
         );
+    }
+    if !fairness.is_empty() {
+        println!();
+        println!("| fairness scenario | result | baseline |");
+        println!("|---|---|---|");
+        for row in &fairness {
+            println!("{row}");
+        }
     }
     println!();
     println!("Backlog: {restart_note}");

@@ -107,7 +107,9 @@ async fn cli_creates_enqueues_inspects_and_deletes() {
 async fn bench_smoke_prints_every_scenario() {
     let tmp = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fairway"));
-    cmd.args(["bench", "--jobs", "400", "--restart-jobs", "300", "--concurrency", "8", "--data-dir"]).arg(tmp.path());
+    cmd.args(["bench", "--jobs", "400", "--restart-jobs", "300", "--concurrency", "8"])
+        .args(["--flood-jobs", "3000", "--trickle-secs", "1", "--fair-jobs", "700", "--data-dir"])
+        .arg(tmp.path());
     let out = tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().unwrap();
     let text = stdout(&out);
     for row in [
@@ -117,11 +119,15 @@ async fn bench_smoke_prints_every_scenario() {
         "to serving",
         "expired lease to redelivery",
         "fdatasync/s",
+        "flood: tenant a",
+        "Jain's index",
+        "hung tenant",
     ] {
         assert!(text.contains(row), "{row} missing from:\n{text}");
     }
-    // Every throughput figure is a positive number.
-    for line in text.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| scenario")) {
+    // Every throughput figure of the main table is a positive number.
+    let main_table = text.lines().take_while(|l| !l.is_empty());
+    for line in main_table.filter(|l| l.starts_with("| ") && !l.starts_with("| scenario")) {
         let jobs_per_s: f64 = line.split('|').nth(3).unwrap().trim().parse().unwrap();
         assert!(jobs_per_s > 0.0, "{line}");
     }

@@ -23,6 +23,9 @@ use std::time::Duration;
 /// Most commands applied in one turn, so one fsync never waits on an
 /// unbounded amount of work.
 const MAX_COMMANDS_PER_TURN: usize = 4096;
+/// Most staged writes per turn: a turn full of big batches would otherwise
+/// make a trickling tenant's single enqueue wait behind all of them.
+const MAX_WRITES_PER_TURN: usize = 16_384;
 /// Longest sleep between turns: timers are checked at least this often.
 const MAX_IDLE: Duration = Duration::from_millis(250);
 
@@ -109,6 +112,11 @@ impl Writes {
 
     pub fn is_empty(&self) -> bool {
         self.batch.is_empty() && self.after.is_empty() && self.poisoned.is_none()
+    }
+
+    /// Writes staged in the pending batch.
+    pub fn staged(&self) -> usize {
+        self.batch.len()
     }
 
     pub fn is_poisoned(&self) -> bool {
@@ -253,7 +261,7 @@ impl Engine {
                 self.apply(cmd);
             }
             let mut n = 1;
-            while n < MAX_COMMANDS_PER_TURN {
+            while n < MAX_COMMANDS_PER_TURN && self.w.staged() < MAX_WRITES_PER_TURN {
                 match self.rx.try_recv() {
                     Ok(cmd) => self.apply(cmd),
                     Err(_) => break,
