@@ -27,6 +27,9 @@ pub struct FairnessArgs {
     /// Jobs per tenant in the weights and hung-tenant scenarios.
     #[arg(long, default_value_t = 20_000)]
     pub fair_jobs: u64,
+    /// Active tenants in the scheduling-cost scenario.
+    #[arg(long, default_value_t = 100_000)]
+    pub many_tenants: usize,
 }
 
 fn now_nanos() -> u64 {
@@ -296,10 +299,56 @@ async fn scenario_hung(ch: &Channel, a: &FairnessArgs) -> BenchResult<String> {
     ))
 }
 
-/// Runs the three scenarios; returns markdown table rows.
+/// Cost of a scheduling decision with many active tenants: the pure
+/// scheduler alone, then leases through the broker over tenants with one
+/// job each (every lease a different tenant, the worst case for caches).
+async fn scenario_many_tenants(ch: &Channel, a: &FairnessArgs) -> BenchResult<String> {
+    let tenants = a.many_tenants;
+    let mut s = crate::scheduler::FairScheduler::new();
+    let names: Vec<String> = (0..tenants).map(|t| format!("t{t}")).collect();
+    for (i, t) in names.iter().enumerate() {
+        s.activate(t, "e");
+        if i % 7 == 0 {
+            s.set_tenant_weight(t, 3);
+        }
+    }
+    let picks = 1_000_000u64;
+    let start = Instant::now();
+    for _ in 0..picks {
+        std::hint::black_box(s.next(|_, _| true));
+    }
+    let ns = start.elapsed().as_nanos() as f64 / picks as f64;
+
+    create(ch, "fair-many").await?;
+    let mut c = JobServiceClient::new(ch.clone());
+    for chunk in names.chunks(1000) {
+        let jobs = chunk.iter().map(|t| stamped("fair-many", t)).collect();
+        c.enqueue_batch(pb::EnqueueBatchRequest { jobs }).await?;
+    }
+    let w = Workers::start(ch, "fair-many", 4, 256, None);
+    let start = Instant::now();
+    while w.acked.load(Ordering::Relaxed) < tenants as u64 {
+        if start.elapsed() > Duration::from_secs(300) {
+            return Err("many-tenants scenario did not finish in 300 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let rate = tenants as f64 / start.elapsed().as_secs_f64();
+    w.stop()?;
+    Ok(format!(
+        "| {tenants} active tenants | scheduler alone: {ns:.0} ns per pick | leased and acked through the broker, one job per tenant: {rate:.0} jobs/s |"
+    ))
+}
+
+/// Runs the scenarios; returns markdown table rows.
 pub async fn run(ch: &Channel, a: &FairnessArgs) -> BenchResult<Vec<String>> {
     if a.flood_jobs == 0 {
         return Ok(Vec::new());
     }
-    Ok(vec![scenario_flood(ch, a).await?, scenario_weights(ch, a).await?, scenario_hung(ch, a).await?])
+    Ok(vec![
+        scenario_flood(ch, a).await?,
+        scenario_weights(ch, a).await?,
+        scenario_hung(ch, a).await?,
+        scenario_many_tenants(ch, a).await?,
+    ])
 }

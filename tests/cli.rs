@@ -108,7 +108,17 @@ async fn bench_smoke_prints_every_scenario() {
     let tmp = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fairway"));
     cmd.args(["bench", "--jobs", "400", "--restart-jobs", "300", "--concurrency", "8"])
-        .args(["--flood-jobs", "3000", "--trickle-secs", "1", "--fair-jobs", "700", "--data-dir"])
+        .args([
+            "--flood-jobs",
+            "3000",
+            "--trickle-secs",
+            "1",
+            "--fair-jobs",
+            "700",
+            "--many-tenants",
+            "2000",
+            "--data-dir",
+        ])
         .arg(tmp.path());
     let out = tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().unwrap();
     let text = stdout(&out);
@@ -122,6 +132,7 @@ async fn bench_smoke_prints_every_scenario() {
         "flood: tenant a",
         "Jain's index",
         "hung tenant",
+        "active tenants",
     ] {
         assert!(text.contains(row), "{row} missing from:\n{text}");
     }
