@@ -18,13 +18,17 @@ RUN apt-get update -qq \
       ca-certificates build-essential clang libclang-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-# Dependencies first, so code edits don't rebuild RocksDB.
-COPY Cargo.toml Cargo.lock build.rs ./
+# Dependencies first, with stub sources and a stub build script, so edits
+# to src/ or proto/ don't rebuild RocksDB.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs && echo 'fn main() {}' > build.rs \
+ && cargo build --release --locked \
+ && rm -rf src build.rs
+COPY build.rs ./
 COPY proto ./proto
-RUN mkdir src && echo 'fn main() {}' > src/main.rs && echo '' > src/lib.rs \
- && cargo build --release --locked 2>/dev/null || true
 COPY src ./src
-RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin fairway \
+# COPY keeps old mtimes: touch so cargo sees the real sources as newer.
+RUN touch build.rs src/main.rs src/lib.rs && cargo build --release --locked --bin fairway \
  && strip target/release/fairway
 
 FROM ${RUNTIME_IMAGE}

@@ -370,47 +370,92 @@ mod tests {
     /// Operations of the model-based property test.
     #[derive(Debug, Clone)]
     enum Op {
-        Enqueue { tenant: u8, env: u8, n: u8 },
+        Enqueue {
+            tenant: u8,
+            env: u8,
+            n: u8,
+        },
         Lease,
+        /// Settle the k-th oldest leased job: ack, or nack it back to ready.
+        Settle {
+            k: u8,
+            ack: bool,
+        },
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            (0u8..6, 0u8..4, 1u8..20).prop_map(|(tenant, env, n)| Op::Enqueue { tenant, env, n }),
-            Just(Op::Lease),
+            2 => (0u8..6, 0u8..4, 1u8..20).prop_map(|(tenant, env, n)| Op::Enqueue { tenant, env, n }),
+            3 => Just(Op::Lease),
+            2 => (any::<u8>(), any::<bool>()).prop_map(|(k, ack)| Op::Settle { k, ack }),
         ]
     }
 
     proptest! {
-        /// Against any sequence of enqueues and leases: a lease never picks
-        /// an empty group, a lease always finds work when any exists, and
-        /// draining at the end delivers every job exactly once.
+        /// Against any sequence of enqueues, leases, acks and nacks, with
+        /// job ids: a lease never picks an empty group; it finds work
+        /// whenever any is ready (work-conserving); no job is delivered
+        /// while it is leased; and at the end every job is acked or still
+        /// ready: none disappears.
         #[test]
-        fn no_job_is_lost_or_picked_from_nothing(ops in proptest::collection::vec(op(), 1..300)) {
+        fn no_job_is_lost_or_delivered_twice(ops in proptest::collection::vec(op(), 1..400)) {
             let mut s = FairScheduler::new();
-            let mut b = Backlog(HashMap::new());
-            let (mut enqueued, mut leased) = (0u64, 0u64);
+            let mut ready: HashMap<(String, String), std::collections::VecDeque<u32>> = HashMap::new();
+            let mut leased: Vec<(u32, (String, String))> = Vec::new();
+            let mut acked = std::collections::HashSet::new();
+            let mut next_id = 0u32;
             for op in ops {
                 match op {
                     Op::Enqueue { tenant, env, n } => {
-                        let (t, e) = (format!("t{tenant}"), format!("e{env}"));
-                        *b.0.entry((t.clone(), e.clone())).or_default() += u64::from(n);
-                        s.activate(&t, &e);
-                        enqueued += u64::from(n);
+                        let g = (format!("t{tenant}"), format!("e{env}"));
+                        for _ in 0..n {
+                            ready.entry(g.clone()).or_default().push_back(next_id);
+                            next_id += 1;
+                        }
+                        s.activate(&g.0, &g.1);
                     }
                     Op::Lease => {
-                        let any = b.0.values().any(|n| *n > 0);
-                        let got = b.take(&mut s);
-                        prop_assert_eq!(got.is_some(), any, "work-conserving");
-                        leased += u64::from(got.is_some());
+                        let any = ready.values().any(|q| !q.is_empty());
+                        let r = &ready;
+                        let pick = s.next(|t, e| r.get(&(t.to_string(), e.to_string())).is_some_and(|q| !q.is_empty()));
+                        prop_assert_eq!(pick.is_some(), any, "work-conserving");
+                        if let Some(g) = pick {
+                            let id = ready.get_mut(&g).and_then(|q| q.pop_front());
+                            prop_assert!(id.is_some(), "picked an empty group {:?}", g);
+                            let id = id.unwrap();
+                            prop_assert!(!leased.iter().any(|(l, _)| *l == id), "job {} delivered while leased", id);
+                            prop_assert!(!acked.contains(&id), "acked job {} delivered again", id);
+                            leased.push((id, g));
+                        }
+                    }
+                    Op::Settle { k, ack } => {
+                        if leased.is_empty() {
+                            continue;
+                        }
+                        let (id, g) = leased.remove(usize::from(k) % leased.len());
+                        if ack {
+                            acked.insert(id);
+                        } else {
+                            ready.entry(g.clone()).or_default().push_back(id);
+                            s.activate(&g.0, &g.1);
+                        }
                     }
                 }
             }
-            while b.take(&mut s).is_some() {
-                leased += 1;
+            // Drain: every job still ready comes out exactly once.
+            let mut drained = std::collections::HashSet::new();
+            loop {
+                let r = &ready;
+                let Some(g) = s.next(|t, e| r.get(&(t.to_string(), e.to_string())).is_some_and(|q| !q.is_empty())) else { break };
+                let id = ready.get_mut(&g).and_then(|q| q.pop_front()).expect("picked group has a job");
+                prop_assert!(drained.insert(id));
             }
-            prop_assert_eq!(leased, enqueued);
-            prop_assert!(b.0.values().all(|n| *n == 0));
+            prop_assert!(ready.values().all(|q| q.is_empty()));
+            let leased_ids: std::collections::HashSet<u32> = leased.iter().map(|(id, _)| *id).collect();
+            for id in 0..next_id {
+                let places = [acked.contains(&id), drained.contains(&id), leased_ids.contains(&id)];
+                prop_assert_eq!(places.iter().filter(|p| **p).count(), 1, "job {} must be in exactly one place", id);
+            }
         }
 
         /// Backlogged tenants get shares within 2% of their weights, and
@@ -435,12 +480,17 @@ mod tests {
             let rounds = 200 * total as usize;
             let mut count = vec![0usize; weights.len()];
             let mut last = vec![0usize; weights.len()];
+            let mut last_group: HashMap<(String, String), usize> = HashMap::new();
             for k in 1..=rounds {
-                let (t, _) = b.take(&mut s).unwrap();
+                let (t, e) = b.take(&mut s).unwrap();
                 let i: usize = t[1..].parse().unwrap();
                 let gap = k - last[i];
                 let bound = total.div_ceil(weights[i]) as usize + weights.len();
                 prop_assert!(gap <= bound, "tenant {} waited {} > {}", i, gap, bound);
+                // A group waits for at most one turn of each sibling environment.
+                let group_gap = k - last_group.get(&(t.clone(), e.clone())).copied().unwrap_or(0);
+                prop_assert!(group_gap <= envs[i] * bound, "group {}/{} waited {}", t, e, group_gap);
+                last_group.insert((t, e), k);
                 last[i] = k;
                 count[i] += 1;
             }
