@@ -262,44 +262,7 @@ async fn dedup_never_crosses_scopes_under_concurrent_load() {
     let (tenants, envs, keys, copies) = (4, 3, 5, 4);
     // Workers lease and ack other work all along.
     fill(&s, "q", &[("busy", "e")], 300).await;
-    let worker = {
-        let ch = s.channel.clone();
-        tokio::spawn(async move {
-            let mut w = fairway::pb::worker_service_client::WorkerServiceClient::new(ch);
-            let mut acked = 0;
-            while acked < 300 {
-                let d = w
-                    .lease(pb::LeaseRequest {
-                        queues: vec!["q".into()],
-                        max_jobs: 20,
-                        wait: Some(dur(Duration::from_secs(5))),
-                        ..Default::default()
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .deliveries;
-                for d in d {
-                    let j = d.job.unwrap();
-                    if j.tenant == "busy" {
-                        w.ack(pb::AckRequest { queue: "q".into(), job_id: j.id, lease_id: d.lease_id }).await.unwrap();
-                        acked += 1;
-                    } else {
-                        // Keep deduped jobs live: hand them back at once.
-                        w.nack(pb::NackRequest {
-                            queue: "q".into(),
-                            job_id: j.id,
-                            lease_id: d.lease_id,
-                            retry_after: Some(dur(Duration::ZERO)),
-                            ..Default::default()
-                        })
-                        .await
-                        .unwrap();
-                    }
-                }
-            }
-        })
-    };
+    let worker = spawn_busy_worker(s.channel.clone(), "q", "busy", 300);
     let mut tasks = Vec::new();
     for t in 0..tenants {
         for e in 0..envs {

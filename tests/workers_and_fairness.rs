@@ -269,46 +269,10 @@ async fn concurrent_dedup_across_environments_creates_exactly_one_job_each() {
     let s = TestServer::start().await;
     s.create_queue("q", Default::default()).await;
     // Background leasing and acking keeps the broker busy with other work.
-    let busy = {
-        for i in 0..200 {
-            s.enqueue(job("q", "other", "e", &i.to_string())).await;
-        }
-        let channel = s.channel.clone();
-        tokio::spawn(async move {
-            let mut w = fairway::pb::worker_service_client::WorkerServiceClient::new(channel);
-            let mut acked = 0;
-            while acked < 200 {
-                let d = w
-                    .lease(pb::LeaseRequest {
-                        queues: vec!["q".into()],
-                        max_jobs: 10,
-                        wait: Some(dur(Duration::from_secs(5))),
-                        ..Default::default()
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .deliveries;
-                for d in d {
-                    let j = d.job.unwrap();
-                    if j.tenant == "other" {
-                        w.ack(pb::AckRequest { queue: "q".into(), job_id: j.id, lease_id: d.lease_id }).await.unwrap();
-                        acked += 1;
-                    } else {
-                        w.nack(pb::NackRequest {
-                            queue: "q".into(),
-                            job_id: j.id,
-                            lease_id: d.lease_id,
-                            retry_after: Some(dur(Duration::ZERO)),
-                            ..Default::default()
-                        })
-                        .await
-                        .unwrap();
-                    }
-                }
-            }
-        })
-    };
+    for i in 0..200 {
+        s.enqueue(job("q", "other", "e", &i.to_string())).await;
+    }
+    let busy = spawn_busy_worker(s.channel.clone(), "q", "other", 200);
     let envs = ["prod", "staging", "dev", "preview"];
     let mut tasks = Vec::new();
     for i in 0..100 {

@@ -132,6 +132,49 @@ pub fn payload_of(d: &pb::Delivery) -> String {
     String::from_utf8(d.job.as_ref().expect("job").payload.to_vec()).expect("utf8")
 }
 
+/// A worker that keeps the broker busy while a test runs: it leases from
+/// `queue`, acks the jobs of `busy_tenant` (until `count` are acked) and
+/// hands every other job straight back (nack, ready again at once), so
+/// those stay live.
+pub fn spawn_busy_worker(
+    channel: Channel,
+    queue: &str,
+    busy_tenant: &str,
+    count: usize,
+) -> tokio::task::JoinHandle<()> {
+    let (queue, busy) = (queue.to_string(), busy_tenant.to_string());
+    tokio::spawn(async move {
+        let mut w = WorkerServiceClient::new(channel);
+        let mut acked = 0;
+        while acked < count {
+            let lease = pb::LeaseRequest {
+                queues: vec![queue.clone()],
+                max_jobs: 20,
+                wait: Some(dur(Duration::from_secs(5))),
+                ..Default::default()
+            };
+            for d in w.lease(lease).await.expect("lease").into_inner().deliveries {
+                let j = d.job.expect("job");
+                if j.tenant == busy {
+                    w.ack(pb::AckRequest { queue: queue.clone(), job_id: j.id, lease_id: d.lease_id })
+                        .await
+                        .expect("ack");
+                    acked += 1;
+                } else {
+                    let back = pb::NackRequest {
+                        queue: queue.clone(),
+                        job_id: j.id,
+                        lease_id: d.lease_id,
+                        retry_after: Some(dur(Duration::ZERO)),
+                        ..Default::default()
+                    };
+                    w.nack(back).await.expect("nack");
+                }
+            }
+        }
+    })
+}
+
 /// Polls `f` until it returns Some, or fails after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> T
 where
