@@ -74,13 +74,16 @@ impl Writes {
 
     /// True when this batch deletes `key`.
     pub fn deletes(&self, queue: &str, key: &[u8]) -> bool {
-        matches!(self.overlay.get(&(queue.to_string(), key.to_vec())), Some(None))
+        !self.overlay.is_empty() && matches!(self.overlay.get(&(queue.to_string(), key.to_vec())), Some(None))
     }
 
     /// Reads a key as it will be after this batch.
     pub fn get(&self, queue: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        if let Some(v) = self.overlay.get(&(queue.to_string(), key.to_vec())) {
-            return Ok(v.clone());
+        // Dispatch reads many jobs with nothing staged: skip building the key.
+        if !self.overlay.is_empty() {
+            if let Some(v) = self.overlay.get(&(queue.to_string(), key.to_vec())) {
+                return Ok(v.clone());
+            }
         }
         let cf = self.store.cf(queue)?;
         Ok(self.store.db().get_cf(&cf, key)?)
