@@ -264,9 +264,19 @@ impl Broker {
 
     /// Enqueues jobs atomically: either all are stored or none.
     pub async fn enqueue(&self, jobs: Vec<NewJob>, batch: bool) -> Result<Vec<EnqueueOutcome>> {
+        self.admit(&jobs, batch)?;
+        self.call(|reply| Command::Enqueue { jobs, batch, reply }).await
+    }
+
+    /// Checks every job against its queue (exists, payload size) and the
+    /// tenants' enqueue rates, under one read of the registry and without
+    /// copying queue settings: this runs for every enqueue.
+    fn admit(&self, jobs: &[NewJob], batch: bool) -> Result<()> {
+        let reg = self.registry.read().map_err(|_| BrokerError::Storage("queue registry poisoned".into()))?;
+        let mut wants: HashMap<(String, String), u32> = HashMap::new();
         for (i, job) in jobs.iter().enumerate() {
             let ctx = |e: BrokerError| if batch { e.context(&format!("jobs[{i}]")) } else { e };
-            let info = self.queue_info(&job.queue).map_err(ctx)?;
+            let info = reg.get(&job.queue).ok_or_else(|| ctx(BrokerError::QueueNotFound(job.queue.clone())))?;
             if job.payload.len() > info.config.max_payload_bytes as usize {
                 return Err(ctx(BrokerError::InvalidArgument(format!(
                     "payload is {} bytes; queue {:?} accepts at most {} (QueueConfig.max_payload_bytes)",
@@ -275,16 +285,14 @@ impl Broker {
                     info.config.max_payload_bytes
                 ))));
             }
+            if info.policies.get(&job.tenant).is_some_and(|p| p.enqueue_rate > 0.0) {
+                *wants.entry((job.queue.clone(), job.tenant.clone())).or_default() += 1;
+            }
         }
-        let mut wants: HashMap<(String, String), u32> = HashMap::new();
-        for job in &jobs {
-            *wants.entry((job.queue.clone(), job.tenant.clone())).or_default() += 1;
+        if wants.is_empty() {
+            return Ok(());
         }
-        let registry = &self.registry;
-        self.limiter.admit(&wants, |queue, tenant| {
-            registry.read().ok().and_then(|r| r.get(queue).and_then(|q| q.policies.get(tenant).cloned()))
-        })?;
-        self.call(|reply| Command::Enqueue { jobs, batch, reply }).await
+        self.limiter.admit(&wants, |queue, tenant| reg.get(queue).and_then(|q| q.policies.get(tenant).cloned()))
     }
 
     pub async fn settle(
