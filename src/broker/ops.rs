@@ -174,7 +174,7 @@ impl Engine {
         } else {
             self.stage_ready(&queue, id, &rec, now)?;
         }
-        self.w.put_job(&queue, id, &rec);
+        self.w.put_new_job(&queue, id, &rec);
         if let Some(dk) = dedup_key {
             self.w.put(&queue, &dk, &keys::dedup_value(id, 0));
         }
