@@ -165,11 +165,6 @@ impl FairScheduler {
         None
     }
 
-    /// Tenants currently in the rotation (some may have just run dry).
-    pub fn active_tenants(&self) -> usize {
-        self.tenants.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.tenants.len() == 0
     }
@@ -334,7 +329,7 @@ mod tests {
         for _ in 0..5 {
             s.activate("a", "x");
         }
-        assert_eq!(s.active_tenants(), 1);
+        assert_eq!(s.tenants.len(), 1);
         assert_eq!(s.next(|_, _| true), Some(("a".into(), "x".into())));
         assert_eq!(s.next(|_, _| false), None);
         assert!(s.is_empty());

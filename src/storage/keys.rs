@@ -31,10 +31,6 @@ pub fn inv_priority(priority: i32) -> u32 {
     !((priority as u32) ^ 0x8000_0000)
 }
 
-pub fn priority_from_inv(inv: u32) -> i32 {
-    ((!inv) ^ 0x8000_0000) as i32
-}
-
 pub fn job(id: JobId) -> [u8; 9] {
     let mut k = [0u8; 9];
     k[0] = JOB;
@@ -183,6 +179,10 @@ pub fn successor(key: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn priority_from_inv(inv: u32) -> i32 {
+        ((!inv) ^ 0x8000_0000) as i32
+    }
 
     #[test]
     fn higher_priority_sorts_first() {
