@@ -53,8 +53,19 @@ pub struct BenchArgs {
     /// Data dir for the broker started here (default: a fresh temp dir).
     #[arg(long)]
     pub data_dir: Option<std::path::PathBuf>,
+    /// Scenarios to run, comma separated: unary, batch, e2e, flood, weights,
+    /// hung, tenants, restart; or `all`.
+    #[arg(long, value_delimiter = ',', default_value = "all")]
+    pub scenarios: Vec<String>,
     #[command(flatten)]
     pub fairness: crate::bench_fairness::FairnessArgs,
+}
+
+impl BenchArgs {
+    /// Whether the scenario `name` was asked for.
+    pub fn wants(&self, name: &str) -> bool {
+        self.scenarios.iter().any(|s| s == "all" || s == name)
+    }
 }
 
 /// Latency samples in microseconds.
@@ -132,7 +143,7 @@ fn job(queue: &str, tenant: usize, size: usize) -> pb::EnqueueRequest {
     }
 }
 
-async fn connect(addr: &str) -> BenchResult<Channel> {
+pub(crate) async fn connect(addr: &str) -> BenchResult<Channel> {
     let ep = tonic::transport::Endpoint::from_shared(addr.to_string())?;
     for _ in 0..100 {
         if let Ok(c) = ep.connect().await {
@@ -362,16 +373,23 @@ pub async fn run(a: BenchArgs) -> BenchResult<()> {
     let broker = BrokerProc::start(&dir, a.durability)?;
     let ch = connect(&broker.addr).await?;
     eprintln!("bench: broker at {} on {} ({:?})", broker.addr, dir.display(), a.durability);
-    let mut rows = vec![unary(&ch, &a).await?];
-    create_queue(&ch, "bench-batch").await?;
-    rows.push(batch(&ch, &a, "bench-batch", a.jobs, 8).await?);
-    let (e2e, acks) = end_to_end(&ch, &a).await?;
-    rows.push(e2e);
-    rows.push(acks);
-    let fairness = crate::bench_fairness::run(&ch, &a.fairness).await?;
+    let mut rows = Vec::new();
+    if a.wants("unary") {
+        rows.push(unary(&ch, &a).await?);
+    }
+    if a.wants("batch") {
+        create_queue(&ch, "bench-batch").await?;
+        rows.push(batch(&ch, &a, "bench-batch", a.jobs, 8).await?);
+    }
+    if a.wants("e2e") {
+        let (e2e, acks) = end_to_end(&ch, &a).await?;
+        rows.push(e2e);
+        rows.push(acks);
+    }
+    let fairness = crate::bench_fairness::run(&broker.addr, &ch, &a.fairness, &|s| a.wants(s)).await?;
 
     let mut restart_note = String::from("skipped");
-    if a.restart_jobs > 0 {
+    if a.restart_jobs > 0 && a.wants("restart") {
         create_queue(&ch, "bench-backlog").await?;
         let fill = batch(&ch, &a, "bench-backlog", a.restart_jobs, 8).await?;
         drop(ch);

@@ -27,6 +27,9 @@ pub struct FairnessArgs {
     /// Jobs per tenant in the weights and hung-tenant scenarios.
     #[arg(long, default_value_t = 20_000)]
     pub fair_jobs: u64,
+    /// Prefetch window of each worker stream in the fairness scenarios.
+    #[arg(long, default_value_t = 256)]
+    pub fair_window: u32,
     /// Active tenants in the scheduling-cost scenario.
     #[arg(long, default_value_t = 100_000)]
     pub many_tenants: usize,
@@ -63,13 +66,17 @@ struct Workers {
 }
 
 impl Workers {
-    fn start(ch: &Channel, queue: &str, streams: usize, window: u32, hang: Option<&str>) -> Workers {
+    /// Each stream gets its own connection, like separate worker processes:
+    /// on one shared HTTP/2 connection every stream would queue behind the
+    /// others' frames.
+    async fn start(addr: &str, queue: &str, streams: usize, window: u32, hang: Option<&str>) -> BenchResult<Workers> {
         let seen = Arc::new(Mutex::new(Seen::default()));
         let acked = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
         for w in 0..streams {
-            let (ch, seen, acked, stop) = (ch.clone(), seen.clone(), acked.clone(), stop.clone());
+            let ch = crate::bench::connect(addr).await?;
+            let (seen, acked, stop) = (seen.clone(), acked.clone(), stop.clone());
             let (queue, hang) = (queue.to_string(), hang.map(str::to_string));
             tasks.push(tokio::spawn(async move {
                 let (tx, rx) = tokio::sync::mpsc::channel(4096);
@@ -109,7 +116,7 @@ impl Workers {
                 Ok(())
             }));
         }
-        Workers { seen, acked, stop, tasks }
+        Ok(Workers { seen, acked, stop, tasks })
     }
 
     fn stop(self) -> BenchResult<Seen> {
@@ -191,22 +198,25 @@ fn trickle_latency(seen: &mut Seen) -> (f64, f64, usize) {
     (percentile(&mut all, 0.5), percentile(&mut all, 0.99), n)
 }
 
-async fn scenario_flood(ch: &Channel, a: &FairnessArgs) -> BenchResult<String> {
+async fn scenario_flood(addr: &str, ch: &Channel, a: &FairnessArgs) -> BenchResult<String> {
     create(ch, "fair-idle").await?;
-    let w = Workers::start(ch, "fair-idle", 4, 256, None);
-    trickle(ch, "fair-idle", a.trickle_secs).await?;
+    // Producers and workers each on their own connection, as separate
+    // services would be.
+    let trickler = crate::bench::connect(addr).await?;
+    let w = Workers::start(addr, "fair-idle", 4, a.fair_window, None).await?;
+    trickle(&trickler, "fair-idle", a.trickle_secs).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (idle50, idle99, idle_n) = trickle_latency(&mut w.stop()?);
 
     create(ch, "fair-flood").await?;
-    let w = Workers::start(ch, "fair-flood", 4, 256, None);
+    let w = Workers::start(addr, "fair-flood", 4, a.fair_window, None).await?;
     let flooder = {
-        let (ch, n) = (ch.clone(), a.flood_jobs);
+        let (ch, n) = (crate::bench::connect(addr).await?, a.flood_jobs);
         tokio::spawn(async move { flood(&ch, "fair-flood", "a", n).await })
     };
     // Let the backlog build before the trickle starts.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    trickle(ch, "fair-flood", a.trickle_secs).await?;
+    trickle(&trickler, "fair-flood", a.trickle_secs).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let acked = w.acked.load(Ordering::Relaxed);
     let mut seen = w.stop()?;
@@ -218,7 +228,7 @@ async fn scenario_flood(ch: &Channel, a: &FairnessArgs) -> BenchResult<String> {
     ))
 }
 
-async fn scenario_weights(ch: &Channel, a: &FairnessArgs) -> BenchResult<String> {
+async fn scenario_weights(addr: &str, ch: &Channel, a: &FairnessArgs) -> BenchResult<String> {
     create(ch, "fair-weights").await?;
     for (t, w) in [("w1", 1), ("w2", 2), ("w4", 4)] {
         set_weight(ch, "fair-weights", t, w, 0).await?;
@@ -226,7 +236,7 @@ async fn scenario_weights(ch: &Channel, a: &FairnessArgs) -> BenchResult<String>
     for t in ["w1", "w2", "w4"] {
         flood(ch, "fair-weights", t, a.fair_jobs).await?;
     }
-    let w = Workers::start(ch, "fair-weights", 4, 256, None);
+    let w = Workers::start(addr, "fair-weights", 4, 256, None).await?;
     // Measure while all three are still backlogged (the weight-4 tenant
     // runs dry first, after 4/7 of deliveries for 1/3 of the jobs).
     let window = a.fair_jobs * 7 / 4 * 9 / 10;
@@ -248,7 +258,7 @@ async fn scenario_weights(ch: &Channel, a: &FairnessArgs) -> BenchResult<String>
     for t in 0..10 {
         flood(ch, "fair-equal", &format!("e{t}"), a.fair_jobs / 5).await?;
     }
-    let w = Workers::start(ch, "fair-equal", 4, 256, None);
+    let w = Workers::start(addr, "fair-equal", 4, 256, None).await?;
     let window = a.fair_jobs * 10 / 5 / 2;
     while w.acked.load(Ordering::Relaxed) < window {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -260,10 +270,11 @@ async fn scenario_weights(ch: &Channel, a: &FairnessArgs) -> BenchResult<String>
     Ok(format!("| weights 1:2:4, all backlogged | {weights} | equal weights, 10 tenants: Jain's index {jain:.4} |"))
 }
 
-async fn scenario_hung(ch: &Channel, a: &FairnessArgs) -> BenchResult<String> {
+async fn scenario_hung(addr: &str, ch: &Channel, a: &FairnessArgs) -> BenchResult<String> {
     let run = |queue: String, with_hung: bool| {
         let ch = ch.clone();
         let n = a.fair_jobs;
+        let addr = addr.to_string();
         async move {
             let queue = queue.as_str();
             create(&ch, queue).await?;
@@ -272,7 +283,7 @@ async fn scenario_hung(ch: &Channel, a: &FairnessArgs) -> BenchResult<String> {
                 flood(&ch, queue, "a", n).await?;
             }
             flood(&ch, queue, "b", n).await?;
-            let w = Workers::start(&ch, queue, 4, 256, with_hung.then_some("a"));
+            let w = Workers::start(&addr, queue, 4, 256, with_hung.then_some("a")).await?;
             let start = Instant::now();
             loop {
                 let b = w.seen.lock().map_err(|_| "poisoned")?.latency.get("b").map_or(0, Vec::len) as u64;
@@ -313,7 +324,7 @@ async fn scenario_hung(ch: &Channel, a: &FairnessArgs) -> BenchResult<String> {
 /// Cost of a scheduling decision with many active tenants: the pure
 /// scheduler alone, then leases through the broker over tenants with one
 /// job each (every lease a different tenant, the worst case for caches).
-async fn scenario_many_tenants(ch: &Channel, a: &FairnessArgs) -> BenchResult<String> {
+async fn scenario_many_tenants(addr: &str, ch: &Channel, a: &FairnessArgs) -> BenchResult<String> {
     let tenants = a.many_tenants;
     let mut s = crate::scheduler::FairScheduler::new();
     let names: Vec<String> = (0..tenants).map(|t| format!("t{t}")).collect();
@@ -336,7 +347,7 @@ async fn scenario_many_tenants(ch: &Channel, a: &FairnessArgs) -> BenchResult<St
         let jobs = chunk.iter().map(|t| stamped("fair-many", t)).collect();
         c.enqueue_batch(pb::EnqueueBatchRequest { jobs }).await?;
     }
-    let w = Workers::start(ch, "fair-many", 4, 256, None);
+    let w = Workers::start(addr, "fair-many", 4, 256, None).await?;
     let start = Instant::now();
     while w.acked.load(Ordering::Relaxed) < tenants as u64 {
         if start.elapsed() > Duration::from_secs(300) {
@@ -352,14 +363,22 @@ async fn scenario_many_tenants(ch: &Channel, a: &FairnessArgs) -> BenchResult<St
 }
 
 /// Runs the scenarios; returns markdown table rows.
-pub async fn run(ch: &Channel, a: &FairnessArgs) -> BenchResult<Vec<String>> {
+pub async fn run(addr: &str, ch: &Channel, a: &FairnessArgs, wants: &dyn Fn(&str) -> bool) -> BenchResult<Vec<String>> {
+    let mut rows = Vec::new();
     if a.flood_jobs == 0 {
-        return Ok(Vec::new());
+        return Ok(rows);
     }
-    Ok(vec![
-        scenario_flood(ch, a).await?,
-        scenario_weights(ch, a).await?,
-        scenario_hung(ch, a).await?,
-        scenario_many_tenants(ch, a).await?,
-    ])
+    if wants("flood") {
+        rows.push(scenario_flood(addr, ch, a).await?);
+    }
+    if wants("weights") {
+        rows.push(scenario_weights(addr, ch, a).await?);
+    }
+    if wants("hung") {
+        rows.push(scenario_hung(addr, ch, a).await?);
+    }
+    if wants("tenants") {
+        rows.push(scenario_many_tenants(addr, ch, a).await?);
+    }
+    Ok(rows)
 }
