@@ -100,7 +100,7 @@ impl BrokerProc {
     fn start(dir: &std::path::Path, durability: crate::storage::Durability) -> BenchResult<BrokerProc> {
         let exe = std::env::current_exe()?;
         let mut child = Command::new(exe)
-            .args(["serve", "--listen", "127.0.0.1:0", "--durability"])
+            .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--durability"])
             .arg(format!("{durability:?}").to_lowercase())
             .arg("--data-dir")
             .arg(dir)

@@ -12,29 +12,14 @@ pub enum QueueCmd {
     /// Create a queue (unset options take the defaults).
     Create {
         name: String,
-        /// Lease length when neither worker nor job sets one, e.g. 30s, 5m.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        lease: Option<Duration>,
-        #[arg(long)]
-        max_attempts: Option<u32>,
-        #[arg(long, value_parser = humantime::parse_duration)]
-        backoff_initial: Option<Duration>,
-        #[arg(long, value_parser = humantime::parse_duration)]
-        backoff_max: Option<Duration>,
-        /// How long a dedup key stays held after its job ends (default 0).
-        #[arg(long, value_parser = humantime::parse_duration)]
-        dedup_window: Option<Duration>,
-        #[arg(long)]
-        max_payload_bytes: Option<u32>,
-        /// Share of workers that serve several queues (default 1).
-        #[arg(long)]
-        weight: Option<u32>,
-        /// Most jobs leased at once from the queue (default: no limit).
-        #[arg(long)]
-        max_in_flight: Option<u32>,
-        /// Most jobs leased at once per tenant unless its policy says otherwise.
-        #[arg(long)]
-        tenant_max_in_flight: Option<u32>,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Change a queue's settings (unset options stay as they are).
+    Update {
+        name: String,
+        #[command(flatten)]
+        config: ConfigArgs,
     },
     /// List queues.
     List,
@@ -50,6 +35,71 @@ pub enum QueueCmd {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// Queue settings; each unset one takes the default (create) or stays as
+/// it is (update).
+#[derive(Debug, clap::Args)]
+pub struct ConfigArgs {
+    /// Lease length when neither worker nor job sets one, e.g. 30s, 5m.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    lease: Option<Duration>,
+    #[arg(long)]
+    max_attempts: Option<u32>,
+    #[arg(long, value_parser = humantime::parse_duration)]
+    backoff_initial: Option<Duration>,
+    #[arg(long, value_parser = humantime::parse_duration)]
+    backoff_max: Option<Duration>,
+    /// How long a dedup key stays held after its job ends (default 0).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    dedup_window: Option<Duration>,
+    #[arg(long)]
+    max_payload_bytes: Option<u32>,
+    /// Share of workers that serve several queues (default 1).
+    #[arg(long)]
+    weight: Option<u32>,
+    /// Most jobs leased at once from the queue (default: no limit).
+    #[arg(long)]
+    max_in_flight: Option<u32>,
+    /// Most jobs leased at once per tenant unless its policy says otherwise.
+    #[arg(long)]
+    tenant_max_in_flight: Option<u32>,
+    /// Alert "aging" when the oldest ready job waited this long (0 = off; default 15m).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    alert_oldest_ready_age: Option<Duration>,
+    /// Alert "backlog" at this many ready jobs (0 = off, the default).
+    #[arg(long)]
+    alert_backlog: Option<u64>,
+    /// Alert "stalled" after ready jobs saw no lease, ack or nack this long (0 = off; default 5m).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    alert_stalled_after: Option<Duration>,
+    /// Alert "unattended" after ready jobs had no worker this long (0 = off; default 5m).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    alert_unattended_after: Option<Duration>,
+    /// Alert "dead_lettering" while a job was dead-lettered this recently (0 = off; default 15m).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    alert_dead_letter_window: Option<Duration>,
+}
+
+impl ConfigArgs {
+    fn to_proto(&self) -> pb::QueueConfig {
+        pb::QueueConfig {
+            default_lease_duration: self.lease.map(d),
+            max_attempts: self.max_attempts.unwrap_or(0),
+            backoff_initial: self.backoff_initial.map(d),
+            backoff_max: self.backoff_max.map(d),
+            dedup_window: self.dedup_window.map(d),
+            max_payload_bytes: self.max_payload_bytes.unwrap_or(0),
+            weight: self.weight.unwrap_or(0),
+            max_in_flight: self.max_in_flight,
+            tenant_max_in_flight: self.tenant_max_in_flight,
+            alert_oldest_ready_age: self.alert_oldest_ready_age.map(d),
+            alert_backlog: self.alert_backlog,
+            alert_stalled_after: self.alert_stalled_after.map(d),
+            alert_unattended_after: self.alert_unattended_after.map(d),
+            alert_dead_letter_window: self.alert_dead_letter_window.map(d),
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -179,30 +229,14 @@ fn print_queue(q: &pb::Queue) {
 pub async fn queue(addr: &str, cmd: QueueCmd) -> CliResult {
     let mut admin = AdminServiceClient::new(connect(addr).await?);
     match cmd {
-        QueueCmd::Create {
-            name,
-            lease,
-            max_attempts,
-            backoff_initial,
-            backoff_max,
-            dedup_window,
-            max_payload_bytes,
-            weight,
-            max_in_flight,
-            tenant_max_in_flight,
-        } => {
-            let config = pb::QueueConfig {
-                default_lease_duration: lease.map(d),
-                max_attempts: max_attempts.unwrap_or(0),
-                backoff_initial: backoff_initial.map(d),
-                backoff_max: backoff_max.map(d),
-                dedup_window: dedup_window.map(d),
-                max_payload_bytes: max_payload_bytes.unwrap_or(0),
-                weight: weight.unwrap_or(0),
-                max_in_flight,
-                tenant_max_in_flight,
-            };
-            let q = admin.create_queue(pb::CreateQueueRequest { name, config: Some(config) }).await?.into_inner();
+        QueueCmd::Create { name, config } => {
+            let config = Some(config.to_proto());
+            let q = admin.create_queue(pb::CreateQueueRequest { name, config }).await?.into_inner();
+            print_queue(&q);
+        }
+        QueueCmd::Update { name, config } => {
+            let config = Some(config.to_proto());
+            let q = admin.update_queue(pb::UpdateQueueRequest { queue: name, config }).await?.into_inner();
             print_queue(&q);
         }
         QueueCmd::List => {

@@ -20,6 +20,27 @@ pub struct ServeConfig {
     /// Log line format.
     #[arg(long, env = "FAIRWAY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: crate::telemetry::LogFormat,
+    /// HTTP address of `/metrics` (Prometheus) and the dashboard (`/`);
+    /// `off` disables it. Port 0 picks a free port.
+    #[arg(long, env = "FAIRWAY_METRICS_LISTEN", default_value = "127.0.0.1:9090")]
+    pub metrics_listen: Listen,
+}
+
+/// A listen address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listen {
+    Off,
+    At(SocketAddr),
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(Listen::Off);
+        }
+        s.parse().map(Listen::At).map_err(|e| format!("{s:?} is not `off` or an address like 127.0.0.1:9090: {e}"))
+    }
 }
 
 impl ServeConfig {
@@ -30,6 +51,7 @@ impl ServeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             durability: Durability::Strict,
             log_format: crate::telemetry::LogFormat::Text,
+            metrics_listen: Listen::At(SocketAddr::from(([127, 0, 0, 1], 0))),
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod model;
 pub mod scheduler;
 pub mod server;

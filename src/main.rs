@@ -76,16 +76,19 @@ async fn main() -> ExitCode {
     let result: Result<(), Box<dyn std::error::Error>> = match args.cmd {
         Cmd::Serve(config) => {
             telemetry::init(config.log_format);
-            match tokio::net::TcpListener::bind(config.listen).await {
-                Ok(listener) => {
-                    if let Ok(addr) = listener.local_addr() {
-                        // A stable line on stdout that scripts and tests read.
+            match server::Listeners::bind(&config).await {
+                Ok(listeners) => {
+                    // Stable lines on stdout that scripts and tests read.
+                    if let Ok(addr) = listeners.grpc.local_addr() {
                         println!("fairway listening on {addr}");
-                        let _ = std::io::stdout().flush();
                     }
-                    server::run(listener, &config, shutdown_signal()).await.map_err(Into::into)
+                    if let Some(addr) = listeners.http.as_ref().and_then(|l| l.local_addr().ok()) {
+                        println!("fairway metrics and dashboard on http://{addr}");
+                    }
+                    let _ = std::io::stdout().flush();
+                    server::run(listeners, &config, shutdown_signal()).await.map_err(Into::into)
                 }
-                Err(e) => Err(format!("cannot listen on {}: {e}", config.listen).into()),
+                Err(e) => Err(e.into()),
             }
         }
         Cmd::Queue(cmd) => cli::queue(&args.addr, cmd).await,

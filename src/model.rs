@@ -128,6 +128,36 @@ pub struct QueueConfig {
     pub max_in_flight: u32,
     /// Default per-tenant in-flight limit; 0 = no limit.
     pub tenant_max_in_flight: u32,
+    /// When the built-in alerts fire.
+    pub alerts: AlertConfig,
+}
+
+/// Thresholds of a queue's built-in alerts; zero turns one off. On by
+/// default: an alert nobody configured is the one that never pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlertConfig {
+    /// "aging": the oldest ready job has waited this long.
+    pub oldest_ready_age: Duration,
+    /// "backlog": at least this many ready jobs.
+    pub backlog: u64,
+    /// "stalled": ready jobs and no lease, ack or nack for this long.
+    pub stalled_after: Duration,
+    /// "unattended": ready jobs and no worker connected for this long.
+    pub unattended_after: Duration,
+    /// "dead_lettering": a job was dead-lettered this recently.
+    pub dead_letter_window: Duration,
+}
+
+impl Default for AlertConfig {
+    fn default() -> Self {
+        AlertConfig {
+            oldest_ready_age: Duration::from_secs(15 * 60),
+            backlog: 0,
+            stalled_after: Duration::from_secs(5 * 60),
+            unattended_after: Duration::from_secs(5 * 60),
+            dead_letter_window: Duration::from_secs(15 * 60),
+        }
+    }
 }
 
 impl Default for QueueConfig {
@@ -142,6 +172,7 @@ impl Default for QueueConfig {
             weight: 1,
             max_in_flight: 0,
             tenant_max_in_flight: 0,
+            alerts: AlertConfig::default(),
         }
     }
 }

@@ -5,8 +5,9 @@
 //! tests share one entry point.
 
 use crate::api::{admin::AdminApi, jobs::JobsApi, worker::WorkerApi};
+use crate::broker::monitor::HealthMap;
 use crate::broker::Broker;
-use crate::config::ServeConfig;
+use crate::config::{Listen, ServeConfig};
 use crate::error::BrokerError;
 use crate::pb;
 use crate::pb::{
@@ -38,20 +39,84 @@ pub enum ServerError {
 
 const SERVICES: [&str; 3] = ["fairway.v1.JobService", "fairway.v1.WorkerService", "fairway.v1.AdminService"];
 
+/// The bound sockets the broker serves on.
+pub struct Listeners {
+    pub grpc: TcpListener,
+    /// `/metrics` and the dashboard; `None` = turned off.
+    pub http: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the addresses of `config`.
+    pub async fn bind(config: &ServeConfig) -> Result<Listeners, String> {
+        let grpc =
+            TcpListener::bind(config.listen).await.map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        let http = match config.metrics_listen {
+            Listen::Off => None,
+            Listen::At(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                format!("cannot listen on {addr} for metrics: {e} (set --metrics-listen to another address or `off`)")
+            })?),
+        };
+        Ok(Listeners { grpc, http })
+    }
+}
+
+/// The gRPC health name of a queue: NOT_SERVING while an alert is active.
+pub fn queue_health_name(queue: &str) -> String {
+    format!("fairway.queue.{queue}")
+}
+
+/// Mirrors the broker's queue health into the gRPC health service until
+/// `stop` turns true.
+async fn mirror_queue_health(
+    mut health: tonic_health::server::HealthReporter,
+    mut queues: tokio::sync::watch::Receiver<HealthMap>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut shown = HealthMap::new();
+    loop {
+        let now = queues.borrow_and_update().clone();
+        for (name, healthy) in &now {
+            if shown.get(name) != Some(healthy) {
+                let status = if *healthy { ServingStatus::Serving } else { ServingStatus::NotServing };
+                health.set_service_status(queue_health_name(name), status).await;
+            }
+        }
+        for name in shown.keys().filter(|n| !now.contains_key(*n)) {
+            health.clear_service_status(&queue_health_name(name)).await;
+        }
+        shown = now;
+        tokio::select! {
+            changed = queues.changed() => if changed.is_err() { return },
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
 /// Serves until `shutdown` resolves, then: health turns NOT_SERVING, the
 /// writer finishes every write already sent and closes Work streams and
 /// long-polls, open connections drain, and RocksDB closes cleanly.
 pub async fn run(
-    listener: TcpListener,
+    listeners: Listeners,
     config: &ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let listener = listeners.grpc;
     let broker = Broker::open(&config.data_dir, config.durability)?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
     for s in SERVICES {
         health.set_service_status(s, ServingStatus::Serving).await;
     }
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let mirror = tokio::spawn(mirror_queue_health(health.clone(), broker.health(), stopping.clone()));
+    let http = listeners.http.map(|l| {
+        let mut stop = stopping.clone();
+        let stop = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        tokio::spawn(crate::http::serve(l, broker.clone(), stop))
+    });
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -69,8 +134,11 @@ pub async fn run(
     let on_shutdown = async move {
         shutdown.await;
         tracing::info!("shutdown requested: reporting NOT_SERVING and draining");
+        let _ = stopping_tx.send(true);
+        let _ = mirror.await;
         drain_health.set_service_status("", ServingStatus::NotServing).await;
-        for s in SERVICES {
+        let queues: Vec<String> = drain_broker.health().borrow().keys().cloned().collect();
+        for s in SERVICES.iter().map(|s| s.to_string()).chain(queues.iter().map(|q| queue_health_name(q))) {
             drain_health.set_service_status(s, ServingStatus::NotServing).await;
         }
         // Let health probes see NOT_SERVING before connections close.
@@ -124,6 +192,13 @@ pub async fn run(
         } => tracing::warn!("connections still open {}s after draining; closing them", DRAIN_TIMEOUT.as_secs()),
     }
     broker.shutdown().await;
+    if let Some(h) = http {
+        match h.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "metrics server failed"),
+            Err(e) => tracing::warn!(error = %e, "metrics server task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
     tracing::info!("fairway stopped");
     Ok(())
 }

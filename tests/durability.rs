@@ -22,7 +22,7 @@ struct Broker {
 impl Broker {
     async fn spawn(dir: &std::path::Path) -> Broker {
         let mut child = Command::new(env!("CARGO_BIN_EXE_fairway"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir"])
             .arg(dir)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())

@@ -86,6 +86,11 @@ pub fn config_patch(c: Option<pb::QueueConfig>) -> Result<QueueConfigPatch> {
         weight: (c.weight > 0).then_some(c.weight),
         max_in_flight: c.max_in_flight,
         tenant_max_in_flight: c.tenant_max_in_flight,
+        alert_oldest_ready_age: opt_duration("alert_oldest_ready_age", c.alert_oldest_ready_age.as_ref())?,
+        alert_backlog: c.alert_backlog,
+        alert_stalled_after: opt_duration("alert_stalled_after", c.alert_stalled_after.as_ref())?,
+        alert_unattended_after: opt_duration("alert_unattended_after", c.alert_unattended_after.as_ref())?,
+        alert_dead_letter_window: opt_duration("alert_dead_letter_window", c.alert_dead_letter_window.as_ref())?,
     })
 }
 

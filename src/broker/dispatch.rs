@@ -93,6 +93,12 @@ impl Engine {
     }
 
     pub(super) fn add_waiter(&mut self, spec: LeaseSpec, reply: Reply<Vec<pb::Delivery>>) {
+        // A worker polling without waiting is attended to, too.
+        for name in &spec.queues {
+            if let Some(q) = self.queues.get_mut(name) {
+                q.obs.last_worker_seen = self.now;
+            }
+        }
         let rotation = QueueRotation::new(spec.queues.len());
         self.waiters.push(Waiter {
             queues: spec.queues,
@@ -224,7 +230,7 @@ impl Engine {
                 let (loaded, complete) = scan_ready(&store, queue, &t, &e, g.cursor, super::queue_state::REFILL)?;
                 g.refilled(loaded, complete);
             }
-            let Some((pos, _ready_at)) = g.pop() else {
+            let Some((pos, ready_at)) = g.pop() else {
                 // The counter promised jobs the index doesn't have: trust the index.
                 tracing::error!(queue, tenant = %t, environment = %e, ready = g.ready, "ready counter out of step with the index; repairing");
                 g.ready = 0;
@@ -244,8 +250,13 @@ impl Engine {
             let duration_ms = lease_ms
                 .or((rec.lease_duration_ms > 0).then_some(rec.lease_duration_ms))
                 .unwrap_or_else(|| duration_millis(q.config.default_lease));
+            q.obs.delivery.observe(now.saturating_sub(ready_at));
+            q.obs.last_progress = now;
+            q.counters.leased_total += 1;
+            q.totals_dirty = true;
             let lease = ActiveLease {
                 lease_id: LeaseId::random(),
+                leased_at: now,
                 expires_at: now.saturating_add(duration_ms),
                 attempt: rec.attempt + 1,
                 duration_ms,

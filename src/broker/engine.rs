@@ -184,10 +184,20 @@ pub(super) struct Engine {
     /// decisions (scheduled vs ready, promotion) agree with each other.
     pub now: Millis,
     pub stopping: Option<tokio::sync::oneshot::Sender<()>>,
+    /// When alerts are next evaluated.
+    pub next_alert_check: Millis,
+    /// Queue health for the gRPC health service.
+    pub health: tokio::sync::watch::Sender<super::monitor::HealthMap>,
+    pub writer_metrics: super::monitor::WriterMetrics,
 }
 
 impl Engine {
-    pub fn recover(store: Store, registry: Registry, rx: flume::Receiver<Command>) -> Result<Engine> {
+    pub fn recover(
+        store: Store,
+        registry: Registry,
+        rx: flume::Receiver<Command>,
+        health: tokio::sync::watch::Sender<super::monitor::HealthMap>,
+    ) -> Result<Engine> {
         let started = std::time::Instant::now();
         let id_hwm = store.load_id_hwm()?;
         let mut engine = Engine {
@@ -209,6 +219,9 @@ impl Engine {
             id_hwm,
             now: now_millis(),
             stopping: None,
+            next_alert_check: 0,
+            health,
+            writer_metrics: Default::default(),
         };
         engine.load_all()?;
         let leases: usize = engine.queues.values().map(|q| q.leases.len()).sum();
@@ -224,13 +237,18 @@ impl Engine {
     /// Rebuilds all in-memory state from disk: O(queues + groups + leases),
     /// never O(jobs).
     pub fn load_all(&mut self) -> Result<()> {
-        self.queues.clear();
+        // Keep what was observed (alerts in force, latencies) across a reload.
+        let mut old: HashMap<String, QueueState> = std::mem::take(&mut self.queues);
         let metas = self.w.store.load_queues()?;
         for meta in metas {
-            let q = load_queue(&self.w.store, &meta)?;
+            let mut q = load_queue(&self.w.store, &meta)?;
+            if let Some(o) = old.remove(&meta.name).filter(|o| o.generation == q.generation) {
+                q.obs = o.obs;
+            }
             self.queues.insert(meta.name.clone(), q);
         }
         self.publish_registry();
+        self.publish_health();
         // Leases on disk come back without their Work streams: re-link the
         // ones whose stream is still connected, so windows and disconnects
         // keep working.
@@ -285,6 +303,7 @@ impl Engine {
                 n += 1;
             }
             self.run_timers();
+            self.check_alerts();
             self.run_tasks();
             self.commit();
             // Dispatch reads the ready index, so it runs on committed state.
@@ -343,6 +362,9 @@ impl Engine {
             Command::Stats { queue, reply } => {
                 let _ = reply.send(self.stats(&queue));
             }
+            Command::Metrics { reply } => {
+                let _ = reply.send(Ok(self.metrics()));
+            }
             Command::Redrive { queue, tenant, env, limit, reply } => {
                 self.start_redrive(queue, tenant, env, limit, reply)
             }
@@ -361,10 +383,21 @@ impl Engine {
             return;
         }
         let batch = std::mem::take(&mut self.w.batch);
+        let writes = batch.len() as u64;
+        let started = std::time::Instant::now();
         let result = match self.w.poisoned.take() {
             Some(e) => Err(e),
             None => self.w.store.write(batch),
         };
+        let m = &mut self.writer_metrics;
+        match &result {
+            Ok(()) => {
+                m.commits += 1;
+                m.writes += writes;
+                m.commit_us.observe(started.elapsed().as_micros() as u64);
+            }
+            Err(_) => m.failed_commits += 1,
+        }
         self.w.overlay.clear();
         let after = std::mem::take(&mut self.w.after);
         match result {
@@ -475,6 +508,7 @@ fn load_queue(store: &Store, meta: &crate::storage::records::QueueMeta) -> Resul
             id,
             ActiveLease {
                 lease_id: LeaseId(lease_id),
+                leased_at: lr.expires_at_ms.saturating_sub(lr.duration_ms),
                 expires_at: lr.expires_at_ms,
                 attempt: lr.attempt,
                 duration_ms: lr.duration_ms,

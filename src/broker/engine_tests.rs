@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 fn engine(dir: &std::path::Path) -> Engine {
     let store = Store::open(dir, Durability::Relaxed).unwrap();
     let (_tx, rx) = flume::bounded::<Command>(1);
-    Engine::recover(store, Registry::default(), rx).unwrap()
+    Engine::recover(store, Registry::default(), rx, tokio::sync::watch::channel(Default::default()).0).unwrap()
 }
 
 fn new_job(run_at: Option<Millis>) -> NewJob {

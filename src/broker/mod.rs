@@ -10,6 +10,8 @@ mod dispatch;
 mod engine;
 #[cfg(test)]
 mod engine_tests;
+pub mod monitor;
+pub mod observe;
 mod ops;
 mod queue_state;
 mod rate_limit;
@@ -111,6 +113,11 @@ pub struct QueueConfigPatch {
     pub weight: Option<u32>,
     pub max_in_flight: Option<u32>,
     pub tenant_max_in_flight: Option<u32>,
+    pub alert_oldest_ready_age: Option<Duration>,
+    pub alert_backlog: Option<u64>,
+    pub alert_stalled_after: Option<Duration>,
+    pub alert_unattended_after: Option<Duration>,
+    pub alert_dead_letter_window: Option<Duration>,
 }
 
 impl QueueConfigPatch {
@@ -125,6 +132,13 @@ impl QueueConfigPatch {
             weight: self.weight.unwrap_or(base.weight),
             max_in_flight: self.max_in_flight.unwrap_or(base.max_in_flight),
             tenant_max_in_flight: self.tenant_max_in_flight.unwrap_or(base.tenant_max_in_flight),
+            alerts: crate::model::AlertConfig {
+                oldest_ready_age: self.alert_oldest_ready_age.unwrap_or(base.alerts.oldest_ready_age),
+                backlog: self.alert_backlog.unwrap_or(base.alerts.backlog),
+                stalled_after: self.alert_stalled_after.unwrap_or(base.alerts.stalled_after),
+                unattended_after: self.alert_unattended_after.unwrap_or(base.alerts.unattended_after),
+                dead_letter_window: self.alert_dead_letter_window.unwrap_or(base.alerts.dead_letter_window),
+            },
         }
     }
 }
@@ -186,6 +200,9 @@ pub(crate) enum Command {
         queue: String,
         reply: Reply<pb::QueueStats>,
     },
+    Metrics {
+        reply: Reply<monitor::MetricsSnapshot>,
+    },
     Redrive {
         queue: String,
         tenant: Option<String>,
@@ -224,6 +241,8 @@ pub struct Broker {
     /// Per-tenant enqueue rate limits, checked before the writer.
     limiter: Arc<rate_limit::RateLimiter>,
     engine: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    /// Queue name -> healthy, published by the writer as alerts change.
+    health: tokio::sync::watch::Receiver<monitor::HealthMap>,
 }
 
 impl Broker {
@@ -232,7 +251,8 @@ impl Broker {
         let store = Store::open(data_dir, durability)?;
         let registry: Registry = Arc::default();
         let (tx, rx) = flume::bounded(COMMAND_QUEUE);
-        let engine = engine::Engine::recover(store.clone(), registry.clone(), rx)?;
+        let (health_tx, health) = tokio::sync::watch::channel(monitor::HealthMap::new());
+        let engine = engine::Engine::recover(store.clone(), registry.clone(), rx, health_tx)?;
         let handle = std::thread::Builder::new()
             .name("fairway-writer".into())
             .spawn(move || engine.run())
@@ -244,6 +264,7 @@ impl Broker {
             next_consumer: Arc::new(1.into()),
             limiter: Arc::default(),
             engine: Arc::new(Mutex::new(Some(handle))),
+            health,
         })
     }
 
@@ -385,6 +406,21 @@ impl Broker {
 
     pub async fn stats(&self, queue: String) -> Result<pb::QueueStats> {
         self.call(|reply| Command::Stats { queue, reply }).await
+    }
+
+    /// Every queue's figures, for `/metrics` and the dashboard.
+    pub async fn metrics(&self) -> Result<monitor::MetricsSnapshot> {
+        self.call(|reply| Command::Metrics { reply }).await
+    }
+
+    /// Queue name -> healthy (no alert active); changes as alerts do.
+    pub fn health(&self) -> tokio::sync::watch::Receiver<monitor::HealthMap> {
+        self.health.clone()
+    }
+
+    /// The RocksDB handle, for its own figures (properties) on `/metrics`.
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     pub async fn redrive(&self, queue: String, tenant: Option<String>, env: Option<String>, limit: u64) -> Result<u64> {

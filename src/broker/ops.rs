@@ -208,9 +208,11 @@ impl Engine {
 
     fn stage_dead(&mut self, queue: &str, id: JobId, rec: &JobRecord) -> Result<()> {
         self.w.put(queue, &keys::dead(&rec.tenant, &rec.environment, id), &[]);
+        let now = self.now;
         let q = self.queue_mut(queue)?;
         q.counters.dead += 1;
         q.counters.dead_lettered_total += 1;
+        q.obs.last_dead_at = Some(now);
         q.totals_dirty = true;
         tracing::warn!(queue, tenant = %rec.tenant, environment = %rec.environment, job = %id,
             attempt = rec.attempt, last_error = %rec.last_error, "job dead-lettered");
@@ -295,6 +297,8 @@ impl Engine {
                 let l = self.take_lease(queue, job)?;
                 self.end_job(queue, job, &l.record)?;
                 let q = self.queue_mut(queue)?;
+                q.obs.ack.observe(now.saturating_sub(l.leased_at));
+                q.obs.last_progress = now;
                 q.counters.acked_total += 1;
                 q.totals_dirty = true;
                 Ok(SettleOutcome::Acked)
@@ -312,6 +316,7 @@ impl Engine {
                     }
                 };
                 q.counters.nacked_total += 1;
+                q.obs.last_progress = now;
                 q.totals_dirty = true;
                 let (state, run_at) = self.return_leased(queue, job, truncate_error(error.clone()), next)?;
                 Ok(SettleOutcome::Nacked { state, run_at })
@@ -637,10 +642,12 @@ impl Engine {
         let _ = reply.send(res.map(|_| true));
     }
 
-    pub(super) fn stats(&self, queue: &str) -> Result<pb::QueueStats> {
+    pub(super) fn stats(&mut self, queue: &str) -> Result<pb::QueueStats> {
+        let mut unbounded = usize::MAX;
+        let oldest = self.oldest_ready_at(queue, &mut unbounded);
+        let workers = self.streams_on(queue);
         let q = self.queues.get(queue).ok_or_else(|| BrokerError::QueueNotFound(queue.to_string()))?;
         let mut groups = Vec::new();
-        let mut oldest: Option<Millis> = None;
         for (t, envs) in &q.groups {
             for (e, g) in envs {
                 if g.ready == 0 && g.leased == 0 {
@@ -652,21 +659,11 @@ impl Engine {
                     ready: g.ready,
                     leased: g.leased,
                 });
-                if g.ready > 0 {
-                    let head = match g.heads.values().min() {
-                        Some(t) => Some(*t),
-                        None => self.peek_ready_at(queue, t, e, g.cursor),
-                    };
-                    if let Some(h) = head {
-                        oldest = Some(oldest.map_or(h, |o: Millis| o.min(h)));
-                    }
-                }
             }
         }
         groups.sort_by(|a, b| (b.ready + b.leased).cmp(&(a.ready + a.leased)).then(a.tenant.cmp(&b.tenant)));
         groups.truncate(1000);
         let c = &q.counters;
-        let workers = self.consumers.values().filter(|c| c.queues.iter().any(|n| n == queue)).count();
         Ok(pb::QueueStats {
             queue: queue.to_string(),
             scheduled: c.scheduled,
@@ -692,13 +689,18 @@ impl Engine {
                 p.sort_by(|a, b| a.tenant.cmp(&b.tenant));
                 p
             },
+            alerts: q
+                .obs
+                .active
+                .iter()
+                .map(|(k, a)| pb::QueueAlert {
+                    kind: k.as_str().to_string(),
+                    since: Some(view::timestamp(a.since)),
+                    message: a.message.clone(),
+                })
+                .collect(),
+            leased_total: c.leased_total,
         })
-    }
-
-    /// ready_at of the first ready job after `cursor` on disk (stats only).
-    fn peek_ready_at(&self, queue: &str, tenant: &str, env: &str, cursor: Option<ReadyPos>) -> Option<Millis> {
-        let (loaded, _) = super::dispatch::scan_ready(&self.w.store, queue, tenant, env, cursor, 1).ok()?;
-        loaded.first().map(|(_, t)| *t)
     }
 
     // -------------------------------------------------------- tenant policy

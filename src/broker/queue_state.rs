@@ -90,6 +90,8 @@ impl Group {
 #[derive(Debug, Clone)]
 pub struct ActiveLease {
     pub lease_id: LeaseId,
+    /// When it was leased (lease-to-ack latency).
+    pub leased_at: Millis,
     pub expires_at: Millis,
     /// This delivery's attempt number.
     pub attempt: u32,
@@ -127,6 +129,8 @@ pub struct QueueState {
     pub policies: HashMap<String, TenantPolicy>,
     /// Jobs leased now, per tenant (absent = 0).
     pub tenant_leased: HashMap<String, u64>,
+    /// Latencies, progress and alerts.
+    pub obs: super::observe::QueueObs,
     /// Counters changed since the last commit.
     pub totals_dirty: bool,
     pub dirty_groups: HashSet<(String, String)>,
@@ -149,6 +153,7 @@ impl QueueState {
             counters,
             policies: HashMap::new(),
             tenant_leased: HashMap::new(),
+            obs: super::observe::QueueObs::new(crate::model::now_millis()),
             totals_dirty: false,
             dirty_groups: HashSet::new(),
         }
@@ -303,6 +308,17 @@ pub fn config_from_meta(m: &QueueMeta) -> QueueConfig {
         weight: m.weight.max(1),
         max_in_flight: m.max_in_flight,
         tenant_max_in_flight: m.tenant_max_in_flight,
+        alerts: {
+            let d = crate::model::AlertConfig::default();
+            let ms = |v: Option<u64>, default: Duration| v.map_or(default, Duration::from_millis);
+            crate::model::AlertConfig {
+                oldest_ready_age: ms(m.alert_oldest_ready_age_ms, d.oldest_ready_age),
+                backlog: m.alert_backlog.unwrap_or(d.backlog),
+                stalled_after: ms(m.alert_stalled_after_ms, d.stalled_after),
+                unattended_after: ms(m.alert_unattended_after_ms, d.unattended_after),
+                dead_letter_window: ms(m.alert_dead_letter_window_ms, d.dead_letter_window),
+            }
+        },
     }
 }
 
@@ -321,6 +337,11 @@ pub fn meta_from_config(name: &str, c: &QueueConfig, paused: bool, generation: u
         weight: c.weight,
         max_in_flight: c.max_in_flight,
         tenant_max_in_flight: c.tenant_max_in_flight,
+        alert_oldest_ready_age_ms: Some(ms(c.alerts.oldest_ready_age)),
+        alert_backlog: Some(c.alerts.backlog),
+        alert_stalled_after_ms: Some(ms(c.alerts.stalled_after)),
+        alert_unattended_after_ms: Some(ms(c.alerts.unattended_after)),
+        alert_dead_letter_window_ms: Some(ms(c.alerts.dead_letter_window)),
     }
 }
 

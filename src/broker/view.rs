@@ -38,6 +38,11 @@ pub fn queue(name: &str, c: &QueueConfig, paused: bool) -> pb::Queue {
             weight: c.weight,
             max_in_flight: Some(c.max_in_flight),
             tenant_max_in_flight: Some(c.tenant_max_in_flight),
+            alert_oldest_ready_age: Some(duration(c.alerts.oldest_ready_age)),
+            alert_backlog: Some(c.alerts.backlog),
+            alert_stalled_after: Some(duration(c.alerts.stalled_after)),
+            alert_unattended_after: Some(duration(c.alerts.unattended_after)),
+            alert_dead_letter_window: Some(duration(c.alerts.dead_letter_window)),
         }),
         paused,
     }

@@ -2,6 +2,7 @@
 //! and one write-buffer budget. Everything that knows about RocksDB options
 //! and column-family names lives here; the key layout is in [`keys`].
 
+pub mod figures;
 pub mod keys;
 pub mod records;
 

@@ -92,6 +92,8 @@ pub struct QueueCounters {
     pub deduplicated_total: u64,
     #[prost(uint64, tag = "8")]
     pub dead_lettered_total: u64,
+    #[prost(uint64, tag = "9")]
+    pub leased_total: u64,
 }
 
 /// A queue's definition, in the metadata column family.
@@ -123,6 +125,18 @@ pub struct QueueMeta {
     pub max_in_flight: u32,
     #[prost(uint32, tag = "12")]
     pub tenant_max_in_flight: u32,
+    /// Alert thresholds; absent (definitions written before alerts
+    /// existed) = the default, 0 = off.
+    #[prost(uint64, optional, tag = "13")]
+    pub alert_oldest_ready_age_ms: Option<u64>,
+    #[prost(uint64, optional, tag = "14")]
+    pub alert_backlog: Option<u64>,
+    #[prost(uint64, optional, tag = "15")]
+    pub alert_stalled_after_ms: Option<u64>,
+    #[prost(uint64, optional, tag = "16")]
+    pub alert_unattended_after_ms: Option<u64>,
+    #[prost(uint64, optional, tag = "17")]
+    pub alert_dead_letter_window_ms: Option<u64>,
 }
 
 /// A tenant's policy in one queue, in the metadata column family.

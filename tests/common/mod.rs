@@ -15,6 +15,8 @@ use tonic::transport::Channel;
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// `/metrics` and the dashboard.
+    pub http_addr: SocketAddr,
     pub channel: Channel,
     pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
@@ -32,12 +34,13 @@ impl TestServer {
     }
 
     pub async fn start_in(dir: &Path) -> TestServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (stop, stopped) = oneshot::channel::<()>();
         let config = ServeConfig::for_dir(dir);
+        let listeners = fairway::server::Listeners::bind(&config).await.expect("bind");
+        let addr = listeners.grpc.local_addr().expect("addr");
+        let http_addr = listeners.http.as_ref().expect("metrics listener").local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            fairway::server::run(listener, &config, async {
+            fairway::server::run(listeners, &config, async {
                 let _ = stopped.await;
             })
             .await
@@ -45,7 +48,15 @@ impl TestServer {
         });
         let channel =
             tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("endpoint").connect_lazy();
-        TestServer { addr, channel, data_dir: dir.to_path_buf(), _tmp: None, stop: Some(stop), task: Some(task) }
+        TestServer {
+            addr,
+            http_addr,
+            channel,
+            data_dir: dir.to_path_buf(),
+            _tmp: None,
+            stop: Some(stop),
+            task: Some(task),
+        }
     }
 
     pub fn jobs(&self) -> JobServiceClient<Channel> {
@@ -189,4 +200,40 @@ where
         assert!(tokio::time::Instant::now() < deadline, "condition not met within {timeout:?}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// A plain HTTP/1.1 request (the tests need no HTTP client crate):
+/// returns the status code and the body.
+pub async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect to the metrics port");
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("send");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.expect("read");
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").expect("http response");
+    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("status code");
+    // Bodies may come chunked: join the chunks.
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).expect("chunk size");
+            if n == 0 {
+                break;
+            }
+            out.push_str(&after[..n]);
+            rest = &after[n + 2..];
+        }
+        out
+    } else {
+        body.to_string()
+    };
+    (status, body)
+}
+
+/// The value of one Prometheus sample line (`name{labels}`) in `text`.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }

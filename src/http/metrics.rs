@@ -1,0 +1,194 @@
+//! `/metrics` in the Prometheus text format, rendered from one engine
+//! snapshot plus RocksDB's figures. Series per tenant are bounded (the
+//! largest tenants plus `other`), so 100k tenants cost 21 series per queue.
+
+use crate::broker::monitor::MetricsSnapshot;
+use crate::broker::observe::{AlertKind, Histogram};
+use crate::storage::figures::StoreFigures;
+use std::fmt::Write;
+
+/// A metric family read from a `T`: name, help, getter.
+type Family<T> = (&'static str, &'static str, fn(&T) -> u64);
+
+/// A Prometheus text-format writer.
+struct Out(String);
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn labels(l: &[(&str, &str)]) -> String {
+    if l.is_empty() {
+        return String::new();
+    }
+    let inner: Vec<String> = l.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
+    format!("{{{}}}", inner.join(","))
+}
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, l: &[(&str, &str)], v: impl std::fmt::Display) {
+        let _ = writeln!(self.0, "{name}{} {v}", labels(l));
+    }
+
+    /// `scale` converts the histogram's unit to seconds.
+    fn histogram(&mut self, name: &str, l: &[(&str, &str)], h: &Histogram, scale: f64) {
+        let mut cumulative = 0;
+        for (i, bound) in h.bounds.iter().enumerate() {
+            cumulative += h.counts[i];
+            let le = format!("{}", *bound as f64 * scale);
+            let mut with = l.to_vec();
+            with.push(("le", &le));
+            self.sample(&format!("{name}_bucket"), &with, cumulative);
+        }
+        let mut with = l.to_vec();
+        with.push(("le", "+Inf"));
+        self.sample(&format!("{name}_bucket"), &with, h.count());
+        self.sample(&format!("{name}_sum"), l, h.sum as f64 * scale);
+        self.sample(&format!("{name}_count"), l, h.count());
+    }
+}
+
+pub fn render(s: &MetricsSnapshot, f: &StoreFigures) -> String {
+    let mut o = Out(String::with_capacity(16 * 1024));
+    o.family("fairway_build_info", "gauge", "Version of the running broker.");
+    o.sample("fairway_build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1);
+
+    o.family("fairway_queue_jobs", "gauge", "Jobs stored per state.");
+    for q in &s.queues {
+        for (state, v) in [("ready", q.ready), ("scheduled", q.scheduled), ("leased", q.leased), ("dead", q.dead)] {
+            o.sample("fairway_queue_jobs", &[("queue", &q.name), ("state", state)], v);
+        }
+    }
+    o.family(
+        "fairway_queue_oldest_ready_age_seconds",
+        "gauge",
+        "How long the longest-waiting ready job has waited (0 when none is ready).",
+    );
+    for q in &s.queues {
+        let age = q.oldest_ready_age_ms.filter(|_| q.ready > 0).unwrap_or(0) as f64 / 1000.0;
+        o.sample("fairway_queue_oldest_ready_age_seconds", &[("queue", &q.name)], age);
+    }
+    o.family("fairway_queue_paused", "gauge", "1 while leasing is paused.");
+    for q in &s.queues {
+        o.sample("fairway_queue_paused", &[("queue", &q.name)], u8::from(q.paused));
+    }
+    o.family("fairway_queue_connected_workers", "gauge", "Work streams subscribed to the queue.");
+    for q in &s.queues {
+        o.sample("fairway_queue_connected_workers", &[("queue", &q.name)], q.workers);
+    }
+    let counters: [Family<crate::storage::records::QueueCounters>; 7] = [
+        ("fairway_jobs_enqueued_total", "Jobs enqueued (dedup hits excluded).", |c| c.enqueued_total),
+        ("fairway_jobs_leased_total", "Deliveries (leases), redeliveries included.", |c| c.leased_total),
+        ("fairway_jobs_acked_total", "Jobs acknowledged as done.", |c| c.acked_total),
+        ("fairway_jobs_nacked_total", "Nacks (failed attempts).", |c| c.nacked_total),
+        ("fairway_jobs_expired_total", "Leases that ran out before an ack.", |c| c.expired_total),
+        ("fairway_jobs_deduplicated_total", "Enqueues answered with an existing job (dedup hits).", |c| {
+            c.deduplicated_total
+        }),
+        ("fairway_jobs_dead_lettered_total", "Jobs moved to the dead letters.", |c| c.dead_lettered_total),
+    ];
+    for (name, help, get) in counters {
+        o.family(name, "counter", help);
+        for q in &s.queues {
+            o.sample(name, &[("queue", &q.name)], get(&q.counters));
+        }
+    }
+    o.family("fairway_queue_alert", "gauge", "1 while a built-in alert is active (QueueConfig.alert_*).");
+    for q in &s.queues {
+        for kind in AlertKind::ALL {
+            let on = q.alerts.iter().any(|(k, _)| *k == kind);
+            o.sample("fairway_queue_alert", &[("queue", &q.name), ("kind", kind.as_str())], u8::from(on));
+        }
+    }
+    o.family(
+        "fairway_enqueue_to_delivery_seconds",
+        "histogram",
+        "From a job becoming ready (enqueue, or its run_at) to its lease.",
+    );
+    for q in &s.queues {
+        o.histogram("fairway_enqueue_to_delivery_seconds", &[("queue", &q.name)], &q.delivery, 1e-3);
+    }
+    o.family("fairway_lease_to_ack_seconds", "histogram", "From a lease to its ack.");
+    for q in &s.queues {
+        o.histogram("fairway_lease_to_ack_seconds", &[("queue", &q.name)], &q.ack, 1e-3);
+    }
+    o.family(
+        "fairway_tenant_jobs",
+        "gauge",
+        "Ready and leased jobs of the largest tenants by backlog; the rest are summed as tenant=\"other\".",
+    );
+    for q in &s.queues {
+        for t in &q.tenants {
+            for (state, v) in [("ready", t.ready), ("leased", t.leased)] {
+                o.sample("fairway_tenant_jobs", &[("queue", &q.name), ("tenant", &t.tenant), ("state", state)], v);
+            }
+        }
+    }
+
+    let w = &s.writer;
+    o.family("fairway_commits_total", "counter", "Write batches committed by the writer (group commits).");
+    o.sample("fairway_commits_total", &[], w.commits);
+    o.family("fairway_wal_syncs_total", "counter", "WAL fsyncs (one per commit under strict durability).");
+    o.sample("fairway_wal_syncs_total", &[], if f.fsync_per_commit { w.commits } else { 0 });
+    o.family("fairway_committed_writes_total", "counter", "Key writes committed.");
+    o.sample("fairway_committed_writes_total", &[], w.writes);
+    o.family("fairway_commit_failures_total", "counter", "Commits that failed (disk full, I/O error).");
+    o.sample("fairway_commit_failures_total", &[], w.failed_commits);
+    o.family("fairway_commit_seconds", "histogram", "Write + fsync time of each commit.");
+    o.histogram("fairway_commit_seconds", &[], &w.commit_us, 1e-6);
+
+    o.family("fairway_rocksdb_write_stopped", "gauge", "1 while RocksDB stops writes (a write stall).");
+    o.sample("fairway_rocksdb_write_stopped", &[], u8::from(f.write_stopped));
+    o.family("fairway_rocksdb_delayed_write_rate_bytes", "gauge", "Write throttle in bytes/s; 0 = not throttled.");
+    o.sample("fairway_rocksdb_delayed_write_rate_bytes", &[], f.delayed_write_rate);
+    o.family("fairway_rocksdb_running_compactions", "gauge", "Compactions running now.");
+    o.sample("fairway_rocksdb_running_compactions", &[], f.running_compactions);
+    o.family("fairway_rocksdb_running_flushes", "gauge", "Memtable flushes running now.");
+    o.sample("fairway_rocksdb_running_flushes", &[], f.running_flushes);
+    o.family("fairway_rocksdb_background_errors", "gauge", "RocksDB background errors since start.");
+    o.sample("fairway_rocksdb_background_errors", &[], f.background_errors);
+    let per_cf: [Family<crate::storage::figures::CfFigures>; 3] = [
+        ("fairway_rocksdb_pending_compaction_bytes", "Bytes compaction still has to rewrite.", |c| {
+            c.pending_compaction_bytes
+        }),
+        ("fairway_rocksdb_memtable_bytes", "Bytes in memtables.", |c| c.memtable_bytes),
+        ("fairway_rocksdb_sst_bytes", "Bytes in SST files.", |c| c.sst_bytes),
+    ];
+    for (name, help, get) in per_cf {
+        o.family(name, "gauge", help);
+        for c in &f.queues {
+            o.sample(name, &[("queue", &c.queue)], get(c));
+        }
+    }
+    o.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::observe::JOB_LATENCY_MS;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(labels(&[("tenant", "a\"b\\c\nd")]), r#"{tenant="a\"b\\c\nd"}"#);
+        assert_eq!(labels(&[]), "");
+    }
+
+    #[test]
+    fn histograms_are_cumulative_and_in_seconds() {
+        let mut h = Histogram::new(JOB_LATENCY_MS);
+        h.observe(1);
+        h.observe(3);
+        h.observe(10_000_000);
+        let mut o = Out(String::new());
+        o.histogram("x", &[("queue", "q")], &h, 1e-3);
+        assert!(o.0.contains("x_bucket{queue=\"q\",le=\"0.001\"} 1\n"), "{}", o.0);
+        assert!(o.0.contains("x_bucket{queue=\"q\",le=\"0.005\"} 2\n"), "{}", o.0);
+        assert!(o.0.contains("x_bucket{queue=\"q\",le=\"+Inf\"} 3\n"), "{}", o.0);
+        assert!(o.0.contains("x_count{queue=\"q\"} 3\n"), "{}", o.0);
+    }
+}
