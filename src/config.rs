@@ -20,6 +20,10 @@ pub struct ServeConfig {
     /// Log line format.
     #[arg(long, env = "FAIRWAY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: crate::telemetry::LogFormat,
+    /// OTLP/gRPC collector to send traces to, e.g. http://127.0.0.1:4317.
+    /// Unset: tracing is off and costs nothing.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 impl ServeConfig {
@@ -30,6 +34,7 @@ impl ServeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             durability: Durability::Strict,
             log_format: crate::telemetry::LogFormat::Text,
+            otlp_endpoint: None,
         }
     }
 }
