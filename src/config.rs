@@ -20,6 +20,10 @@ pub struct ServeConfig {
     /// Log line format.
     #[arg(long, env = "FAIRWAY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: crate::telemetry::LogFormat,
+    /// OTLP/gRPC collector to send traces to, e.g. http://127.0.0.1:4317.
+    /// Unset: tracing is off and costs nothing.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// HTTP address of `/metrics` (Prometheus) and the dashboard (`/`);
     /// `off` disables it. Port 0 picks a free port.
     #[arg(long, env = "FAIRWAY_METRICS_LISTEN", default_value = "127.0.0.1:9090")]
@@ -52,6 +56,7 @@ impl ServeConfig {
             durability: Durability::Strict,
             log_format: crate::telemetry::LogFormat::Text,
             metrics_listen: Listen::At(SocketAddr::from(([127, 0, 0, 1], 0))),
+            otlp_endpoint: None,
         }
     }
 }

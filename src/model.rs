@@ -286,6 +286,9 @@ pub struct NewJob {
     pub max_attempts: u32,
     /// `None` = queue default.
     pub lease_duration: Option<Duration>,
+    /// W3C trace context stored with the job for its workers (already
+    /// validated; empty = untraced).
+    pub traceparent: String,
 }
 
 /// The state a job is in, as the contract names it.

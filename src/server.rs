@@ -4,7 +4,7 @@
 //! [`run`] takes a bound listener and a shutdown future, so `main` and the
 //! tests share one entry point.
 
-use crate::api::{admin::AdminApi, jobs::JobsApi, worker::WorkerApi};
+use crate::api::{admin::AdminApi, jobs::JobsApi, trace::Tracer, worker::WorkerApi};
 use crate::broker::monitor::HealthMap;
 use crate::broker::Broker;
 use crate::config::{Listen, ServeConfig};
@@ -14,6 +14,7 @@ use crate::pb::{
     admin_service_server::AdminServiceServer, job_service_server::JobServiceServer,
     worker_service_server::WorkerServiceServer,
 };
+use crate::telemetry::{TraceExport, TraceExportError};
 use std::future::Future;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -35,6 +36,8 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    TraceExport(#[from] TraceExportError),
 }
 
 const SERVICES: [&str; 3] = ["fairway.v1.JobService", "fairway.v1.WorkerService", "fairway.v1.AdminService"];
@@ -95,7 +98,8 @@ async fn mirror_queue_health(
 
 /// Serves until `shutdown` resolves, then: health turns NOT_SERVING, the
 /// writer finishes every write already sent and closes Work streams and
-/// long-polls, open connections drain, and RocksDB closes cleanly.
+/// long-polls, open connections drain, RocksDB closes cleanly, and the last
+/// spans are exported.
 pub async fn run(
     listeners: Listeners,
     config: &ServeConfig,
@@ -126,6 +130,14 @@ pub async fn run(
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let addr = listener.local_addr().map_err(|e| BrokerError::Storage(format!("listener: {e}")))?;
+    // Started last, so no error below can leave it running without a flush.
+    let (export, tracer) = match config.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
+        Some(endpoint) => {
+            let (export, tracer) = TraceExport::start(endpoint)?;
+            (Some(export), tracer)
+        }
+        None => (None, Tracer::default()),
+    };
     tracing::info!(%addr, data_dir = %config.data_dir.display(), durability = ?config.durability, "fairway serving");
 
     let drain_broker = broker.clone();
@@ -163,12 +175,12 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
-            JobServiceServer::new(JobsApi { broker: broker.clone() })
+            JobServiceServer::new(JobsApi { broker: broker.clone(), tracer: tracer.clone() })
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
         .add_service(
-            WorkerServiceServer::new(WorkerApi { broker: broker.clone() })
+            WorkerServiceServer::new(WorkerApi { broker: broker.clone(), tracer })
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
@@ -179,8 +191,8 @@ pub async fn run(
         )
         .serve_with_incoming_shutdown(incoming, on_shutdown);
     tokio::pin!(serve);
-    tokio::select! {
-        r = &mut serve => r?,
+    let served = tokio::select! {
+        r = &mut serve => r.map_err(ServerError::from),
         // Storage is closed; don't wait forever on clients that keep idle
         // connections open.
         _ = async {
@@ -189,8 +201,11 @@ pub async fn run(
             } else {
                 std::future::pending::<()>().await;
             }
-        } => tracing::warn!("connections still open {}s after draining; closing them", DRAIN_TIMEOUT.as_secs()),
-    }
+        } => {
+            tracing::warn!("connections still open {}s after draining; closing them", DRAIN_TIMEOUT.as_secs());
+            Ok(())
+        }
+    };
     broker.shutdown().await;
     if let Some(h) = http {
         match h.await {
@@ -199,6 +214,9 @@ pub async fn run(
             Ok(Ok(())) => {}
         }
     }
+    if let Some(export) = export {
+        export.shutdown().await;
+    }
     tracing::info!("fairway stopped");
-    Ok(())
+    served
 }

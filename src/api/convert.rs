@@ -60,6 +60,8 @@ pub fn new_job(r: pb::EnqueueRequest) -> Result<NewJob> {
         dedup_key: r.dedup_key,
         max_attempts: r.max_attempts,
         lease_duration: opt_duration("lease_duration", r.lease_duration.as_ref())?,
+        // Filled by the API layer: what is stored depends on its enqueue span.
+        traceparent: String::new(),
     };
     validate_job_shape(&job)?;
     Ok(job)

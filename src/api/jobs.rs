@@ -1,6 +1,8 @@
 //! `fairway.v1.JobService`: producers.
 
 use super::convert;
+use super::trace::{self, Tracer};
+use super::traceparent::TraceParent;
 use crate::broker::Broker;
 use crate::model::MAX_BATCH;
 use crate::pb;
@@ -9,6 +11,8 @@ use tonic::{Request, Response, Status};
 
 pub struct JobsApi {
     pub broker: Broker,
+    /// Makes the enqueue spans whose context is stored with each job.
+    pub tracer: Tracer,
 }
 
 fn response(o: crate::broker::EnqueueOutcome) -> pb::EnqueueResponse {
@@ -18,9 +22,14 @@ fn response(o: crate::broker::EnqueueOutcome) -> pb::EnqueueResponse {
 #[tonic::async_trait]
 impl JobService for JobsApi {
     async fn enqueue(&self, req: Request<pb::EnqueueRequest>) -> Result<Response<pb::EnqueueResponse>, Status> {
-        let job = convert::new_job(req.into_inner())?;
-        let mut out = self.broker.enqueue(vec![job], false).await?;
-        let o = out.pop().ok_or_else(|| Status::internal("enqueue returned no result"))?;
+        let header = trace::metadata_parent(req.metadata());
+        let r = req.into_inner();
+        let parent = TraceParent::from_field(&r.traceparent, || "traceparent".into())?.or(header);
+        let mut jobs = vec![convert::new_job(r)?];
+        let spans = self.tracer.enqueue(&mut jobs, &[parent]);
+        let result = self.broker.enqueue(jobs, false).await;
+        spans.finish(&result);
+        let o = result?.pop().ok_or_else(|| Status::internal("enqueue returned no result"))?;
         Ok(Response::new(response(o)))
     }
 
@@ -28,6 +37,8 @@ impl JobService for JobsApi {
         &self,
         req: Request<pb::EnqueueBatchRequest>,
     ) -> Result<Response<pb::EnqueueBatchResponse>, Status> {
+        // Applies to the jobs that carry no traceparent of their own.
+        let header = trace::metadata_parent(req.metadata());
         let jobs = req.into_inner().jobs;
         if jobs.len() > MAX_BATCH {
             return Err(Status::invalid_argument(format!(
@@ -36,11 +47,16 @@ impl JobService for JobsApi {
             )));
         }
         let mut valid = Vec::with_capacity(jobs.len());
+        let mut parents = Vec::with_capacity(jobs.len());
         for (i, j) in jobs.into_iter().enumerate() {
+            let parent = TraceParent::from_field(&j.traceparent, || format!("jobs[{i}].traceparent"))?;
+            parents.push(parent.or(header));
             valid.push(convert::new_job(j).map_err(|e| e.context(&format!("jobs[{i}]")))?);
         }
-        let out = self.broker.enqueue(valid, true).await?;
-        Ok(Response::new(pb::EnqueueBatchResponse { results: out.into_iter().map(response).collect() }))
+        let spans = self.tracer.enqueue(&mut valid, &parents);
+        let result = self.broker.enqueue(valid, true).await;
+        spans.finish(&result);
+        Ok(Response::new(pb::EnqueueBatchResponse { results: result?.into_iter().map(response).collect() }))
     }
 
     async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {

@@ -4,4 +4,7 @@
 pub mod admin;
 mod convert;
 pub mod jobs;
+pub mod trace;
+pub mod traceparent;
+mod work_trace;
 pub mod worker;

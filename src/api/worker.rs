@@ -1,6 +1,8 @@
 //! `fairway.v1.WorkerService`: workers lease, ack, nack and extend.
 
 use super::convert;
+use super::trace::{self, Tracer};
+use super::work_trace::{self, SharedWorkTraces, WorkTraces};
 use crate::broker::{view, Broker, SettleAction, SettleOutcome, StreamTx};
 use crate::error::BrokerError;
 use crate::model::{JobId, LeaseId};
@@ -9,11 +11,13 @@ use crate::pb::work_request::Request as WorkMsg;
 use crate::pb::worker_service_server::WorkerService;
 use std::pin::Pin;
 use tokio_stream::wrappers::UnboundedReceiverStream;
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 pub struct WorkerApi {
     pub broker: Broker,
+    /// Makes the lease, ack and nack spans that continue each job's trace.
+    pub tracer: Tracer,
 }
 
 /// Ends the subscription however the stream's reader task ends (client
@@ -52,7 +56,7 @@ fn target(queue: &str, job: &str, lease: &str) -> Result<(String, JobId, LeaseId
 
 /// Applies one ack/nack/extend sent on a Work stream; the outcome goes back
 /// on the stream.
-async fn settle_from_stream(broker: &Broker, tx: &StreamTx, msg: WorkMsg) {
+async fn settle_from_stream(broker: &Broker, tx: &StreamTx, msg: WorkMsg, traces: Option<&SharedWorkTraces>) {
     let (ids, action, kind) = match &msg {
         WorkMsg::Ack(a) => (target(&a.queue, &a.job_id, &a.lease_id), Ok(SettleAction::Ack), "ack"),
         WorkMsg::Nack(n) => (target(&n.queue, &n.job_id, &n.lease_id), nack_action(n), "nack"),
@@ -74,6 +78,9 @@ async fn settle_from_stream(broker: &Broker, tx: &StreamTx, msg: WorkMsg) {
     let checked = ids.and_then(|ids| action.map(|a| (ids, a)));
     match checked {
         Ok(((queue, job, lease), action)) => {
+            if let Some(t) = traces {
+                work_trace::lock(t).on_settle(job, lease, &action);
+            }
             if let Err(e) = broker.settle_on_stream(queue, job, lease, action, tx.clone()).await {
                 let _ = tx.send(Ok(view::outcome(job_id, kind, Err(&e))));
             }
@@ -82,6 +89,15 @@ async fn settle_from_stream(broker: &Broker, tx: &StreamTx, msg: WorkMsg) {
             let _ = tx.send(Ok(view::outcome(job_id, kind, Err(&e))));
         }
     }
+}
+
+/// What a unary settle knows of its job without reading it: tenant and
+/// environment are left out rather than costing a read.
+fn settle_attrs(queue: &str, job: JobId) -> Vec<opentelemetry::KeyValue> {
+    vec![
+        opentelemetry::KeyValue::new("fairway.queue", queue.to_string()),
+        opentelemetry::KeyValue::new("fairway.job_id", job.to_string()),
+    ]
 }
 
 type WorkStream = Pin<Box<dyn Stream<Item = Result<pb::WorkResponse, Status>> + Send>>;
@@ -104,9 +120,11 @@ impl WorkerService for WorkerApi {
                 ))
             }
         };
+        let traces = self.tracer.is_enabled().then(|| WorkTraces::new(self.tracer.clone(), sub.max_in_flight));
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let id = self.broker.subscribe(sub, tx.clone()).await?;
         let guard = Subscribed { broker: self.broker.clone(), id };
+        let reader_traces = traces.clone();
         tokio::spawn(async move {
             let guard = guard;
             loop {
@@ -119,34 +137,60 @@ impl WorkerService for WorkerApi {
                 };
                 match next {
                     Ok(Some(pb::WorkRequest { request: Some(msg) })) => {
-                        settle_from_stream(&guard.broker, &tx, msg).await
+                        settle_from_stream(&guard.broker, &tx, msg, reader_traces.as_ref()).await
                     }
                     Ok(Some(_)) => {}
                     Ok(None) | Err(_) => break,
                 }
             }
         });
-        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+        let out = UnboundedReceiverStream::new(rx);
+        let out: WorkStream = match traces {
+            None => Box::pin(out),
+            // Deliveries are traced as they leave, on this side of the writer.
+            Some(t) => Box::pin(out.map(move |item| {
+                if let Ok(r) = &item {
+                    work_trace::lock(&t).on_response(r);
+                }
+                item
+            })),
+        };
+        Ok(Response::new(out))
     }
 
     async fn lease(&self, req: Request<pb::LeaseRequest>) -> Result<Response<pb::LeaseResponse>, Status> {
         let spec = convert::lease_spec(req.into_inner())?;
         let deliveries = self.broker.lease(spec).await?;
+        if self.tracer.is_enabled() {
+            for d in &deliveries {
+                // Unary settles take their parent from the worker's metadata,
+                // so the lease span's context is not kept.
+                let _ = self.tracer.delivered(d);
+            }
+        }
         Ok(Response::new(pb::LeaseResponse { deliveries }))
     }
 
     async fn ack(&self, req: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
+        let parent = trace::metadata_parent(req.metadata());
         let r = req.into_inner();
         let (queue, job, lease) = target(&r.queue, &r.job_id, &r.lease_id)?;
-        self.broker.settle(queue, job, lease, SettleAction::Ack).await?;
+        let span = self.tracer.settle("ack", parent.map(trace::remote), || settle_attrs(&queue, job));
+        let result = self.broker.settle(queue, job, lease, SettleAction::Ack).await;
+        trace::end(span, result.as_ref().err().map(|e| e.to_string()));
+        result?;
         Ok(Response::new(pb::AckResponse {}))
     }
 
     async fn nack(&self, req: Request<pb::NackRequest>) -> Result<Response<pb::NackResponse>, Status> {
+        let parent = trace::metadata_parent(req.metadata());
         let r = req.into_inner();
         let (queue, job, lease) = target(&r.queue, &r.job_id, &r.lease_id)?;
         let action = nack_action(&r)?;
-        match self.broker.settle(queue, job, lease, action).await? {
+        let span = self.tracer.settle("nack", parent.map(trace::remote), || settle_attrs(&queue, job));
+        let result = self.broker.settle(queue, job, lease, action).await;
+        trace::end(span, result.as_ref().err().map(|e| e.to_string()));
+        match result? {
             SettleOutcome::Nacked { state, run_at } => Ok(Response::new(pb::NackResponse {
                 state: view::state(state) as i32,
                 run_at: run_at.map(view::timestamp),

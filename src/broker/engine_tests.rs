@@ -25,6 +25,7 @@ fn new_job(run_at: Option<Millis>) -> NewJob {
         dedup_key: String::new(),
         max_attempts: 0,
         lease_duration: None,
+        traceparent: String::new(),
     }
 }
 

@@ -167,6 +167,7 @@ impl Engine {
             run_at_ms: if scheduled { run_at } else { now },
             dedup_key: job.dedup_key,
             lease_duration_ms: job.lease_duration.map(duration_millis).unwrap_or(0),
+            traceparent: job.traceparent,
         };
         let queue = job.queue;
         if scheduled {

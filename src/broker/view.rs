@@ -88,6 +88,7 @@ pub fn job(
         dedup_key: rec.dedup_key.clone(),
         lease_duration: (rec.lease_duration_ms > 0).then(|| duration(Duration::from_millis(rec.lease_duration_ms))),
         lease_expires_at: lease_expires.map(timestamp),
+        traceparent: rec.traceparent.clone(),
     }
 }
 

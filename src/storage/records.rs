@@ -35,6 +35,11 @@ pub struct JobRecord {
     /// 0 = the queue default.
     #[prost(uint64, tag = "13")]
     pub lease_duration_ms: u64,
+    /// W3C trace context handed to every worker of the job, so its spans
+    /// join the producer's trace. Empty for untraced jobs and for records
+    /// written before tracing existed.
+    #[prost(string, tag = "14")]
+    pub traceparent: String,
 }
 
 /// The state stored in `JobRecord.state`.
