@@ -242,7 +242,8 @@ impl Engine {
             let id = JobId(pos.1);
             let rkey = keys::ready(&t, &e, pos);
             let Some(rec) = self.w.read_job(queue, id)? else {
-                tracing::error!(queue, job = %id, "ready index names a missing job; dropping the entry");
+                tracing::error!(queue, tenant = %t, environment = %e, job_id = %id,
+                    "ready index names a missing job; dropping the entry");
                 self.w.delete(queue, &rkey);
                 continue;
             };
@@ -268,6 +269,8 @@ impl Engine {
             let delivery = view::delivery(queue, id, &lease, max);
             q.lease_started(&t, &e);
             q.lease_expiry.insert((lease.expires_at, id));
+            tracing::debug!(queue, tenant = %t, environment = %e, job_id = %id, attempt = lease.attempt,
+                worker_id = %lease.worker_id, "job leased");
             let lrec = super::ops::lease_record(&lease);
             q.leases.insert(id, lease);
             self.w.delete(queue, &rkey);
@@ -286,7 +289,14 @@ impl Engine {
                     .is_ok()
             });
             if !sent {
-                tracing::debug!(queue = %o.queue, job = %o.job, "delivery not sent: worker stream closed");
+                let (tenant, env) = self
+                    .queues
+                    .get(&o.queue)
+                    .and_then(|q| q.leases.get(&o.job))
+                    .map(|l| (l.record.tenant.clone(), l.record.environment.clone()))
+                    .unwrap_or_default();
+                tracing::debug!(queue = %o.queue, tenant = %tenant, environment = %env, job_id = %o.job,
+                    "delivery not sent: worker stream closed");
                 // Nobody received it: revert the lease without an attempt.
                 if let Some(c) = self.consumers.get_mut(&o.consumer) {
                     c.leases.remove(&(o.queue.clone(), o.job));

@@ -490,7 +490,7 @@ fn load_queue(store: &Store, meta: &crate::storage::records::QueueMeta) -> Resul
         let lr = LeaseRecord::decode(v.as_slice())
             .map_err(|e| BrokerError::Storage(format!("corrupt lease of job {id}: {e}")))?;
         let Some(raw) = db.get_cf(&cf, keys::job(id))? else {
-            tracing::warn!(queue = %meta.name, job = %id, "lease without a job; dropping it");
+            tracing::warn!(queue = %meta.name, job_id = %id, "lease without a job; dropping it");
             let mut b = WriteBatch::default();
             b.delete_cf(&cf, k);
             store.write(b)?;

@@ -57,6 +57,7 @@ impl Task {
 }
 
 /// Where a job goes when its lease ends without an ack.
+#[derive(Debug)]
 enum Next {
     Ready,
     After(Duration),
@@ -142,6 +143,8 @@ impl Engine {
             if let Some(v) = self.w.get(&job.queue, dk)? {
                 if let Some((id, expires)) = keys::parse_dedup_value(&v) {
                     if expires == 0 || expires > now {
+                        tracing::debug!(queue = %job.queue, tenant = %job.tenant, environment = %job.environment,
+                            job_id = %id, dedup_key = %job.dedup_key, "enqueue deduplicated onto a live job");
                         let q = self.queue_mut(&job.queue)?;
                         q.counters.deduplicated_total += 1;
                         q.totals_dirty = true;
@@ -179,6 +182,8 @@ impl Engine {
         if let Some(dk) = dedup_key {
             self.w.put(&queue, &dk, &keys::dedup_value(id, 0));
         }
+        tracing::debug!(queue = %queue, tenant = %rec.tenant, environment = %rec.environment, job_id = %id,
+            scheduled, "job enqueued");
         let q = self.queue_mut(&queue)?;
         q.counters.enqueued_total += 1;
         q.totals_dirty = true;
@@ -215,7 +220,7 @@ impl Engine {
         q.counters.dead_lettered_total += 1;
         q.obs.last_dead_at = Some(now);
         q.totals_dirty = true;
-        tracing::warn!(queue, tenant = %rec.tenant, environment = %rec.environment, job = %id,
+        tracing::warn!(queue, tenant = %rec.tenant, environment = %rec.environment, job_id = %id,
             attempt = rec.attempt, last_error = %rec.last_error, "job dead-lettered");
         Ok(())
     }
@@ -297,6 +302,8 @@ impl Engine {
             SettleAction::Ack => {
                 let l = self.take_lease(queue, job)?;
                 self.end_job(queue, job, &l.record)?;
+                tracing::debug!(queue, tenant = %l.record.tenant, environment = %l.record.environment, job_id = %job,
+                    attempt = l.attempt, "job acked");
                 let q = self.queue_mut(queue)?;
                 q.obs.ack.observe(now.saturating_sub(l.leased_at));
                 q.obs.last_progress = now;
@@ -316,6 +323,9 @@ impl Engine {
                         None => Next::After(q.config.backoff(attempt)),
                     }
                 };
+                let rec = &q.leases[&job].record;
+                tracing::info!(queue, tenant = %rec.tenant, environment = %rec.environment, job_id = %job, attempt,
+                    error = %truncate_error(error.clone()), next = ?next, "job nacked");
                 q.counters.nacked_total += 1;
                 q.obs.last_progress = now;
                 q.totals_dirty = true;
@@ -398,7 +408,7 @@ impl Engine {
         let max = effective_max_attempts(&l.record, &q.config);
         let next = if l.attempt >= max { Next::Dead } else { Next::Ready };
         let error = format!("{why} (attempt {}, worker {:?})", l.attempt, l.worker_id);
-        tracing::info!(queue, job = %job, tenant = %l.record.tenant, environment = %l.record.environment, "{why}");
+        tracing::info!(queue, job_id = %job, tenant = %l.record.tenant, environment = %l.record.environment, "{why}");
         if let Err(e) = self.return_leased(queue, job, error, next) {
             self.w.poison(e);
         }
@@ -431,6 +441,7 @@ impl Engine {
             .read_job(queue, job)?
             .ok_or_else(|| BrokerError::JobNotFound { queue: queue.to_string(), job: job.to_string() })?;
         self.remove_stored(queue, job, &rec)?;
+        tracing::info!(queue, tenant = %rec.tenant, environment = %rec.environment, job_id = %job, "job cancelled");
         self.end_job(queue, job, &rec)
     }
 
