@@ -40,8 +40,9 @@ VOLUME ["/data"]
 ENV FAIRWAY_DATA_DIR=/data \
     FAIRWAY_LISTEN=0.0.0.0:50051 \
     FAIRWAY_ADDR=http://127.0.0.1:50051 \
-    FAIRWAY_LOG_FORMAT=json
-EXPOSE 50051
+    FAIRWAY_LOG_FORMAT=json \
+    FAIRWAY_METRICS_LISTEN=0.0.0.0:9090
+EXPOSE 50051 9090
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 CMD ["fairway", "health"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["fairway"]

@@ -49,7 +49,9 @@ impl History {
         let last = h.back()?;
         let first = h.iter().find(|s| last.at.duration_since(s.at) <= RATE_WINDOW)?;
         let secs = last.at.duration_since(first.at).as_secs_f64();
-        let (a, b) = (first.queues.get(queue)?, last.queues.get(queue)?);
+        // A queue created inside the window counts from zero.
+        let b = last.queues.get(queue)?;
+        let a = first.queues.get(queue).copied().unwrap_or_default();
         (secs > 0.0).then(|| {
             (b.enqueued.saturating_sub(a.enqueued) as f64 / secs, b.acked.saturating_sub(a.acked) as f64 / secs)
         })
@@ -102,5 +104,12 @@ mod tests {
         assert!((ack - 20.0).abs() < 1e-9, "{ack}");
         assert_eq!(h.ready_series("q"), vec![0, 1000, 1400, 1800]);
         assert!(h.rates("other").is_none());
+        // Created after the window's first sample: rates count from zero.
+        h.record(
+            t0 + Duration::from_secs(32),
+            HashMap::from([("new".to_string(), Point { enqueued: 40, acked: 0, ready: 40 })]),
+        );
+        let (enq, _) = h.rates("new").unwrap();
+        assert!((enq - 40.0 / 7.0).abs() < 1e-9, "{enq}");
     }
 }

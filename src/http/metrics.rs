@@ -47,7 +47,8 @@ impl Out {
         let mut with = l.to_vec();
         with.push(("le", "+Inf"));
         self.sample(&format!("{name}_bucket"), &with, h.count());
-        self.sample(&format!("{name}_sum"), l, h.sum as f64 * scale);
+        // Rounded to the µs: the float product would print 0.006915999999999999.
+        self.sample(&format!("{name}_sum"), l, (h.sum as f64 * scale * 1e6).round() / 1e6);
         self.sample(&format!("{name}_count"), l, h.count());
     }
 }
