@@ -105,7 +105,8 @@ async fn metrics_show_a_scripted_workload() {
     assert_eq!(m("fairway_tenant_jobs{queue=\"m\",tenant=\"big\",state=\"leased\"}"), 1.0);
     assert!(!body.contains("tenant=\"small\""), "idle tenants have no series");
     assert!(m("fairway_commits_total") > 0.0);
-    assert_eq!(m("fairway_wal_syncs_total"), m("fairway_commits_total"), "strict: one fsync per commit");
+    // Enqueues are fsynced; leases and acks ride along or get a catch-up sync.
+    assert!(m("fairway_wal_syncs_total") >= 1.0 && m("fairway_wal_syncs_total") <= m("fairway_commits_total"));
     assert_eq!(m("fairway_rocksdb_write_stopped"), 0.0);
     assert!(body.contains("fairway_rocksdb_pending_compaction_bytes{queue=\"m\"}"));
     assert!(body.contains("# TYPE fairway_lease_to_ack_seconds histogram"));

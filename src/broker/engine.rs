@@ -28,6 +28,8 @@ const MAX_COMMANDS_PER_TURN: usize = 4096;
 const MAX_WRITES_PER_TURN: usize = 16_384;
 /// Longest sleep between turns: timers are checked at least this often.
 const MAX_IDLE: Duration = Duration::from_millis(250);
+/// Longest a relaxed write (lease, ack, nack, expiry) waits for an fsync.
+const WAL_SYNC_LAG: Duration = Duration::from_millis(100);
 
 /// Runs once the batch it waited on has committed (or failed to).
 pub(super) type AfterCommit = Box<dyn FnOnce(Option<&BrokerError>) + Send>;
@@ -43,6 +45,12 @@ pub(super) struct Writes {
     after: Vec<AfterCommit>,
     /// A failure while building the batch: the whole batch must not commit.
     poisoned: Option<BrokerError>,
+    /// True while staging writes whose loss in an OS crash can only cause a
+    /// redelivery (leases, acks, nacks, expiries): those need no fsync.
+    pub relaxed: bool,
+    /// The batch holds a write that must be fsynced before it is answered
+    /// (an enqueue, an admin change): any write staged outside `relaxed`.
+    needs_sync: bool,
 }
 
 fn tracked(key: &[u8]) -> bool {
@@ -51,6 +59,7 @@ fn tracked(key: &[u8]) -> bool {
 
 impl Writes {
     pub fn put(&mut self, queue: &str, key: &[u8], value: &[u8]) {
+        self.needs_sync |= !self.relaxed;
         let batch = &mut self.batch;
         let staged = self.store.cf(queue).map(|cf| batch.put_cf(&cf, key, value));
         if let Err(e) = staged {
@@ -62,6 +71,7 @@ impl Writes {
     }
 
     pub fn delete(&mut self, queue: &str, key: &[u8]) {
+        self.needs_sync |= !self.relaxed;
         let batch = &mut self.batch;
         let staged = self.store.cf(queue).map(|cf| batch.delete_cf(&cf, key));
         if let Err(e) = staged {
@@ -107,6 +117,7 @@ impl Writes {
     /// jobs from committed indexes or from leases), and the copy of every
     /// payload was a measurable share of the writer's time.
     pub fn put_new_job(&mut self, queue: &str, id: JobId, rec: &JobRecord) {
+        self.needs_sync = true;
         let value = rec.encode_to_vec();
         let batch = &mut self.batch;
         let staged = self.store.cf(queue).map(|cf| batch.put_cf(&cf, keys::job(id), &value));
@@ -140,6 +151,7 @@ impl Writes {
     }
 
     pub fn put_policy(&mut self, queue: &str, tenant: &str, p: &crate::model::TenantPolicy) {
+        self.needs_sync = true;
         let res = if p.is_default() {
             self.store.delete_policy(&mut self.batch, queue, tenant)
         } else {
@@ -159,6 +171,7 @@ impl Writes {
     }
 
     pub fn put_queue_meta(&mut self, meta: &crate::storage::records::QueueMeta) {
+        self.needs_sync = true;
         if let Err(e) = self.store.put_queue_meta(&mut self.batch, meta) {
             self.poison(e);
         }
@@ -186,6 +199,9 @@ pub(super) struct Engine {
     pub stopping: Option<tokio::sync::oneshot::Sender<()>>,
     /// When alerts are next evaluated.
     pub next_alert_check: Millis,
+    /// Since when committed writes (leases, acks) wait for an fsync; see
+    /// [`Engine::sync_lagging_wal`].
+    pub unsynced_since: Option<std::time::Instant>,
     /// Queue health for the gRPC health service.
     pub health: tokio::sync::watch::Sender<super::monitor::HealthMap>,
     pub writer_metrics: super::monitor::WriterMetrics,
@@ -208,6 +224,8 @@ impl Engine {
                 overlay: HashMap::new(),
                 after: Vec::new(),
                 poisoned: None,
+                relaxed: false,
+                needs_sync: false,
             },
             registry,
             queues: HashMap::new(),
@@ -220,6 +238,7 @@ impl Engine {
             now: now_millis(),
             stopping: None,
             next_alert_check: 0,
+            unsynced_since: None,
             health,
             writer_metrics: Default::default(),
         };
@@ -302,13 +321,18 @@ impl Engine {
                 }
                 n += 1;
             }
+            self.w.relaxed = true;
             self.run_timers();
+            self.w.relaxed = false;
             self.check_alerts();
             self.run_tasks();
             self.commit();
             // Dispatch reads the ready index, so it runs on committed state.
+            self.w.relaxed = true;
             self.dispatch();
+            self.w.relaxed = false;
             self.commit();
+            self.sync_lagging_wal();
             self.finish_waiters();
             if self.stopping.is_some() && self.rx.is_empty() {
                 break;
@@ -327,9 +351,27 @@ impl Engine {
         }
     }
 
+    /// Fsyncs the WAL when relaxed writes have waited [`WAL_SYNC_LAG`]: they
+    /// survive a broker crash as written, and this bounds what an OS crash
+    /// can roll back (to redeliveries) to that long.
+    fn sync_lagging_wal(&mut self) {
+        if self.unsynced_since.is_some_and(|t| t.elapsed() >= WAL_SYNC_LAG) {
+            match self.w.store.sync_wal() {
+                Ok(()) => {
+                    self.writer_metrics.syncs += 1;
+                    self.unsynced_since = None;
+                }
+                Err(e) => tracing::error!(error = %e, "WAL sync failed"),
+            }
+        }
+    }
+
     fn next_wakeup(&self) -> Duration {
         if !self.tasks.is_empty() || !self.w.is_empty() {
             return Duration::ZERO;
+        }
+        if let Some(t) = self.unsynced_since {
+            return WAL_SYNC_LAG.saturating_sub(t.elapsed());
         }
         let now = now_millis();
         let mut due = now + MAX_IDLE.as_millis() as u64;
@@ -378,23 +420,34 @@ impl Engine {
 
     /// Commits the batch (one fsync) and runs what waited on it.
     pub fn commit(&mut self) {
+        // Counters follow the writes they count: they need no sync of their own.
+        self.w.relaxed = true;
         self.stage_counters();
+        self.w.relaxed = false;
         if self.w.is_empty() {
             return;
         }
         let batch = std::mem::take(&mut self.w.batch);
+        let sync = std::mem::take(&mut self.w.needs_sync);
         let writes = batch.len() as u64;
         let started = std::time::Instant::now();
         let result = match self.w.poisoned.take() {
             Some(e) => Err(e),
-            None => self.w.store.write(batch),
+            None => self.w.store.write(batch, sync),
         };
+        let synced = sync && self.w.store.syncs_commits();
         let m = &mut self.writer_metrics;
         match &result {
             Ok(()) => {
                 m.commits += 1;
                 m.writes += writes;
                 m.commit_us.observe(started.elapsed().as_micros() as u64);
+                if synced {
+                    m.syncs += 1;
+                    self.unsynced_since = None;
+                } else if self.w.store.syncs_commits() {
+                    self.unsynced_since.get_or_insert(std::time::Instant::now());
+                }
             }
             Err(_) => m.failed_commits += 1,
         }
@@ -493,7 +546,7 @@ fn load_queue(store: &Store, meta: &crate::storage::records::QueueMeta) -> Resul
             tracing::warn!(queue = %meta.name, job_id = %id, "lease without a job; dropping it");
             let mut b = WriteBatch::default();
             b.delete_cf(&cf, k);
-            store.write(b)?;
+            store.write(b, true)?;
             continue;
         };
         let record =

@@ -31,11 +31,19 @@ pub struct WriterMetrics {
     pub commit_us: Histogram,
     /// Commits that failed (disk full, I/O errors).
     pub failed_commits: u64,
+    /// WAL fsyncs: synced commits plus catch-up syncs of relaxed writes.
+    pub syncs: u64,
 }
 
 impl Default for WriterMetrics {
     fn default() -> Self {
-        WriterMetrics { commits: 0, writes: 0, commit_us: Histogram::new(COMMIT_LATENCY_US), failed_commits: 0 }
+        WriterMetrics {
+            commits: 0,
+            writes: 0,
+            commit_us: Histogram::new(COMMIT_LATENCY_US),
+            failed_commits: 0,
+            syncs: 0,
+        }
     }
 }
 

@@ -257,7 +257,10 @@ impl Engine {
         action: SettleAction,
         reply: SettleReply,
     ) {
+        // Losing a settle in an OS crash only brings the job back: at least once.
+        self.w.relaxed = true;
         let result = self.settle_inner(&queue, job, lease, &action);
+        self.w.relaxed = false;
         self.poison_if_storage(&result);
         match reply {
             SettleReply::Unary(tx) => match result {
@@ -647,7 +650,7 @@ impl Engine {
             .store
             .delete_queue_meta(&mut b, &name)
             .and_then(|_| self.w.store.delete_policies(&mut b, &name))
-            .and_then(|_| self.w.store.write(b));
+            .and_then(|_| self.w.store.write(b, true));
         let res = res.and_then(|_| self.w.store.drop_queue_cf(&name));
         self.publish_registry();
         tracing::info!(queue = %name, force, dropped_jobs = total, "queue deleted");

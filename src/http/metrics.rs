@@ -133,8 +133,12 @@ pub fn render(s: &MetricsSnapshot, f: &StoreFigures) -> String {
     let w = &s.writer;
     o.family("fairway_commits_total", "counter", "Write batches committed by the writer (group commits).");
     o.sample("fairway_commits_total", &[], w.commits);
-    o.family("fairway_wal_syncs_total", "counter", "WAL fsyncs (one per commit under strict durability).");
-    o.sample("fairway_wal_syncs_total", &[], if f.fsync_per_commit { w.commits } else { 0 });
+    o.family(
+        "fairway_wal_syncs_total",
+        "counter",
+        "WAL fsyncs: commits holding enqueues or admin changes, plus catch-up syncs of leases and acks.",
+    );
+    o.sample("fairway_wal_syncs_total", &[], w.syncs);
     o.family("fairway_committed_writes_total", "counter", "Key writes committed.");
     o.sample("fairway_committed_writes_total", &[], w.writes);
     o.family("fairway_commit_failures_total", "counter", "Commits that failed (disk full, I/O error).");

@@ -16,8 +16,6 @@ pub struct StoreFigures {
     pub running_flushes: u64,
     /// Background errors since start (a full disk shows here first).
     pub background_errors: u64,
-    /// Whether each commit is fsynced (strict durability).
-    pub fsync_per_commit: bool,
     pub queues: Vec<CfFigures>,
 }
 
@@ -42,7 +40,6 @@ impl Store {
             running_compactions: int("rocksdb.num-running-compactions"),
             running_flushes: int("rocksdb.num-running-flushes"),
             background_errors: int("rocksdb.background-errors"),
-            fsync_per_commit: self.sync,
             queues: Vec::with_capacity(queues.len()),
         };
         for q in queues {
@@ -70,7 +67,6 @@ mod tests {
         store.create_queue_cf("a").unwrap();
         let f = store.figures(&["a".into(), "missing".into()]);
         assert!(!f.write_stopped);
-        assert!(f.fsync_per_commit);
         assert_eq!(f.queues.iter().map(|q| q.queue.as_str()).collect::<Vec<_>>(), vec!["a"]);
     }
 }

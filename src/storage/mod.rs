@@ -161,15 +161,21 @@ impl Store {
         Ok(())
     }
 
-    /// Commits a batch atomically; with strict durability, fsynced.
-    pub fn write(&self, batch: WriteBatch) -> Result<()> {
+    /// Commits a batch atomically: in the WAL (surviving a broker crash),
+    /// and fsynced when `sync` and the durability is strict.
+    pub fn write(&self, batch: WriteBatch, sync: bool) -> Result<()> {
         let mut wo = WriteOptions::default();
-        wo.set_sync(self.sync);
+        wo.set_sync(self.sync && sync);
         self.db.write_opt(batch, &wo)?;
         Ok(())
     }
 
-    /// Makes every write so far durable (used at shutdown with relaxed durability).
+    /// True under strict durability.
+    pub fn syncs_commits(&self) -> bool {
+        self.sync
+    }
+
+    /// Makes every write so far durable.
     pub fn sync_wal(&self) -> Result<()> {
         self.db.flush_wal(true)?;
         Ok(())
@@ -299,7 +305,7 @@ mod tests {
         }
         b.delete_cf(&cf, b"b2");
         drop(cf);
-        store.write(b).unwrap();
+        store.write(b, true).unwrap();
         let s = store.scan("q", b"b", b"c", 10).unwrap();
         let keys: Vec<_> = s.entries.iter().map(|(k, _)| k.as_slice()).collect();
         assert_eq!(keys, [&b"b1"[..], b"b3"]);
@@ -324,7 +330,7 @@ mod tests {
             store.put_queue_meta(&mut b, &meta).unwrap();
             store.put_id_hwm(&mut b, 42).unwrap();
             b.put_cf(&store.cf("emails").unwrap(), b"k", b"v");
-            store.write(b).unwrap();
+            store.write(b, true).unwrap();
         }
         let store = Store::open(dir.path(), Durability::Strict).unwrap();
         let queues = store.load_queues().unwrap();
