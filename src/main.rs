@@ -9,8 +9,9 @@ use std::process::ExitCode;
 #[command(name = "fairway", version, about = "A durable, fair, multi-tenant job-queue broker")]
 struct Args {
     /// Broker address for client commands.
-    #[arg(long, global = true, env = "FAIRWAY_ADDR", default_value = "http://127.0.0.1:50051")]
+    #[arg(long, global = true, env = "FAIRWAY_ADDR", default_value = cli::DEFAULT_ADDR)]
     addr: String,
+    /// What to do.
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -25,6 +26,14 @@ enum Cmd {
     /// Tenant policies: weights, in-flight limits, enqueue rates.
     #[command(subcommand)]
     Tenant(cli::TenantCmd),
+    /// Live queue figures: every queue, or one in detail; --watch redraws.
+    Stats(cli::StatsArgs),
+    /// List and inspect jobs.
+    #[command(subcommand)]
+    Jobs(cli::JobsCmd),
+    /// Dead letters: list them, redrive them.
+    #[command(subcommand)]
+    Dead(cli::DeadCmd),
     /// Enqueue one job.
     Enqueue(cli::EnqueueArgs),
     /// Measure throughput and latency against a broker process started here.
@@ -92,6 +101,9 @@ async fn main() -> ExitCode {
             }
         }
         Cmd::Queue(cmd) => cli::queue(&args.addr, cmd).await,
+        Cmd::Stats(a) => cli::stats(&args.addr, a).await,
+        Cmd::Jobs(cmd) => cli::jobs(&args.addr, cmd).await,
+        Cmd::Dead(cmd) => cli::dead(&args.addr, cmd).await,
         Cmd::Enqueue(a) => cli::enqueue(&args.addr, a).await,
         Cmd::Tenant(cmd) => cli::tenant(&args.addr, cmd).await,
         Cmd::Health { service } => cli::health(&args.addr, service).await,
@@ -100,11 +112,7 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            if let Some(status) = e.downcast_ref::<tonic::Status>() {
-                eprintln!("error: {:?}: {}", status.code(), status.message());
-            } else {
-                eprintln!("error: {e}");
-            }
+            eprintln!("{}", cli::describe(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -1,11 +1,10 @@
-//! The terminal client: `fairway queue|enqueue|health` talk gRPC to a
-//! running broker.
+//! `fairway queue ...`: create, change, list, inspect, pause and delete
+//! queues.
 
+use super::{connect, d, CliResult};
 use crate::pb;
 use crate::pb::admin_service_client::AdminServiceClient;
-use crate::pb::job_service_client::JobServiceClient;
 use std::time::Duration;
-use tonic::transport::Channel;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum QueueCmd {
@@ -44,15 +43,19 @@ pub struct ConfigArgs {
     /// Lease length when neither worker nor job sets one, e.g. 30s, 5m.
     #[arg(long, value_parser = humantime::parse_duration)]
     lease: Option<Duration>,
+    /// Deliveries before a job is dead-lettered (default 10).
     #[arg(long)]
     max_attempts: Option<u32>,
+    /// First retry delay after a nack (default 1s).
     #[arg(long, value_parser = humantime::parse_duration)]
     backoff_initial: Option<Duration>,
+    /// Longest retry delay (default 1h).
     #[arg(long, value_parser = humantime::parse_duration)]
     backoff_max: Option<Duration>,
     /// How long a dedup key stays held after its job ends (default 0).
     #[arg(long, value_parser = humantime::parse_duration)]
     dedup_window: Option<Duration>,
+    /// Largest payload accepted (default 1 MiB).
     #[arg(long)]
     max_payload_bytes: Option<u32>,
     /// Share of workers that serve several queues (default 1).
@@ -102,108 +105,8 @@ impl ConfigArgs {
     }
 }
 
-#[derive(Debug, clap::Args)]
-pub struct EnqueueArgs {
-    pub queue: String,
-    /// Payload as text (use --payload-file for binary).
-    #[arg(long, default_value = "")]
-    pub payload: String,
-    #[arg(long, conflicts_with = "payload")]
-    pub payload_file: Option<std::path::PathBuf>,
-    #[arg(long, default_value = "")]
-    pub tenant: String,
-    #[arg(long = "env", default_value = "")]
-    pub environment: String,
-    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
-    pub priority: i32,
-    /// Run after this delay, e.g. 10s.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub delay: Option<Duration>,
-    #[arg(long, default_value = "")]
-    pub dedup_key: String,
-    /// Header as key=value; repeatable.
-    #[arg(long = "header", value_parser = parse_header)]
-    pub headers: Vec<(String, String)>,
-}
-
-fn parse_header(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("header {s:?} must be key=value"))
-}
-
-type CliResult = Result<(), Box<dyn std::error::Error>>;
-
-async fn connect(addr: &str) -> Result<Channel, Box<dyn std::error::Error>> {
-    let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())?.connect_timeout(Duration::from_secs(5));
-    endpoint
-        .connect()
-        .await
-        .map_err(|e| format!("cannot reach the broker at {addr}: {e} (is `fairway serve` running?)").into())
-}
-
-fn d(x: Duration) -> prost_types::Duration {
-    crate::broker::view::duration(x)
-}
-
 fn fmt_age(d: Option<&prost_types::Duration>) -> String {
     d.map(|d| format!("{:.1}s", d.seconds as f64 + d.nanos as f64 / 1e9)).unwrap_or_else(|| "-".into())
-}
-
-#[derive(Debug, clap::Subcommand)]
-pub enum TenantCmd {
-    /// Set a tenant's share, in-flight limit and enqueue rate in a queue
-    /// (replaces its previous policy), or with --env one environment's weight.
-    SetPolicy {
-        queue: String,
-        tenant: String,
-        /// Share relative to the queue's other tenants (1..10000).
-        #[arg(long, default_value_t = 1)]
-        weight: u32,
-        /// Most jobs of the tenant leased at once (0 = the queue default).
-        #[arg(long, default_value_t = 0)]
-        max_in_flight: u32,
-        /// Sustained enqueues per second (0 = unlimited).
-        #[arg(long, default_value_t = 0.0)]
-        enqueue_rate: f64,
-        /// Largest enqueue burst (0 = max(1, rate)).
-        #[arg(long, default_value_t = 0)]
-        enqueue_burst: u32,
-        /// Set this environment's weight inside the tenant instead.
-        #[arg(long = "env")]
-        environment: Option<String>,
-    },
-}
-
-pub async fn tenant(addr: &str, cmd: TenantCmd) -> CliResult {
-    let mut admin = AdminServiceClient::new(connect(addr).await?);
-    match cmd {
-        TenantCmd::SetPolicy { queue, tenant, weight, max_in_flight, enqueue_rate, enqueue_burst, environment } => {
-            let p = admin
-                .set_tenant_policy(pb::SetTenantPolicyRequest {
-                    queue,
-                    tenant,
-                    weight,
-                    max_in_flight,
-                    enqueue_rate,
-                    enqueue_burst,
-                    environment: environment.unwrap_or_default(),
-                })
-                .await?
-                .into_inner();
-            let envs: Vec<String> = p.environment_weights.iter().map(|(e, w)| format!("{e}={w}")).collect();
-            println!(
-                "{} weight={} max_in_flight={} enqueue_rate={} enqueue_burst={} env_weights=[{}]",
-                p.tenant,
-                p.weight,
-                p.max_in_flight,
-                p.enqueue_rate,
-                p.enqueue_burst,
-                envs.join(",")
-            );
-        }
-    }
-    Ok(())
 }
 
 fn print_queue(q: &pb::Queue) {
@@ -305,46 +208,6 @@ pub async fn queue(addr: &str, cmd: QueueCmd) -> CliResult {
             admin.delete_queue(pb::DeleteQueueRequest { queue: name.clone(), force }).await?;
             println!("deleted {name}");
         }
-    }
-    Ok(())
-}
-
-pub async fn enqueue(addr: &str, a: EnqueueArgs) -> CliResult {
-    let mut jobs = JobServiceClient::new(connect(addr).await?);
-    let payload = match &a.payload_file {
-        Some(p) => std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?,
-        None => a.payload.into_bytes(),
-    };
-    let r = jobs
-        .enqueue(pb::EnqueueRequest {
-            queue: a.queue,
-            tenant: a.tenant,
-            environment: a.environment,
-            payload: payload.into(),
-            headers: a.headers.into_iter().collect(),
-            priority: a.priority,
-            schedule: a.delay.map(|x| pb::enqueue_request::Schedule::Delay(d(x))),
-            dedup_key: a.dedup_key,
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    println!("{}{}", r.job_id, if r.deduplicated { " (deduplicated)" } else { "" });
-    Ok(())
-}
-
-/// Exits non-zero unless the broker (or the named service) is SERVING: fit
-/// for a container HEALTHCHECK.
-pub async fn health(addr: &str, service: String) -> CliResult {
-    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
-    let mut client = HealthClient::new(connect(addr).await?);
-    let r = client.check(HealthCheckRequest { service }).await?.into_inner();
-    let status = tonic_health::pb::health_check_response::ServingStatus::try_from(r.status)
-        .map(|s| s.as_str_name().to_string())
-        .unwrap_or_else(|_| r.status.to_string());
-    println!("{status}");
-    if status != "SERVING" {
-        return Err(format!("broker is {status}").into());
     }
     Ok(())
 }

@@ -1,0 +1,20 @@
+//! `fairway health`: the broker's gRPC health, for scripts and container
+//! health checks.
+
+use super::{connect, CliResult};
+
+/// Exits non-zero unless the broker (or the named service) is SERVING: fit
+/// for a container HEALTHCHECK.
+pub async fn health(addr: &str, service: String) -> CliResult {
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let mut client = HealthClient::new(connect(addr).await?);
+    let r = client.check(HealthCheckRequest { service }).await?.into_inner();
+    let status = tonic_health::pb::health_check_response::ServingStatus::try_from(r.status)
+        .map(|s| s.as_str_name().to_string())
+        .unwrap_or_else(|_| r.status.to_string());
+    println!("{status}");
+    if status != "SERVING" {
+        return Err(format!("broker is {status}").into());
+    }
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! The terminal client: every command except `serve` and `bench` talks gRPC
+//! to a running broker.
+//!
+//! One file per command family; `format.rs` holds the pure text helpers
+//! (tables, ages, times) they share, so layout is unit-tested without a
+//! broker.
+
+mod dead;
+mod enqueue;
+mod format;
+mod health;
+mod jobs;
+mod listing;
+mod queue;
+mod stats;
+mod tenant;
+
+pub use dead::{dead, DeadCmd};
+pub use enqueue::{enqueue, EnqueueArgs};
+pub use health::health;
+pub use jobs::{jobs, JobsCmd};
+pub use queue::{queue, QueueCmd};
+pub use stats::{stats, StatsArgs};
+pub use tenant::{tenant, TenantCmd};
+
+use std::io::IsTerminal;
+use std::time::Duration;
+use tonic::transport::Channel;
+
+/// The address `--addr` defaults to; a continuation hint names `--addr`
+/// only when it differs.
+pub const DEFAULT_ADDR: &str = "http://127.0.0.1:50051";
+
+type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+async fn connect(addr: &str) -> Result<Channel, Box<dyn std::error::Error>> {
+    let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())?.connect_timeout(Duration::from_secs(5));
+    endpoint
+        .connect()
+        .await
+        .map_err(|e| format!("cannot reach the broker at {addr}: {e} (is `fairway serve` running?)").into())
+}
+
+fn d(x: Duration) -> prost_types::Duration {
+    crate::broker::view::duration(x)
+}
+
+/// Where output goes and how much of it fits.
+#[derive(Debug, Clone, Copy)]
+struct Screen {
+    /// Stdout is a terminal (not a pipe or file).
+    tty: bool,
+    /// Columns and rows, when stdout is a terminal that reports them.
+    size: Option<(usize, usize)>,
+}
+
+impl Screen {
+    fn stdout() -> Screen {
+        let stdout = std::io::stdout();
+        let tty = stdout.is_terminal();
+        let size = tty
+            .then(|| terminal_size::terminal_size_of(&stdout))
+            .flatten()
+            .map(|(w, h)| (usize::from(w.0), usize::from(h.0)));
+        Screen { tty, size }
+    }
+
+    fn width(&self) -> Option<usize> {
+        self.size.map(|(w, _)| w)
+    }
+
+    fn height(&self) -> Option<usize> {
+        self.size.map(|(_, h)| h)
+    }
+}
+
+/// The text main.rs prints for an error, so a watch loop that keeps going
+/// after one shows the same words.
+pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    match e.downcast_ref::<tonic::Status>() {
+        Some(status) => format!("error: {:?}: {}", status.code(), status.message()),
+        None => format!("error: {e}"),
+    }
+}
+
+/// `r`, except that a closed stdout (`fairway ... | head`) counts as done:
+/// the reader has all it wanted.
+fn ok_if_closed(r: CliResult) -> CliResult {
+    match r {
+        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) => {
+            Ok(())
+        }
+        r => r,
+    }
+}
+
+/// Writes `text` to stdout now. Unlike `print!` it returns a closed pipe as
+/// an error instead of panicking; see [`ok_if_closed`].
+fn emit(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()
+}
