@@ -246,7 +246,8 @@ async fn delayed_jobs_run_at_their_time() {
     let d = s.lease("q", 1, Duration::from_secs(5), None).await;
     assert_eq!(d.len(), 1);
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(400) && waited < Duration::from_millis(1600), "{waited:?}");
+    // run_at is kept in whole milliseconds (truncated), so up to 1 ms early.
+    assert!(waited >= Duration::from_millis(399) && waited < Duration::from_millis(1600), "{waited:?}");
 
     // run_at in the past is ready at once.
     let mut req = job("q", "t", "e", "past");
