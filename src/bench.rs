@@ -53,7 +53,7 @@ pub struct BenchArgs {
     /// Data dir for the broker started here (default: a fresh temp dir).
     #[arg(long)]
     pub data_dir: Option<std::path::PathBuf>,
-    /// Scenarios to run, comma separated: unary, batch, e2e, flood, weights,
+    /// Scenarios to run, comma separated: unary, stream, batch, e2e, flood, weights,
     /// hung, tenants, restart; or `all`.
     #[arg(long, value_delimiter = ',', default_value = "all")]
     pub scenarios: Vec<String>,
@@ -209,6 +209,52 @@ async fn unary(ch: &Channel, a: &BenchArgs) -> BenchResult<Row> {
         secs,
         lat,
         note: "per call".into(),
+    })
+}
+
+/// One EnqueueStream with `window` jobs sent but not yet confirmed.
+async fn pipelined(ch: &Channel, a: &BenchArgs, window: usize) -> BenchResult<Row> {
+    create_queue(ch, "bench-stream").await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::EnqueueRequest>(window);
+    let mut responses = JobServiceClient::new(ch.clone())
+        .enqueue_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let sent_at = Arc::new(Mutex::new(std::collections::VecDeque::<Instant>::with_capacity(window)));
+    let permits = Arc::new(tokio::sync::Semaphore::new(window));
+    let (n, size) = (a.jobs, a.payload_bytes);
+    let start = Instant::now();
+    let producer = {
+        let (sent_at, permits) = (sent_at.clone(), permits.clone());
+        tokio::spawn(async move {
+            for i in 0..n {
+                permits.acquire().await?.forget();
+                sent_at.lock().map_err(|_| "poisoned")?.push_back(Instant::now());
+                tx.send(job("bench-stream", i as usize, size)).await?;
+            }
+            BenchResult::Ok(())
+        })
+    };
+    let mut lat = Samples::default();
+    let mut confirmed = 0u64;
+    while confirmed < n {
+        let r = responses.message().await?.ok_or("stream ended early")?;
+        if !r.error.is_empty() {
+            return Err(format!("job refused: {} {}", r.code, r.error).into());
+        }
+        let t = sent_at.lock().map_err(|_| "poisoned")?.pop_front().ok_or("response without a request")?;
+        lat.0.push(t.elapsed().as_micros() as u64);
+        permits.add_permits(1);
+        confirmed += 1;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    producer.await??;
+    Ok(Row {
+        name: format!("EnqueueStream, one stream, {window} unconfirmed"),
+        jobs: n,
+        secs,
+        lat,
+        note: "per job, sent to stored".into(),
     })
 }
 
@@ -376,6 +422,9 @@ pub async fn run(a: BenchArgs) -> BenchResult<()> {
     let mut rows = Vec::new();
     if a.wants("unary") {
         rows.push(unary(&ch, &a).await?);
+    }
+    if a.wants("stream") {
+        rows.push(pipelined(&ch, &a, 256).await?);
     }
     if a.wants("batch") {
         create_queue(&ch, "bench-batch").await?;

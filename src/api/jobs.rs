@@ -1,6 +1,7 @@
 //! `fairway.v1.JobService`: producers.
 
 use super::convert;
+use super::enqueue_stream::answer;
 use super::trace::{self, Tracer};
 use super::traceparent::TraceParent;
 use crate::broker::Broker;
@@ -15,12 +16,19 @@ pub struct JobsApi {
     pub tracer: Tracer,
 }
 
-fn response(o: crate::broker::EnqueueOutcome) -> pb::EnqueueResponse {
-    pb::EnqueueResponse { job_id: o.id.to_string(), deduplicated: o.deduplicated }
-}
-
 #[tonic::async_trait]
 impl JobService for JobsApi {
+    type EnqueueStreamStream = super::enqueue_stream::EnqueueStream;
+
+    async fn enqueue_stream(
+        &self,
+        req: Request<tonic::Streaming<pb::EnqueueRequest>>,
+    ) -> Result<Response<Self::EnqueueStreamStream>, Status> {
+        let header = trace::metadata_parent(req.metadata());
+        let inbound = req.into_inner();
+        Ok(Response::new(super::enqueue_stream::serve(self.broker.clone(), self.tracer.clone(), header, inbound)))
+    }
+
     async fn enqueue(&self, req: Request<pb::EnqueueRequest>) -> Result<Response<pb::EnqueueResponse>, Status> {
         let header = trace::metadata_parent(req.metadata());
         let r = req.into_inner();
@@ -30,7 +38,7 @@ impl JobService for JobsApi {
         let result = self.broker.enqueue(jobs, false).await;
         spans.finish(&result);
         let o = result?.pop().ok_or_else(|| Status::internal("enqueue returned no result"))?;
-        Ok(Response::new(response(o)))
+        Ok(Response::new(answer(Ok(o))))
     }
 
     async fn enqueue_batch(
@@ -56,7 +64,7 @@ impl JobService for JobsApi {
         let spans = self.tracer.enqueue(&mut valid, &parents);
         let result = self.broker.enqueue(valid, true).await;
         spans.finish(&result);
-        Ok(Response::new(pb::EnqueueBatchResponse { results: result?.into_iter().map(response).collect() }))
+        Ok(Response::new(pb::EnqueueBatchResponse { results: result?.into_iter().map(|o| answer(Ok(o))).collect() }))
     }
 
     async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {

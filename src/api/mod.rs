@@ -3,6 +3,7 @@
 
 pub mod admin;
 mod convert;
+mod enqueue_stream;
 pub mod jobs;
 pub mod trace;
 pub mod traceparent;

@@ -289,6 +289,43 @@ impl Broker {
         self.call(|reply| Command::Enqueue { jobs, batch, reply }).await
     }
 
+    /// Enqueues jobs independently: each gets its own result, and one
+    /// refused job doesn't stop the others (EnqueueStream). The accepted ones
+    /// still travel to the writer as one command, so they share a commit.
+    pub async fn enqueue_each(&self, jobs: Vec<NewJob>) -> Vec<Result<EnqueueOutcome>> {
+        let mut results: Vec<Option<Result<EnqueueOutcome>>> = Vec::with_capacity(jobs.len());
+        let mut accepted = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            match self.admit(std::slice::from_ref(&job), false) {
+                Ok(()) => {
+                    results.push(None);
+                    accepted.push(job);
+                }
+                Err(e) => results.push(Some(Err(e))),
+            }
+        }
+        let mut stored = match accepted.is_empty() {
+            true => Ok(Vec::new()),
+            false => self.call(|reply| Command::Enqueue { jobs: accepted, batch: false, reply }).await,
+        };
+        let mut outcomes = match &mut stored {
+            Ok(v) => std::mem::take(v).into_iter(),
+            Err(_) => Vec::new().into_iter(),
+        };
+        results
+            .into_iter()
+            .map(|r| match r {
+                Some(refused) => refused,
+                None => match &stored {
+                    Ok(_) => {
+                        outcomes.next().ok_or_else(|| BrokerError::Storage("enqueue returned too few results".into()))
+                    }
+                    Err(e) => Err(e.clone()),
+                },
+            })
+            .collect()
+    }
+
     /// Checks every job against its queue (exists, payload size) and the
     /// tenants' enqueue rates, under one read of the registry and without
     /// copying queue settings: this runs for every enqueue.

@@ -108,10 +108,15 @@ pub fn outcome(job_id: String, kind: &str, res: Result<SettleOutcome, &BrokerErr
         Ok(_) => {}
         Err(e) => {
             o.error = e.to_string();
-            o.code = format!("{:?}", e.code()).to_uppercase_snake();
+            o.code = code_name(e);
         }
     }
     pb::WorkResponse { response: Some(pb::work_response::Response::Outcome(o)) }
+}
+
+/// The gRPC status code name of an error, e.g. "FAILED_PRECONDITION".
+pub fn code_name(e: &BrokerError) -> String {
+    format!("{:?}", e.code()).to_uppercase_snake()
 }
 
 trait UpperSnake {
