@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
-type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+pub(crate) type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -40,10 +40,7 @@ pub struct BenchArgs {
     /// Prefetch window of each Work stream.
     #[arg(long, default_value_t = 256)]
     pub max_in_flight: u32,
-    /// Jobs stored before measuring restart time (0 skips the scenario).
-    #[arg(long, default_value_t = 1_000_000)]
-    pub restart_jobs: u64,
-    /// Stop the broker with `kill -9` (not SIGTERM) before measuring restart,
+    /// Stop the backlog broker with `kill -9` (not SIGTERM) before measuring restart,
     /// so the restart replays the WAL as after a crash.
     #[arg(long)]
     pub crash: bool,
@@ -53,12 +50,14 @@ pub struct BenchArgs {
     /// Data dir for the broker started here (default: a fresh temp dir).
     #[arg(long)]
     pub data_dir: Option<std::path::PathBuf>,
-    /// Scenarios to run, comma separated: unary, stream, batch, e2e, flood, weights,
-    /// hung, tenants, restart; or `all`.
+    /// Scenarios to run, comma separated: unary, stream, batch, e2e, expiry,
+    /// flood, weights, hung, tenants, backlog; or `all`.
     #[arg(long, value_delimiter = ',', default_value = "all")]
     pub scenarios: Vec<String>,
     #[command(flatten)]
     pub fairness: crate::bench_fairness::FairnessArgs,
+    #[command(flatten)]
+    pub backlog: crate::bench_backlog::BacklogArgs,
 }
 
 impl BenchArgs {
@@ -70,10 +69,10 @@ impl BenchArgs {
 
 /// Latency samples in microseconds.
 #[derive(Default)]
-struct Samples(Vec<u64>);
+pub(crate) struct Samples(pub(crate) Vec<u64>);
 
 impl Samples {
-    fn pct(&mut self, p: f64) -> f64 {
+    pub(crate) fn pct(&mut self, p: f64) -> f64 {
         if self.0.is_empty() {
             return 0.0;
         }
@@ -91,13 +90,13 @@ struct Row {
     note: String,
 }
 
-struct BrokerProc {
+pub(crate) struct BrokerProc {
     child: Child,
-    addr: String,
+    pub(crate) addr: String,
 }
 
 impl BrokerProc {
-    fn start(dir: &std::path::Path, durability: crate::storage::Durability) -> BenchResult<BrokerProc> {
+    pub(crate) fn start(dir: &std::path::Path, durability: crate::storage::Durability) -> BenchResult<BrokerProc> {
         let exe = std::env::current_exe()?;
         let mut child = Command::new(exe)
             .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--durability"])
@@ -114,7 +113,11 @@ impl BrokerProc {
         Ok(BrokerProc { child, addr: format!("http://{addr}") })
     }
 
-    fn stop(mut self) -> BenchResult<()> {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub(crate) fn stop(mut self) -> BenchResult<()> {
         Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status()?;
         self.child.wait()?;
         Ok(())
@@ -132,7 +135,7 @@ fn now_nanos() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
-fn job(queue: &str, tenant: usize, size: usize) -> pb::EnqueueRequest {
+pub(crate) fn job(queue: &str, tenant: usize, size: usize) -> pb::EnqueueRequest {
     let mut payload = vec![b'x'; size.max(8)];
     payload[..8].copy_from_slice(&now_nanos().to_be_bytes());
     pb::EnqueueRequest {
@@ -154,7 +157,7 @@ pub(crate) async fn connect(addr: &str) -> BenchResult<Channel> {
     Err("cannot connect to broker".into())
 }
 
-async fn create_queue(ch: &Channel, name: &str) -> BenchResult<()> {
+pub(crate) async fn create_queue(ch: &Channel, name: &str) -> BenchResult<()> {
     let mut admin = pb::admin_service_client::AdminServiceClient::new(ch.clone());
     admin.create_queue(pb::CreateQueueRequest { name: name.into(), config: None }).await?;
     Ok(())
@@ -360,7 +363,7 @@ async fn end_to_end(ch: &Channel, a: &BenchArgs) -> BenchResult<(Row, Row)> {
 /// long after each expiry the job is delivered again.
 async fn expiry_redelivery(w: &mut WorkerServiceClient<Channel>) -> BenchResult<Samples> {
     let lease = |max: u32, wait: Duration| pb::LeaseRequest {
-        queues: vec!["bench-backlog".into()],
+        queues: vec!["bench-expiry".into()],
         max_jobs: max,
         wait: Some(crate::broker::view::duration(wait)),
         lease_duration: Some(crate::broker::view::duration(Duration::from_secs(1))),
@@ -416,7 +419,7 @@ pub async fn run(a: BenchArgs) -> BenchResult<()> {
     };
     std::fs::create_dir_all(&dir)?;
     let fsyncs = fsync_rate(&dir)?;
-    let broker = BrokerProc::start(&dir, a.durability)?;
+    let broker = BrokerProc::start(&dir.join("main"), a.durability)?;
     let ch = connect(&broker.addr).await?;
     eprintln!("bench: broker at {} on {} ({:?})", broker.addr, dir.display(), a.durability);
     let mut rows = Vec::new();
@@ -437,71 +440,39 @@ pub async fn run(a: BenchArgs) -> BenchResult<()> {
     }
     let fairness = crate::bench_fairness::run(&broker.addr, &ch, &a.fairness, &|s| a.wants(s)).await?;
 
-    let mut restart_note = String::from("skipped");
-    if a.restart_jobs > 0 && a.wants("restart") {
-        create_queue(&ch, "bench-backlog").await?;
-        let fill = batch(&ch, &a, "bench-backlog", a.restart_jobs, 8).await?;
-        drop(ch);
-        if a.crash {
-            drop(broker); // SIGKILL
-        } else {
-            broker.stop()?;
-        }
-        let t = Instant::now();
-        let broker = BrokerProc::start(&dir, a.durability)?;
-        let ch = connect(&broker.addr).await?;
-        let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
-        health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await?;
-        let serving = t.elapsed();
-        let mut w = WorkerServiceClient::new(ch.clone());
-        let mut lease_lat = Samples::default();
-        for _ in 0..200 {
-            let t = Instant::now();
-            let d = w
-                .lease(pb::LeaseRequest { queues: vec!["bench-backlog".into()], max_jobs: 1, ..Default::default() })
-                .await?
-                .into_inner()
-                .deliveries;
-            lease_lat.0.push(t.elapsed().as_micros() as u64);
-            for d in d {
-                let j = d.job.ok_or("no job")?;
-                w.ack(pb::AckRequest { queue: j.queue, job_id: j.id, lease_id: d.lease_id }).await?;
-            }
-        }
-        let mut expiry = expiry_redelivery(&mut w).await?;
-        restart_note = format!(
-            "{} jobs stored (filled at {:.0} jobs/s): restart after {} to serving {:.2} s; then unary Lease p50 {:.2} ms, \
-             p99 {:.2} ms; expired lease to redelivery p50 {:.0} ms, max {:.0} ms",
-            fill.jobs,
-            fill.jobs as f64 / fill.secs,
-            if a.crash { "kill -9" } else { "a clean stop" },
-            serving.as_secs_f64(),
-            lease_lat.pct(0.5),
-            lease_lat.pct(0.99),
-            expiry.pct(0.5),
-            expiry.pct(1.0),
-        );
-        broker.stop()?;
-    } else {
-        broker.stop()?;
+    let mut expiry_note = String::from("skipped");
+    if a.wants("expiry") {
+        create_queue(&ch, "bench-expiry").await?;
+        batch(&ch, &a, "bench-expiry", 100, 1).await?;
+        let mut lat = expiry_redelivery(&mut WorkerServiceClient::new(ch.clone())).await?;
+        expiry_note = format!("expired lease to redelivery p50 {:.0} ms, max {:.0} ms", lat.pct(0.5), lat.pct(1.0));
+    }
+    drop(ch);
+    broker.stop()?;
+    let mut backlog = Vec::new();
+    if a.wants("backlog") {
+        let bdir = dir.join("backlog");
+        backlog = crate::bench_backlog::run(&bdir, a.durability, a.crash, &a.backlog, a.payload_bytes).await?;
     }
     if a.data_dir.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    println!("| scenario | jobs | jobs/s | p50 ms | p99 ms | p99.9 ms | latency of |");
-    println!("|---|---:|---:|---:|---:|---:|---|");
-    for mut r in rows {
-        println!(
-            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
-            r.name,
-            r.jobs,
-            r.jobs as f64 / r.secs,
-            r.lat.pct(0.5),
-            r.lat.pct(0.99),
-            r.lat.pct(0.999),
-            r.note
-        );
+    if !rows.is_empty() {
+        println!("| scenario | jobs | jobs/s | p50 ms | p99 ms | p99.9 ms | latency of |");
+        println!("|---|---:|---:|---:|---:|---:|---|");
+        for mut r in rows {
+            println!(
+                "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
+                r.name,
+                r.jobs,
+                r.jobs as f64 / r.secs,
+                r.lat.pct(0.5),
+                r.lat.pct(0.99),
+                r.lat.pct(0.999),
+                r.note
+            );
+        }
     }
     if !fairness.is_empty() {
         println!();
@@ -511,8 +482,16 @@ pub async fn run(a: BenchArgs) -> BenchResult<()> {
             println!("{row}");
         }
     }
+    if !backlog.is_empty() {
+        println!();
+        println!("Backlog (a broker of its own):");
+        println!();
+        for line in &backlog {
+            println!("{line}");
+        }
+    }
     println!();
-    println!("Backlog: {restart_note}");
+    println!("Lease expiry: {expiry_note}");
     println!("Disk: {fsyncs:.0} fdatasync/s on the data dir ({:.2} ms each)", 1000.0 / fsyncs);
     println!(
         "Durability: {:?}; payload {} B; machine: {} cores",

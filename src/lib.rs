@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod bench;
+pub mod bench_backlog;
 pub mod bench_fairness;
 pub mod broker;
 pub mod cli;

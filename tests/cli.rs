@@ -121,7 +121,8 @@ async fn cli_creates_enqueues_inspects_and_deletes() {
 async fn bench_smoke_prints_every_scenario() {
     let tmp = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fairway"));
-    cmd.args(["bench", "--jobs", "400", "--restart-jobs", "300", "--concurrency", "8"])
+    cmd.args(["bench", "--jobs", "400", "--concurrency", "8"])
+        .args(["--backlog-sizes", "100,500", "--backlog-probes", "20", "--tombstone-jobs", "300"])
         .args([
             "--flood-jobs",
             "3000",
@@ -138,9 +139,12 @@ async fn bench_smoke_prints_every_scenario() {
     let text = stdout(&out);
     for row in [
         "unary Enqueue",
+        "EnqueueStream, one stream",
         "EnqueueBatch of 100",
         "end to end",
-        "to serving",
+        "| 500 |",
+        "serving in",
+        "on a fresh queue",
         "expired lease to redelivery",
         "fdatasync/s",
         "flood: tenant a",
