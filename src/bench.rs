@@ -50,7 +50,10 @@ pub struct BenchArgs {
     /// Data dir for the broker started here (default: a fresh temp dir).
     #[arg(long)]
     pub data_dir: Option<std::path::PathBuf>,
-    /// Scenarios to run, comma separated: unary, stream, batch, e2e, expiry,
+    /// Rate of the paced scenario; 0 = half of the end-to-end result.
+    #[arg(long, default_value_t = 0.0)]
+    pub paced_rate: f64,
+    /// Scenarios to run, comma separated: unary, stream, batch, e2e, paced, expiry,
     /// flood, weights, hung, tenants, backlog; or `all`.
     #[arg(long, value_delimiter = ',', default_value = "all")]
     pub scenarios: Vec<String>,
@@ -433,10 +436,23 @@ pub async fn run(a: BenchArgs) -> BenchResult<()> {
         create_queue(&ch, "bench-batch").await?;
         rows.push(batch(&ch, &a, "bench-batch", a.jobs, 8).await?);
     }
+    let mut e2e_max = None;
     if a.wants("e2e") {
         let (e2e, acks) = end_to_end(&ch, &a).await?;
+        e2e_max = Some(e2e.jobs as f64 / e2e.secs);
         rows.push(e2e);
         rows.push(acks);
+    }
+    if a.wants("paced") {
+        let rate = if a.paced_rate > 0.0 { a.paced_rate } else { e2e_max.map_or(40_000.0, |m| m / 2.0) };
+        let p = crate::bench_paced::run(&broker.addr, rate, a.jobs, a.payload_bytes).await?;
+        rows.push(Row {
+            name: format!("paced end to end at {:.0} jobs/s (half the end-to-end maximum)", p.rate),
+            jobs: p.jobs,
+            secs: p.jobs as f64 / p.achieved,
+            lat: p.latency,
+            note: "enqueue-to-delivery".into(),
+        });
     }
     let fairness = crate::bench_fairness::run(&broker.addr, &ch, &a.fairness, &|s| a.wants(s)).await?;
 

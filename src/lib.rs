@@ -9,6 +9,7 @@ pub mod api;
 pub mod bench;
 pub mod bench_backlog;
 pub mod bench_fairness;
+pub mod bench_paced;
 pub mod broker;
 pub mod cli;
 pub mod config;

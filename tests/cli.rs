@@ -140,6 +140,7 @@ async fn bench_smoke_prints_every_scenario() {
     for row in [
         "unary Enqueue",
         "EnqueueStream, one stream",
+        "paced end to end",
         "EnqueueBatch of 100",
         "end to end",
         "| 500 |",
