@@ -8,6 +8,7 @@
 pub mod api;
 pub mod bench;
 pub mod bench_fairness;
+pub mod bench_peers;
 pub mod broker;
 pub mod cli;
 pub mod config;
