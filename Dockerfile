@@ -8,7 +8,7 @@
 # Stage 1 builds the release binary (RocksDB's C++ needs clang/libclang);
 # stage 2 is a slim Debian with only the binary, run as a non-root user.
 
-# Any Debian bookworm image with a Rust toolchain >= 1.88 on PATH.
+# Any Debian bookworm image with a Rust toolchain >= 1.89 on PATH.
 ARG RUST_IMAGE=docker.io/library/rust:1-bookworm
 ARG RUNTIME_IMAGE=docker.io/library/debian:bookworm-slim
 

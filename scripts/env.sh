@@ -6,3 +6,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/fairway/target}"
 export FAIRWAY_VENV="${FAIRWAY_VENV:-$HOME/.cache/fairway/venv}"
 export FAIRWAY_PYTHON="${FAIRWAY_PYTHON:-$FAIRWAY_VENV/bin/python}"
 export FAIRWAY_GRPCURL="${FAIRWAY_GRPCURL:-$FAIRWAY_VENV/bin/grpcurl}"
+# `fairway bench --peers`: where scripts/bench-peers-setup puts a nats-server
+# that supports `sync_interval` when Debian's does not, and which version.
+export FAIRWAY_PEERS_VENV="${FAIRWAY_PEERS_VENV:-$HOME/.cache/fairway/peers-venv}"
+export FAIRWAY_PEERS_NATS_VERSION="${FAIRWAY_PEERS_NATS_VERSION:-2.15.1}"

@@ -54,13 +54,16 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 0.0)]
     pub paced_rate: f64,
     /// Scenarios to run, comma separated: unary, stream, batch, e2e, paced, expiry,
-    /// flood, weights, hung, tenants, backlog; or `all`.
+    /// flood, weights, hung, tenants, backlog; or `all`. `--peers --scenarios peers` runs
+    /// only the peer comparison.
     #[arg(long, value_delimiter = ',', default_value = "all")]
     pub scenarios: Vec<String>,
     #[command(flatten)]
     pub fairness: crate::bench_fairness::FairnessArgs,
     #[command(flatten)]
     pub backlog: crate::bench_backlog::BacklogArgs,
+    #[command(flatten)]
+    pub peers: crate::bench_peers::PeerArgs,
 }
 
 impl BenchArgs {
@@ -288,9 +291,12 @@ async fn batch(ch: &Channel, a: &BenchArgs, queue: &str, jobs: u64, in_flight: u
     })
 }
 
+/// EnqueueBatch calls in flight in the batch and end-to-end scenarios.
+const BATCHES_IN_FLIGHT: usize = 8;
+
 /// Producers batch-enqueue while workers on Work streams ack everything.
-async fn end_to_end(ch: &Channel, a: &BenchArgs) -> BenchResult<(Row, Row)> {
-    create_queue(ch, "bench-e2e").await?;
+async fn end_to_end(ch: &Channel, a: &BenchArgs, queue: &str) -> BenchResult<(Row, Row)> {
+    create_queue(ch, queue).await?;
     let total = a.jobs.div_ceil(a.batch as u64) * a.batch as u64;
     let acked = Arc::new(AtomicU64::new(0));
     let delivery_lat = Arc::new(Mutex::new(Samples::default()));
@@ -299,11 +305,12 @@ async fn end_to_end(ch: &Channel, a: &BenchArgs) -> BenchResult<(Row, Row)> {
     let mut workers = Vec::new();
     for w in 0..a.workers {
         let (ch, acked, dl, al, a) = (ch.clone(), acked.clone(), delivery_lat.clone(), ack_lat.clone(), a.clone());
+        let queue = queue.to_string();
         workers.push(tokio::spawn(async move {
             let (tx, rx) = tokio::sync::mpsc::channel(4096);
             tx.send(pb::WorkRequest {
                 request: Some(pb::work_request::Request::Subscribe(pb::Subscribe {
-                    queues: vec!["bench-e2e".into()],
+                    queues: vec![queue],
                     worker_id: format!("bench-{w}"),
                     max_in_flight: a.max_in_flight,
                     ..Default::default()
@@ -338,7 +345,7 @@ async fn end_to_end(ch: &Channel, a: &BenchArgs) -> BenchResult<(Row, Row)> {
             BenchResult::Ok(())
         }));
     }
-    batch(ch, a, "bench-e2e", total, 8).await?;
+    batch(ch, a, queue, total, BATCHES_IN_FLIGHT).await?;
     let deadline = Instant::now() + Duration::from_secs(300);
     while acked.load(Ordering::Relaxed) < total {
         if let Some(w) = workers.iter().find(|w| w.is_finished()) {
@@ -438,7 +445,7 @@ pub async fn run(a: BenchArgs) -> BenchResult<()> {
     }
     let mut e2e_max = None;
     if a.wants("e2e") {
-        let (e2e, acks) = end_to_end(&ch, &a).await?;
+        let (e2e, acks) = end_to_end(&ch, &a, "bench-e2e").await?;
         e2e_max = Some(e2e.jobs as f64 / e2e.secs);
         rows.push(e2e);
         rows.push(acks);
@@ -453,6 +460,23 @@ pub async fn run(a: BenchArgs) -> BenchResult<()> {
             lat: p.latency,
             note: "enqueue-to-delivery".into(),
         });
+    }
+    // Fairway's row of the Peers table: the same scenario at the peers' sizes.
+    let mut peer_rows = Vec::new();
+    if a.peers.peers {
+        let batch = crate::bench_peers::fairway_batch(BATCHES_IN_FLIGHT);
+        let sizes = BenchArgs {
+            jobs: a.peers.peer_messages,
+            payload_bytes: crate::bench_peers::PAYLOAD,
+            workers: crate::bench_peers::CONSUMERS,
+            max_in_flight: crate::bench_peers::PREFETCH as u32,
+            batch,
+            ..a.clone()
+        };
+        let (e2e, _) = end_to_end(&ch, &sizes, "bench-peers").await?;
+        let mut s = crate::bench_peers::Summary { messages: e2e.jobs, secs: e2e.secs, lat_us: e2e.lat.0 };
+        let strict = a.durability == crate::storage::Durability::Strict;
+        peer_rows.push(crate::bench_peers::fairway_row(strict, batch, BATCHES_IN_FLIGHT, &mut s));
     }
     let fairness = crate::bench_fairness::run(&broker.addr, &ch, &a.fairness, &|s| a.wants(s)).await?;
 
@@ -515,5 +539,9 @@ pub async fn run(a: BenchArgs) -> BenchResult<()> {
         a.payload_bytes,
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
+    if a.peers.peers {
+        peer_rows.extend(crate::bench_peers::run(&a.peers).await?);
+        crate::bench_peers::print_table(&peer_rows);
+    }
     Ok(())
 }

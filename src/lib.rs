@@ -10,6 +10,7 @@ pub mod bench;
 pub mod bench_backlog;
 pub mod bench_fairness;
 pub mod bench_paced;
+pub mod bench_peers;
 pub mod broker;
 pub mod cli;
 pub mod config;

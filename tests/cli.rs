@@ -155,6 +155,8 @@ async fn bench_smoke_prints_every_scenario() {
     ] {
         assert!(text.contains(row), "{row} missing from:\n{text}");
     }
+    // The peer comparison starts servers: only with --peers.
+    assert!(!text.contains("Peers ("), "{text}");
     // Every throughput figure of the main table is a positive number.
     let main_table = text.lines().take_while(|l| !l.is_empty());
     for line in main_table.filter(|l| l.starts_with("| ") && !l.starts_with("| scenario")) {
@@ -441,4 +443,15 @@ async fn jobs_list_pages_by_state_and_get_shows_one_job() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("[possible values: ready, scheduled, leased, dead]"), "{err}");
     s.stop().await;
+}
+
+/// The peer comparison (NATS JetStream, RabbitMQ) is behind a flag that the
+/// help lists; its run needs the servers, so it is not run here.
+#[test]
+fn bench_help_lists_the_peer_comparison() {
+    let out = Command::new(env!("CARGO_BIN_EXE_fairway")).args(["bench", "--help"]).output().expect("run fairway");
+    let text = stdout(&out);
+    for flag in ["--peers", "--peer-messages", "--peer-secs"] {
+        assert!(text.contains(flag), "{flag} missing from:\n{text}");
+    }
 }
