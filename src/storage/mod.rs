@@ -28,8 +28,10 @@ const QUEUE_PREFIX: &[u8] = b"queue/";
 /// Block cache shared by every column family: idle queues cost no memory.
 const BLOCK_CACHE_BYTES: usize = 256 << 20;
 /// Memtable budget shared by every column family, so a thousand queues don't
-/// mean a thousand full memtables.
-const WRITE_BUFFER_BUDGET: usize = 512 << 20;
+/// mean a thousand full memtables. Not charged to the block cache: charged,
+/// full memtables crowded every filter and index block out of the cache, and
+/// with 10M jobs stored each lease re-read a filter block from disk.
+const WRITE_BUFFER_BUDGET: usize = 256 << 20;
 
 /// A (key, value) pair read from a queue.
 pub type Entry = (Vec<u8>, Vec<u8>);
@@ -68,8 +70,12 @@ fn queue_cf_options(cache: &Cache) -> Options {
     let mut block = BlockBasedOptions::default();
     block.set_block_cache(cache);
     block.set_bloom_filter(10.0, false);
-    block.set_cache_index_and_filter_blocks(true);
-    block.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    // Filters and indexes live with each open table, outside the block
+    // cache: in the cache, a large table's filter block was evicted (or never
+    // fit a cache shard) and re-read from disk on every point read, which
+    // made leasing from a 1M-job backlog cost milliseconds. Their size is
+    // about 1.3 bytes per key (10 bits), so 10M stored jobs cost ~30 MB.
+    block.set_cache_index_and_filter_blocks(false);
     let mut o = Options::default();
     o.set_block_based_table_factory(&block);
     o.set_compression_type(DBCompressionType::Lz4);
@@ -95,7 +101,7 @@ impl Store {
         std::fs::create_dir_all(dir)
             .map_err(|e| BrokerError::Storage(format!("cannot create data dir {}: {e}", dir.display())))?;
         let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
-        let wbm = WriteBufferManager::new_write_buffer_manager_with_cache(WRITE_BUFFER_BUDGET, false, cache.clone());
+        let wbm = WriteBufferManager::new_write_buffer_manager(WRITE_BUFFER_BUDGET, false);
         let mut db_opts = Options::default();
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
