@@ -94,6 +94,20 @@ struct Row {
     secs: f64,
     lat: Samples,
     note: String,
+    /// Broker CPU time (all its threads) per job: unlike jobs/s, it barely
+    /// moves when something else shares the machine.
+    cpu_us: Option<f64>,
+}
+
+/// CPU seconds (user + system, all threads) a process has used so far.
+/// /proc reports clock ticks, which Linux fixes at 100 per second.
+pub(crate) fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the `(comm)`, which may itself hold spaces.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
 }
 
 pub(crate) struct BrokerProc {
@@ -218,6 +232,7 @@ async fn unary(ch: &Channel, a: &BenchArgs) -> BenchResult<Row> {
         secs,
         lat,
         note: "per call".into(),
+        cpu_us: None,
     })
 }
 
@@ -264,6 +279,7 @@ async fn pipelined(ch: &Channel, a: &BenchArgs, window: usize) -> BenchResult<Ro
         secs,
         lat,
         note: "per job, sent to stored".into(),
+        cpu_us: None,
     })
 }
 
@@ -288,6 +304,7 @@ async fn batch(ch: &Channel, a: &BenchArgs, queue: &str, jobs: u64, in_flight: u
         secs,
         lat,
         note: "per batch".into(),
+        cpu_us: None,
     })
 }
 
@@ -364,8 +381,15 @@ async fn end_to_end(ch: &Channel, a: &BenchArgs, queue: &str) -> BenchResult<(Ro
     let al = std::mem::take(&mut *ack_lat.lock().map_err(|_| "poisoned")?);
     let name = format!("end to end, {} Work streams x {} in flight", a.workers, a.max_in_flight);
     Ok((
-        Row { name: name.clone(), jobs: total, secs, lat: dl, note: "enqueue-to-delivery (at full load)".into() },
-        Row { name, jobs: total, secs, lat: al, note: "ack sent to ack confirmed".into() },
+        Row {
+            name: name.clone(),
+            jobs: total,
+            secs,
+            lat: dl,
+            note: "enqueue-to-delivery (at full load)".into(),
+            cpu_us: None,
+        },
+        Row { name, jobs: total, secs, lat: al, note: "ack sent to ack confirmed".into(), cpu_us: None },
     ))
 }
 
@@ -432,26 +456,44 @@ pub async fn run(a: BenchArgs) -> BenchResult<()> {
     let broker = BrokerProc::start(&dir.join("main"), a.durability)?;
     let ch = connect(&broker.addr).await?;
     eprintln!("bench: broker at {} on {} ({:?})", broker.addr, dir.display(), a.durability);
-    let mut rows = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
+    let cpu = || cpu_secs(broker.pid());
+    // Charges the broker CPU used since `before` to the rows added since `from`.
+    let charge = |rows: &mut Vec<Row>, from: usize, before: Option<f64>| {
+        if let (Some(b), Some(a)) = (before, cpu_secs(broker.pid())) {
+            for r in &mut rows[from..] {
+                r.cpu_us = Some((a - b) * 1e6 / r.jobs.max(1) as f64);
+            }
+        }
+    };
     if a.wants("unary") {
+        let (from, before) = (rows.len(), cpu());
         rows.push(unary(&ch, &a).await?);
+        charge(&mut rows, from, before);
     }
     if a.wants("stream") {
+        let (from, before) = (rows.len(), cpu());
         rows.push(pipelined(&ch, &a, 256).await?);
+        charge(&mut rows, from, before);
     }
     if a.wants("batch") {
         create_queue(&ch, "bench-batch").await?;
+        let (from, before) = (rows.len(), cpu());
         rows.push(batch(&ch, &a, "bench-batch", a.jobs, 8).await?);
+        charge(&mut rows, from, before);
     }
     let mut e2e_max = None;
     if a.wants("e2e") {
+        let (from, before) = (rows.len(), cpu());
         let (e2e, acks) = end_to_end(&ch, &a, "bench-e2e").await?;
         e2e_max = Some(e2e.jobs as f64 / e2e.secs);
         rows.push(e2e);
         rows.push(acks);
+        charge(&mut rows, from, before);
     }
     if a.wants("paced") {
         let rate = if a.paced_rate > 0.0 { a.paced_rate } else { e2e_max.map_or(40_000.0, |m| m / 2.0) };
+        let (from, before) = (rows.len(), cpu());
         let p = crate::bench_paced::run(&broker.addr, rate, a.jobs, a.payload_bytes).await?;
         rows.push(Row {
             name: format!("paced end to end at {:.0} jobs/s (half the end-to-end maximum)", p.rate),
@@ -459,7 +501,9 @@ pub async fn run(a: BenchArgs) -> BenchResult<()> {
             secs: p.jobs as f64 / p.achieved,
             lat: p.latency,
             note: "enqueue-to-delivery".into(),
+            cpu_us: None,
         });
+        charge(&mut rows, from, before);
     }
     // Fairway's row of the Peers table: the same scenario at the peers' sizes.
     let mut peer_rows = Vec::new();
@@ -499,18 +543,19 @@ pub async fn run(a: BenchArgs) -> BenchResult<()> {
     }
 
     if !rows.is_empty() {
-        println!("| scenario | jobs | jobs/s | p50 ms | p99 ms | p99.9 ms | latency of |");
-        println!("|---|---:|---:|---:|---:|---:|---|");
+        println!("| scenario | jobs | jobs/s | p50 ms | p99 ms | p99.9 ms | latency of | broker CPU µs/job |");
+        println!("|---|---:|---:|---:|---:|---:|---|---:|");
         for mut r in rows {
             println!(
-                "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
+                "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} |",
                 r.name,
                 r.jobs,
                 r.jobs as f64 / r.secs,
                 r.lat.pct(0.5),
                 r.lat.pct(0.99),
                 r.lat.pct(0.999),
-                r.note
+                r.note,
+                r.cpu_us.map_or("-".to_string(), |c| format!("{c:.1}")),
             );
         }
     }

@@ -15,7 +15,7 @@
 //! dropped the first time their turn finds nothing ready: they cost no memory
 //! and no time. Each choice is O(log active members).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 /// The pass increment of weight 1. Fixed point, so shares are exact.
 const STRIDE_ONE: u128 = 1 << 40;
@@ -33,7 +33,7 @@ struct Level {
     /// Members that may have work, ordered by (pass, name).
     queue: BTreeSet<(u128, String)>,
     /// Pass of every queued member.
-    pass: HashMap<String, u128>,
+    pass: crate::model::FastMap<String, u128>,
     /// Pass of the member served last: where newcomers start.
     vtime: u128,
 }
@@ -79,11 +79,11 @@ impl Level {
 pub struct FairScheduler {
     tenants: Level,
     /// Per queued tenant, its environments.
-    envs: HashMap<String, Level>,
+    envs: crate::model::FastMap<String, Level>,
     /// Configured tenant weights; absent = [`DEFAULT_WEIGHT`].
-    tenant_weight: HashMap<String, u32>,
+    tenant_weight: crate::model::FastMap<String, u32>,
     /// Configured environment weights inside a tenant.
-    env_weight: HashMap<(String, String), u32>,
+    env_weight: crate::model::FastMap<(String, String), u32>,
 }
 
 impl FairScheduler {

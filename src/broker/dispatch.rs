@@ -16,7 +16,6 @@ use crate::scheduler::QueueRotation;
 use crate::storage::keys::{self, ReadyPos};
 use crate::storage::Store;
 use prost::Message;
-use std::collections::HashSet;
 
 /// A Work stream.
 pub(super) struct Consumer {
@@ -29,7 +28,7 @@ pub(super) struct Consumer {
     pub lease_ms: Option<u64>,
     pub tx: StreamTx,
     /// (queue, job) of its current leases, returned to ready when it leaves.
-    pub leases: HashSet<(String, JobId)>,
+    pub leases: crate::model::FastSet<(String, JobId)>,
     /// Weighted turn order over `queues`.
     pub rotation: QueueRotation,
 }
@@ -76,7 +75,7 @@ impl Engine {
                 in_flight: 0,
                 lease_ms: sub.lease_duration.map(duration_millis),
                 tx,
-                leases: HashSet::new(),
+                leases: Default::default(),
                 rotation,
             },
         );
@@ -241,7 +240,7 @@ impl Engine {
             q.mark_group(&t, &e);
             let id = JobId(pos.1);
             let rkey = keys::ready(&t, &e, pos);
-            let Some(rec) = self.w.read_job(queue, id)? else {
+            let Some(rec) = self.w.take_job(queue, id)? else {
                 tracing::error!(queue, tenant = %t, environment = %e, job_id = %id,
                     "ready index names a missing job; dropping the entry");
                 self.w.delete(queue, &rkey);

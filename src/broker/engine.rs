@@ -17,7 +17,7 @@ use crate::storage::records::{JobRecord, LeaseRecord, QueueCounters};
 use crate::storage::Store;
 use prost::Message;
 use rocksdb::WriteBatch;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 /// Most commands applied in one turn, so one fsync never waits on an
@@ -40,11 +40,13 @@ pub(super) struct Writes {
     pub store: Store,
     batch: WriteBatch,
     /// (queue, key) -> value after this batch; `None` = deleted.
-    overlay: HashMap<(String, Vec<u8>), Option<Vec<u8>>>,
+    overlay: crate::model::FastMap<(String, Vec<u8>), Option<Vec<u8>>>,
     /// Run after the commit, with its error if it failed.
     after: Vec<AfterCommit>,
     /// A failure while building the batch: the whole batch must not commit.
     poisoned: Option<BrokerError>,
+    /// Records of recently enqueued jobs, so a lease needn't read them back.
+    pub records: super::record_cache::RecordCache,
     /// True while staging writes whose loss in an OS crash can only cause a
     /// redelivery (leases, acks, nacks, expiries): those need no fsync.
     pub relaxed: bool,
@@ -57,6 +59,14 @@ fn tracked(key: &[u8]) -> bool {
     matches!(key.first(), Some(&keys::JOB) | Some(&keys::DEDUP) | Some(&keys::SCHEDULED))
 }
 
+/// The job a `J` key names.
+fn job_key_id(key: &[u8]) -> Option<JobId> {
+    match key {
+        [keys::JOB, id @ ..] => id.try_into().ok().map(|b| JobId(u64::from_be_bytes(b))),
+        _ => None,
+    }
+}
+
 impl Writes {
     pub fn put(&mut self, queue: &str, key: &[u8], value: &[u8]) {
         self.needs_sync |= !self.relaxed;
@@ -66,6 +76,9 @@ impl Writes {
             return self.poison(e);
         }
         if tracked(key) {
+            if let Some(id) = job_key_id(key) {
+                self.records.forget(id);
+            }
             self.overlay.insert((queue.to_string(), key.to_vec()), Some(value.to_vec()));
         }
     }
@@ -78,6 +91,9 @@ impl Writes {
             return self.poison(e);
         }
         if tracked(key) {
+            if let Some(id) = job_key_id(key) {
+                self.records.forget(id);
+            }
             self.overlay.insert((queue.to_string(), key.to_vec()), None);
         }
     }
@@ -108,6 +124,19 @@ impl Writes {
         }
     }
 
+    /// Reads a job about to be leased: from the record cache when it is
+    /// there (moving it out), else from the batch or the store.
+    pub fn take_job(&mut self, queue: &str, id: JobId) -> Result<Option<JobRecord>> {
+        let staged =
+            !self.overlay.is_empty() && self.overlay.contains_key(&(queue.to_string(), keys::job(id).to_vec()));
+        if !staged {
+            if let Some(rec) = self.records.take(id) {
+                return Ok(Some(rec));
+            }
+        }
+        self.read_job(queue, id)
+    }
+
     pub fn put_job(&mut self, queue: &str, id: JobId, rec: &JobRecord) {
         self.put(queue, &keys::job(id), &rec.encode_to_vec());
     }
@@ -115,14 +144,16 @@ impl Writes {
     /// Stages a brand-new job without copying it into the overlay: nothing
     /// in the same turn can read a job whose id was just made (reads name
     /// jobs from committed indexes or from leases), and the copy of every
-    /// payload was a measurable share of the writer's time.
-    pub fn put_new_job(&mut self, queue: &str, id: JobId, rec: &JobRecord) {
+    /// payload was a measurable share of the writer's time. The record
+    /// itself moves into the record cache for its lease.
+    pub fn put_new_job(&mut self, queue: &str, id: JobId, rec: JobRecord) {
         self.needs_sync = true;
         let value = rec.encode_to_vec();
         let batch = &mut self.batch;
         let staged = self.store.cf(queue).map(|cf| batch.put_cf(&cf, keys::job(id), &value));
-        if let Err(e) = staged {
-            self.poison(e);
+        match staged {
+            Ok(()) => self.records.keep(id, rec, value.len()),
+            Err(e) => self.poison(e),
         }
     }
 
@@ -182,7 +213,7 @@ pub(super) struct Engine {
     pub rx: flume::Receiver<Command>,
     pub w: Writes,
     pub registry: Registry,
-    pub queues: HashMap<String, QueueState>,
+    pub queues: crate::model::FastMap<String, QueueState>,
     pub consumers: BTreeMap<u64, Consumer>,
     pub waiters: Vec<Waiter>,
     /// Work stream deliveries waiting for their leases to commit.
@@ -221,14 +252,15 @@ impl Engine {
             w: Writes {
                 store,
                 batch: WriteBatch::default(),
-                overlay: HashMap::new(),
+                overlay: Default::default(),
                 after: Vec::new(),
                 poisoned: None,
+                records: super::record_cache::RecordCache::new(super::record_cache::DEFAULT_BUDGET_BYTES),
                 relaxed: false,
                 needs_sync: false,
             },
             registry,
-            queues: HashMap::new(),
+            queues: Default::default(),
             consumers: BTreeMap::new(),
             waiters: Vec::new(),
             outbox: Vec::new(),
@@ -257,7 +289,8 @@ impl Engine {
     /// never O(jobs).
     pub fn load_all(&mut self) -> Result<()> {
         // Keep what was observed (alerts in force, latencies) across a reload.
-        let mut old: HashMap<String, QueueState> = std::mem::take(&mut self.queues);
+        let mut old = std::mem::take(&mut self.queues);
+        self.w.records.clear();
         let metas = self.w.store.load_queues()?;
         for meta in metas {
             let mut q = load_queue(&self.w.store, &meta)?;
@@ -465,6 +498,8 @@ impl Engine {
             }
             Err(e) => {
                 tracing::error!(error = %e, "commit failed; answering callers with the error and reloading state from disk");
+                // It may hold records of jobs this batch failed to store.
+                self.w.records.clear();
                 for f in after {
                     f(Some(&e));
                 }

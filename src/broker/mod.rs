@@ -16,6 +16,7 @@ mod ops;
 mod queue_state;
 mod rate_limit;
 mod reads;
+mod record_cache;
 pub mod view;
 
 use crate::error::{BrokerError, Result};

@@ -33,6 +33,12 @@ pub struct WriterMetrics {
     pub failed_commits: u64,
     /// WAL fsyncs: synced commits plus catch-up syncs of relaxed writes.
     pub syncs: u64,
+    /// Leases that found their job's record in memory, and those that read
+    /// it from disk: whether the record cache's budget fits the backlog.
+    pub record_cache_hits: u64,
+    pub record_cache_misses: u64,
+    /// Bytes the record cache holds now.
+    pub record_cache_bytes: u64,
 }
 
 impl Default for WriterMetrics {
@@ -43,6 +49,9 @@ impl Default for WriterMetrics {
             commit_us: Histogram::new(COMMIT_LATENCY_US),
             failed_commits: 0,
             syncs: 0,
+            record_cache_hits: 0,
+            record_cache_misses: 0,
+            record_cache_bytes: 0,
         }
     }
 }
@@ -185,7 +194,11 @@ impl Engine {
             });
         }
         queues.sort_by(|a, b| a.name.cmp(&b.name));
-        MetricsSnapshot { queues, writer: self.writer_metrics.clone() }
+        let mut writer = self.writer_metrics.clone();
+        let rc = &self.w.records;
+        (writer.record_cache_hits, writer.record_cache_misses) = (rc.hits, rc.misses);
+        writer.record_cache_bytes = rc.bytes() as u64;
+        MetricsSnapshot { queues, writer }
     }
 }
 

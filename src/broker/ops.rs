@@ -178,12 +178,12 @@ impl Engine {
         } else {
             self.stage_ready(&queue, id, &rec, now)?;
         }
-        self.w.put_new_job(&queue, id, &rec);
         if let Some(dk) = dedup_key {
             self.w.put(&queue, &dk, &keys::dedup_value(id, 0));
         }
         tracing::debug!(queue = %queue, tenant = %rec.tenant, environment = %rec.environment, job_id = %id,
             scheduled, "job enqueued");
+        self.w.put_new_job(&queue, id, rec);
         let q = self.queue_mut(&queue)?;
         q.counters.enqueued_total += 1;
         q.totals_dirty = true;
@@ -652,6 +652,8 @@ impl Engine {
             .and_then(|_| self.w.store.delete_policies(&mut b, &name))
             .and_then(|_| self.w.store.write(b, true));
         let res = res.and_then(|_| self.w.store.drop_queue_cf(&name));
+        // Its jobs' cached records would hold budget forever.
+        self.w.records.clear();
         self.publish_registry();
         tracing::info!(queue = %name, force, dropped_jobs = total, "queue deleted");
         let _ = reply.send(res.map(|_| true));

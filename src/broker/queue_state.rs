@@ -10,11 +10,11 @@
 //! the cursor, so a refill never walks over the tombstones of jobs already
 //! leased: lease cost doesn't grow as acked jobs pile up.
 
-use crate::model::{JobId, LeaseId, Millis, QueueConfig, TenantPolicy};
+use crate::model::{FastMap, FastSet, JobId, LeaseId, Millis, QueueConfig, TenantPolicy};
 use crate::scheduler::FairScheduler;
 use crate::storage::keys::ReadyPos;
 use crate::storage::records::{JobRecord, QueueCounters, QueueMeta};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 /// Most heads kept per group; a refill loads up to [`REFILL`].
@@ -112,9 +112,9 @@ pub struct QueueState {
     /// same name are never mistaken for this one's.
     pub generation: u64,
     /// tenant -> env -> group.
-    pub groups: HashMap<String, HashMap<String, Group>>,
+    pub groups: FastMap<String, FastMap<String, Group>>,
     pub scheduler: FairScheduler,
-    pub leases: HashMap<JobId, ActiveLease>,
+    pub leases: FastMap<JobId, ActiveLease>,
     /// (expires_at, job) of every lease, to expire them in time order.
     pub lease_expiry: BTreeSet<(Millis, JobId)>,
     /// Earliest run_at in the scheduled index; `None` = nothing scheduled.
@@ -128,12 +128,12 @@ pub struct QueueState {
     /// Tenants with a policy (SetTenantPolicy); others use the defaults.
     pub policies: HashMap<String, TenantPolicy>,
     /// Jobs leased now, per tenant (absent = 0).
-    pub tenant_leased: HashMap<String, u64>,
+    pub tenant_leased: FastMap<String, u64>,
     /// Latencies, progress and alerts.
     pub obs: super::observe::QueueObs,
     /// Counters changed since the last commit.
     pub totals_dirty: bool,
-    pub dirty_groups: HashSet<(String, String)>,
+    pub dirty_groups: FastSet<(String, String)>,
 }
 
 impl QueueState {
@@ -143,19 +143,19 @@ impl QueueState {
             config: config_from_meta(meta),
             paused: meta.paused,
             generation: meta.generation,
-            groups: HashMap::new(),
+            groups: FastMap::default(),
             scheduler: FairScheduler::new(),
-            leases: HashMap::new(),
+            leases: FastMap::default(),
             lease_expiry: BTreeSet::new(),
             next_due: None,
             scheduled_cursor: 0,
             staged_due: None,
             counters,
             policies: HashMap::new(),
-            tenant_leased: HashMap::new(),
+            tenant_leased: FastMap::default(),
             obs: super::observe::QueueObs::new(crate::model::now_millis()),
             totals_dirty: false,
-            dirty_groups: HashSet::new(),
+            dirty_groups: FastSet::default(),
         }
     }
 
@@ -165,7 +165,7 @@ impl QueueState {
 
     pub fn group_mut(&mut self, tenant: &str, env: &str) -> &mut Group {
         if !self.groups.contains_key(tenant) {
-            self.groups.insert(tenant.to_string(), HashMap::new());
+            self.groups.insert(tenant.to_string(), FastMap::default());
         }
         let envs = self.groups.get_mut(tenant).expect("inserted above");
         if !envs.contains_key(env) {

@@ -145,6 +145,15 @@ pub fn render(s: &MetricsSnapshot, f: &StoreFigures) -> String {
     o.sample("fairway_commit_failures_total", &[], w.failed_commits);
     o.family("fairway_commit_seconds", "histogram", "Write + fsync time of each commit.");
     o.histogram("fairway_commit_seconds", &[], &w.commit_us, 1e-6);
+    o.family(
+        "fairway_record_cache_lookups_total",
+        "counter",
+        "Leases whose job record was in memory (hit) or read from disk (miss).",
+    );
+    o.sample("fairway_record_cache_lookups_total", &[("result", "hit")], w.record_cache_hits);
+    o.sample("fairway_record_cache_lookups_total", &[("result", "miss")], w.record_cache_misses);
+    o.family("fairway_record_cache_bytes", "gauge", "Memory held by job records kept from enqueue to lease.");
+    o.sample("fairway_record_cache_bytes", &[], w.record_cache_bytes);
 
     o.family("fairway_rocksdb_write_stopped", "gauge", "1 while RocksDB stops writes (a write stall).");
     o.sample("fairway_rocksdb_write_stopped", &[], u8::from(f.write_stopped));

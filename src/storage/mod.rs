@@ -57,8 +57,10 @@ pub enum Durability {
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Db>,
-    /// Options for new queue column families (carry the shared cache).
-    cf_opts: Options,
+    /// Options for new queue column families (carry the shared cache). In an
+    /// Arc: cloning `Options` copies the whole C++ options struct, and the
+    /// writer clones the store on hot paths.
+    cf_opts: Arc<Options>,
     sync: bool,
 }
 
@@ -117,7 +119,7 @@ impl Store {
             descriptors.push(ColumnFamilyDescriptor::new(name, cf_opts.clone()));
         }
         let db = Db::open_cf_descriptors(&db_opts, dir, descriptors)?;
-        Ok(Store { db: Arc::new(db), cf_opts, sync: durability == Durability::Strict })
+        Ok(Store { db: Arc::new(db), cf_opts: Arc::new(cf_opts), sync: durability == Durability::Strict })
     }
 
     pub fn db(&self) -> &Db {
@@ -125,7 +127,18 @@ impl Store {
     }
 
     pub fn cf(&self, queue: &str) -> Result<Arc<BoundColumnFamily<'_>>> {
-        self.db.cf_handle(&queue_cf(queue)).ok_or_else(|| BrokerError::QueueNotFound(queue.to_string()))
+        // The writer looks a handle up for every key it stages: build the
+        // name in a reused buffer rather than formatting a new String.
+        thread_local! {
+            static NAME: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+        }
+        let cf = NAME.with_borrow_mut(|name| {
+            name.clear();
+            name.push_str("q.");
+            name.push_str(queue);
+            self.db.cf_handle(name)
+        });
+        cf.ok_or_else(|| BrokerError::QueueNotFound(queue.to_string()))
     }
 
     pub fn meta(&self) -> Result<Arc<BoundColumnFamily<'_>>> {
