@@ -23,7 +23,7 @@ async fn python_worker_example_completes_jobs() {
         s.enqueue(job("emails", tenant, "prod", text)).await;
     }
     let mut cmd = Command::new(python());
-    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python_worker.py")).args([
+    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python/worker.py")).args([
         "--addr",
         &s.addr.to_string(),
         "--queue",

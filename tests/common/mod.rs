@@ -34,7 +34,14 @@ impl TestServer {
     }
 
     pub async fn start_in(dir: &Path) -> TestServer {
-        let config = ServeConfig::for_dir(dir);
+        TestServer::start_at(dir, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Like `start_in`, listening on `listen`: a broker restarted on its old
+    /// address is found again by workers that reconnect.
+    pub async fn start_at(dir: &Path, listen: SocketAddr) -> TestServer {
+        let mut config = ServeConfig::for_dir(dir);
+        config.listen = listen;
         let listeners = fairway::server::Listeners::bind(&config).await.expect("bind");
         let addr = listeners.grpc.local_addr().expect("addr");
         let http_addr = listeners.http.as_ref().expect("metrics listener").local_addr().expect("addr");
