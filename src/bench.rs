@@ -166,6 +166,21 @@ pub(crate) fn job(queue: &str, tenant: usize, size: usize) -> pb::EnqueueRequest
     }
 }
 
+/// What a bench worker sends up its Work stream (acks), and what it reads.
+pub(crate) type WorkSender = tokio::sync::mpsc::Sender<pb::WorkRequest>;
+
+/// Opens a Work stream subscribed to `sub`: the sender for acks and the
+/// stream of deliveries and outcomes.
+pub(crate) async fn open_work_stream(
+    ch: Channel,
+    sub: pb::Subscribe,
+) -> BenchResult<(WorkSender, tonic::Streaming<pb::WorkResponse>)> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4096);
+    tx.send(pb::WorkRequest { request: Some(pb::work_request::Request::Subscribe(sub)) }).await?;
+    let stream = WorkerServiceClient::new(ch).work(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+    Ok((tx, stream))
+}
+
 pub(crate) async fn connect(addr: &str) -> BenchResult<Channel> {
     let ep = tonic::transport::Endpoint::from_shared(addr.to_string())?;
     for _ in 0..100 {
@@ -324,18 +339,13 @@ async fn end_to_end(ch: &Channel, a: &BenchArgs, queue: &str) -> BenchResult<(Ro
         let (ch, acked, dl, al, a) = (ch.clone(), acked.clone(), delivery_lat.clone(), ack_lat.clone(), a.clone());
         let queue = queue.to_string();
         workers.push(tokio::spawn(async move {
-            let (tx, rx) = tokio::sync::mpsc::channel(4096);
-            tx.send(pb::WorkRequest {
-                request: Some(pb::work_request::Request::Subscribe(pb::Subscribe {
-                    queues: vec![queue],
-                    worker_id: format!("bench-{w}"),
-                    max_in_flight: a.max_in_flight,
-                    ..Default::default()
-                })),
-            })
-            .await?;
-            let mut stream =
-                WorkerServiceClient::new(ch).work(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+            let sub = pb::Subscribe {
+                queues: vec![queue],
+                worker_id: format!("bench-{w}"),
+                max_in_flight: a.max_in_flight,
+                ..Default::default()
+            };
+            let (tx, mut stream) = open_work_stream(ch, sub).await?;
             let mut sent: HashMap<String, Instant> = HashMap::new();
             while let Some(msg) = stream.next().await {
                 match msg?.response {

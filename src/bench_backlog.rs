@@ -105,18 +105,13 @@ async fn drain(addr: &str, queue: &str, n: u64) -> BenchResult<f64> {
     for w in 0..4 {
         let (ch, acked, queue) = (connect(addr).await?, acked.clone(), queue.to_string());
         workers.push(tokio::spawn(async move {
-            let (tx, rx) = tokio::sync::mpsc::channel(1024);
-            tx.send(pb::WorkRequest {
-                request: Some(pb::work_request::Request::Subscribe(pb::Subscribe {
-                    queues: vec![queue],
-                    worker_id: format!("drain-{w}"),
-                    max_in_flight: 256,
-                    ..Default::default()
-                })),
-            })
-            .await?;
-            let mut stream =
-                WorkerServiceClient::new(ch).work(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+            let sub = pb::Subscribe {
+                queues: vec![queue],
+                worker_id: format!("drain-{w}"),
+                max_in_flight: 256,
+                ..Default::default()
+            };
+            let (tx, mut stream) = crate::bench::open_work_stream(ch, sub).await?;
             while let Some(msg) = stream.next().await {
                 match msg?.response {
                     Some(pb::work_response::Response::Delivery(d)) => {

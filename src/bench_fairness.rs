@@ -5,7 +5,6 @@
 
 use crate::pb;
 use crate::pb::job_service_client::JobServiceClient;
-use crate::pb::worker_service_client::WorkerServiceClient;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -79,21 +78,14 @@ impl Workers {
             let (seen, acked, stop) = (seen.clone(), acked.clone(), stop.clone());
             let (queue, hang) = (queue.to_string(), hang.map(str::to_string));
             tasks.push(tokio::spawn(async move {
-                let (tx, rx) = tokio::sync::mpsc::channel(4096);
-                tx.send(pb::WorkRequest {
-                    request: Some(pb::work_request::Request::Subscribe(pb::Subscribe {
-                        queues: vec![queue],
-                        worker_id: format!("fair-{w}"),
-                        max_in_flight: window,
-                        lease_duration: Some(crate::broker::view::duration(Duration::from_secs(2))),
-                        ..Default::default()
-                    })),
-                })
-                .await?;
-                let mut stream = WorkerServiceClient::new(ch)
-                    .work(tokio_stream::wrappers::ReceiverStream::new(rx))
-                    .await?
-                    .into_inner();
+                let sub = pb::Subscribe {
+                    queues: vec![queue],
+                    worker_id: format!("fair-{w}"),
+                    max_in_flight: window,
+                    lease_duration: Some(crate::broker::view::duration(Duration::from_secs(2))),
+                    ..Default::default()
+                };
+                let (tx, mut stream) = crate::bench::open_work_stream(ch, sub).await?;
                 while let Some(msg) = stream.next().await {
                     if stop.load(Ordering::Relaxed) {
                         break;

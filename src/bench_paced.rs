@@ -5,7 +5,6 @@
 
 use crate::bench::{connect, create_queue, job, BenchResult, Samples};
 use crate::pb;
-use crate::pb::worker_service_client::WorkerServiceClient;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -42,18 +41,13 @@ pub(crate) async fn run(addr: &str, rate: f64, jobs: u64, payload: usize) -> Ben
     for w in 0..4 {
         let (ch, latency, acked) = (connect(addr).await?, latency.clone(), acked.clone());
         workers.push(tokio::spawn(async move {
-            let (tx, rx) = tokio::sync::mpsc::channel(1024);
-            tx.send(pb::WorkRequest {
-                request: Some(pb::work_request::Request::Subscribe(pb::Subscribe {
-                    queues: vec![QUEUE.into()],
-                    worker_id: format!("paced-{w}"),
-                    max_in_flight: 256,
-                    ..Default::default()
-                })),
-            })
-            .await?;
-            let mut stream =
-                WorkerServiceClient::new(ch).work(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+            let sub = pb::Subscribe {
+                queues: vec![QUEUE.into()],
+                worker_id: format!("paced-{w}"),
+                max_in_flight: 256,
+                ..Default::default()
+            };
+            let (tx, mut stream) = crate::bench::open_work_stream(ch, sub).await?;
             while let Some(msg) = stream.next().await {
                 if let Some(pb::work_response::Response::Delivery(d)) = msg?.response {
                     let j = d.job.ok_or("delivery without job")?;

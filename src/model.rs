@@ -397,4 +397,3 @@ mod tests {
         assert!(c.validate().is_ok());
     }
 }
-
