@@ -23,6 +23,13 @@ pub type Db = DBWithThreadMode<MultiThreaded>;
 pub const META_CF: &str = "meta";
 /// Meta key of the highest job id ever handed out (ids never repeat).
 const ID_HWM_KEY: &[u8] = b"id_hwm";
+/// Meta key of the on-disk format version the data dir was written in.
+const FORMAT_KEY: &[u8] = b"format_version";
+/// The on-disk format this build reads and writes: the key layout of
+/// `keys.rs` and the records of `records.rs`. Bump it on any change an
+/// older or newer broker would misread; a broker refuses a data dir of
+/// another version instead of guessing.
+pub const FORMAT_VERSION: u32 = 1;
 const QUEUE_PREFIX: &[u8] = b"queue/";
 
 /// Block cache shared by every column family: idle queues cost no memory.
@@ -98,6 +105,21 @@ fn queue_cf_options(cache: &Cache) -> Options {
     o
 }
 
+/// Says plainly when the data dir is held by another broker: RocksDB's own
+/// message names only a lock file.
+fn open_error(dir: &Path, e: rocksdb::Error) -> BrokerError {
+    let msg = e.into_string();
+    if msg.contains("LOCK") || msg.contains("lock") {
+        BrokerError::Storage(format!(
+            "data dir {} is in use by another running broker (its LOCK file is held); \
+             stop that broker or give this one another --data-dir ({msg})",
+            dir.display()
+        ))
+    } else {
+        BrokerError::Storage(msg)
+    }
+}
+
 impl Store {
     pub fn open(dir: &Path, durability: Durability) -> Result<Store> {
         std::fs::create_dir_all(dir)
@@ -118,8 +140,35 @@ impl Store {
         for name in existing.iter().filter(|n| n.starts_with("q.")) {
             descriptors.push(ColumnFamilyDescriptor::new(name, cf_opts.clone()));
         }
-        let db = Db::open_cf_descriptors(&db_opts, dir, descriptors)?;
-        Ok(Store { db: Arc::new(db), cf_opts: Arc::new(cf_opts), sync: durability == Durability::Strict })
+        let db = Db::open_cf_descriptors(&db_opts, dir, descriptors).map_err(|e| open_error(dir, e))?;
+        let store = Store { db: Arc::new(db), cf_opts: Arc::new(cf_opts), sync: durability == Durability::Strict };
+        store.check_format(dir)?;
+        Ok(store)
+    }
+
+    /// Refuses a data dir written in another on-disk format, and stamps a
+    /// new one (or one from before versioning, which is format 1).
+    fn check_format(&self, dir: &Path) -> Result<()> {
+        let meta = self.meta()?;
+        match self.db.get_cf(&meta, FORMAT_KEY)? {
+            Some(v) => {
+                let found = v.as_slice().try_into().map(u32::from_be_bytes).unwrap_or(0);
+                if found != FORMAT_VERSION {
+                    return Err(BrokerError::Storage(format!(
+                        "data dir {} holds on-disk format v{found}, but this broker reads format v{FORMAT_VERSION}: \
+                         run the Fairway version that wrote it (or a newer one that can migrate it); \
+                         nothing was changed",
+                        dir.display()
+                    )));
+                }
+                Ok(())
+            }
+            None => {
+                let mut b = WriteBatch::default();
+                b.put_cf(&meta, FORMAT_KEY, FORMAT_VERSION.to_be_bytes());
+                self.write(b, true)
+            }
+        }
     }
 
     pub fn db(&self) -> &Db {
@@ -311,6 +360,38 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_data_dir_of_another_format_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), Durability::Strict).unwrap();
+            let mut b = WriteBatch::default();
+            b.put_cf(&store.meta().unwrap(), FORMAT_KEY, 99u32.to_be_bytes());
+            store.write(b, true).unwrap();
+        }
+        let err = Store::open(dir.path(), Durability::Strict).err().expect("refused").to_string();
+        assert!(err.contains("format v99") && err.contains("reads format v1"), "{err}");
+        // Still v99: refusing changed nothing.
+        let err = Store::open(dir.path(), Durability::Strict).err().expect("refused again").to_string();
+        assert!(err.contains("format v99"), "{err}");
+    }
+
+    #[test]
+    fn a_new_data_dir_is_stamped_with_the_current_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Durability::Strict).unwrap();
+        let v = store.db.get_cf(&store.meta().unwrap(), FORMAT_KEY).unwrap().unwrap();
+        assert_eq!(v, FORMAT_VERSION.to_be_bytes());
+    }
+
+    #[test]
+    fn a_data_dir_in_use_is_refused_with_a_clear_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path(), Durability::Strict).unwrap();
+        let err = Store::open(dir.path(), Durability::Strict).err().expect("second open refused").to_string();
+        assert!(err.contains("in use by another running broker"), "{err}");
+    }
 
     #[test]
     fn scan_is_bounded_on_both_sides_and_reports_more() {
