@@ -5,12 +5,6 @@ use fairway::{cli, config::ServeConfig, server, telemetry};
 use std::io::Write;
 use std::process::ExitCode;
 
-/// mimalloc instead of glibc malloc: jobs are allocated on the gRPC threads and
-/// freed on the writer thread, and glibc's cross-arena frees and consolidation
-/// were about a sixth of the writer's time in the end-to-end profile.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(name = "fairway", version, about = "A durable, fair, multi-tenant job-queue broker")]
 struct Args {
