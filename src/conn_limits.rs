@@ -107,10 +107,22 @@ mod tests {
         assert!(server.nodelay().unwrap());
     }
 
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        limits: ConnLimits,
+    }
+
     #[test]
-    fn defaults_are_the_documented_constants() {
+    fn flag_defaults_are_the_documented_constants_and_flags_override_them() {
+        use clap::Parser;
         let d = ConnLimits::default();
         assert_eq!(d.request_timeout, DEFAULT_REQUEST_TIMEOUT);
         assert_eq!(d.max_streams_per_connection, DEFAULT_MAX_STREAMS_PER_CONNECTION);
+        assert_eq!(Flags::try_parse_from(["serve"]).unwrap().limits, d);
+        let set = Flags::try_parse_from(["serve", "--request-timeout", "90s", "--max-streams-per-connection", "16"])
+            .unwrap()
+            .limits;
+        assert_eq!(set, ConnLimits { request_timeout: Duration::from_secs(90), max_streams_per_connection: 16 });
     }
 }

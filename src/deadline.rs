@@ -70,7 +70,8 @@ where
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
         let limit = self.limit_for(req.uri().path());
-        let path = req.uri().path().to_string();
+        // Kept for the refusal; a Uri clone shares its bytes.
+        let uri = req.uri().clone();
         // The clone is the one driven later; `self.inner` was made ready.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -78,6 +79,7 @@ where
             match tokio::time::timeout(limit, inner.call(req)).await {
                 Ok(answer) => answer,
                 Err(_) => {
+                    let path = uri.path();
                     tracing::debug!(%path, ?limit, "call overran the server deadline");
                     let status = tonic::Status::deadline_exceeded(format!(
                         "{path} did not complete within the server's limit of {}s (--request-timeout): \

@@ -2,7 +2,7 @@
 
 use crate::broker::{LeaseSpec, ListJobs, QueueConfigPatch, Subscription};
 use crate::error::{BrokerError, Result};
-use crate::limits::{self, check_at_most, check_count, check_len};
+use crate::limits::{self, check_at_most, check_count, check_len, MAX_IN_FLIGHT, MAX_WAIT};
 use crate::model::{
     self, duration_millis, now_millis, scope_or_default, validate_job_shape, validate_lease_duration, validate_name,
     JobState, NewJob, QueueConfig,
@@ -134,8 +134,6 @@ fn worker_lease(d: Option<&prost_types::Duration>) -> Result<Option<Duration>> {
         None => Ok(None),
     }
 }
-
-use crate::limits::{MAX_IN_FLIGHT, MAX_WAIT};
 
 pub fn subscription(s: pb::Subscribe) -> Result<Subscription> {
     check_at_most("max_in_flight", s.max_in_flight.into(), MAX_IN_FLIGHT.into())?;
