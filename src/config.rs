@@ -28,6 +28,9 @@ pub struct ServeConfig {
     /// `off` disables it. Port 0 picks a free port.
     #[arg(long, env = "FAIRWAY_METRICS_LISTEN", default_value = "127.0.0.1:9090")]
     pub metrics_listen: Listen,
+    /// Request and connection limits of the gRPC transport.
+    #[command(flatten)]
+    pub limits: crate::conn_limits::ConnLimits,
 }
 
 /// A listen address, or `off`.
@@ -57,6 +60,7 @@ impl ServeConfig {
             log_format: crate::telemetry::LogFormat::Text,
             metrics_listen: Listen::At(SocketAddr::from(([127, 0, 0, 1], 0))),
             otlp_endpoint: None,
+            limits: Default::default(),
         }
     }
 }

@@ -9,15 +9,10 @@ pub const DEFAULT_SCOPE: &str = "default";
 /// Longest lease a worker may ask for: every lease must expire, and a day is
 /// far past any job a lease is meant to cover.
 pub const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
-/// Largest batch accepted by `EnqueueBatch`; bigger batches hold the writer
-/// thread for too long and should be split by the client.
-pub const MAX_BATCH: usize = 10_000;
-/// Limit on a dedup key, so keys stay cheap to index.
-pub const MAX_DEDUP_KEY: usize = 256;
-/// Limit on all header keys and values of one job together.
-pub const MAX_HEADER_BYTES: usize = 64 * 1024;
-/// Limit on the error text a nack stores with the job.
-pub const MAX_ERROR_BYTES: usize = 8 * 1024;
+// The request limits live together in `limits`; these names stay here for
+// the code that has always found them in the model.
+use crate::limits::{check_headers, check_len, preview, MAX_NAME_BYTES};
+pub use crate::limits::{MAX_BATCH, MAX_DEDUP_KEY, MAX_ERROR_BYTES, MAX_HEADER_BYTES, MAX_PAYLOAD_LIMIT};
 
 /// Milliseconds since the Unix epoch: the broker's one clock unit.
 pub type Millis = u64;
@@ -33,15 +28,22 @@ pub fn duration_millis(d: Duration) -> u64 {
 /// Checks a queue, tenant or environment name against `[a-z0-9][a-z0-9._-]{0,127}`.
 pub fn validate_name(kind: &str, name: &str) -> Result<(), BrokerError> {
     let bytes = name.as_bytes();
+    if bytes.len() > MAX_NAME_BYTES {
+        return Err(BrokerError::InvalidArgument(format!(
+            "{kind} name is {} bytes; the limit is {MAX_NAME_BYTES} (name starts {})",
+            bytes.len(),
+            preview(name)
+        )));
+    }
     let ok = !bytes.is_empty()
-        && bytes.len() <= 128
         && matches!(bytes[0], b'a'..=b'z' | b'0'..=b'9')
         && bytes.iter().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'));
     if ok {
         Ok(())
     } else {
         Err(BrokerError::InvalidArgument(format!(
-            "{kind} name {name:?} is invalid: use 1-128 characters from a-z, 0-9, '.', '_', '-', starting with a letter or digit"
+            "{kind} name {} is invalid: use 1-{MAX_NAME_BYTES} characters from a-z, 0-9, '.', '_', '-', starting with a letter or digit",
+            preview(name)
         )))
     }
 }
@@ -62,16 +64,17 @@ pub struct JobId(pub u64);
 
 impl JobId {
     pub fn parse(s: &str) -> Result<JobId, BrokerError> {
-        if s.len() != 16 {
-            return Err(BrokerError::InvalidArgument(format!(
-                "job_id {s:?} is malformed: job ids are 16 hex digits as returned by Enqueue"
-            )));
-        }
-        u64::from_str_radix(s, 16).map(JobId).map_err(|_| {
+        let malformed = || {
             BrokerError::InvalidArgument(format!(
-                "job_id {s:?} is malformed: job ids are 16 hex digits as returned by Enqueue"
+                "job_id {} is malformed: job ids are 16 hex digits as returned by Enqueue",
+                preview(s)
             ))
-        })
+        };
+        // from_str_radix alone would also take a leading '+'.
+        if s.len() != 16 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(malformed());
+        }
+        u64::from_str_radix(s, 16).map(JobId).map_err(|_| malformed())
     }
 }
 
@@ -95,7 +98,8 @@ impl LeaseId {
         match hex::decode_to_slice(s, &mut out) {
             Ok(()) => Ok(LeaseId(out)),
             Err(_) => Err(BrokerError::InvalidArgument(format!(
-                "lease_id {s:?} is malformed: lease ids are the 32 hex digits of a Delivery"
+                "lease_id {} is malformed: lease ids are the 32 hex digits of a Delivery",
+                preview(s)
             ))),
         }
     }
@@ -177,9 +181,6 @@ impl Default for QueueConfig {
     }
 }
 
-/// Hard ceiling on `max_payload_bytes`, below the server's message limit.
-pub const MAX_PAYLOAD_LIMIT: u32 = 32 * 1024 * 1024;
-
 impl QueueConfig {
     pub fn validate(&self) -> Result<(), BrokerError> {
         let bad = |m: String| Err(BrokerError::InvalidArgument(m));
@@ -196,10 +197,17 @@ impl QueueConfig {
             return bad("backoff_max must be at least backoff_initial".into());
         }
         if self.weight == 0 || self.weight > crate::scheduler::MAX_WEIGHT {
-            return bad(format!("weight must be between 1 and {}", crate::scheduler::MAX_WEIGHT));
+            return bad(format!(
+                "weight is {}; it must be between 1 and {}",
+                self.weight,
+                crate::scheduler::MAX_WEIGHT
+            ));
         }
         if self.max_payload_bytes == 0 || self.max_payload_bytes > MAX_PAYLOAD_LIMIT {
-            return bad(format!("max_payload_bytes must be between 1 and {MAX_PAYLOAD_LIMIT}"));
+            return bad(format!(
+                "max_payload_bytes is {}; it must be between 1 and {MAX_PAYLOAD_LIMIT}",
+                self.max_payload_bytes
+            ));
         }
         Ok(())
     }
@@ -212,7 +220,12 @@ impl QueueConfig {
         let base = self.backoff_initial.saturating_mul(1u32 << exp.min(31)).min(self.backoff_max);
         let half = base / 2;
         let jitter_ms = duration_millis(half);
-        let extra = if jitter_ms == 0 { 0 } else { rand::random::<u64>() % (jitter_ms + 1) };
+        // checked_add: a half past u64::MAX ms (clamped) must not wrap to a
+        // zero divisor.
+        let extra = match jitter_ms.checked_add(1) {
+            None => rand::random::<u64>(),
+            Some(span) => rand::random::<u64>() % span,
+        };
         half + Duration::from_millis(extra)
     }
 }
@@ -302,18 +315,8 @@ pub enum JobState {
 
 /// Checks the parts of a job that don't depend on its queue's settings.
 pub fn validate_job_shape(job: &NewJob) -> Result<(), BrokerError> {
-    if job.dedup_key.len() > MAX_DEDUP_KEY {
-        return Err(BrokerError::InvalidArgument(format!(
-            "dedup_key is {} bytes; the limit is {MAX_DEDUP_KEY}",
-            job.dedup_key.len()
-        )));
-    }
-    let header_bytes: usize = job.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
-    if header_bytes > MAX_HEADER_BYTES {
-        return Err(BrokerError::InvalidArgument(format!(
-            "headers total {header_bytes} bytes; the limit is {MAX_HEADER_BYTES}"
-        )));
-    }
+    check_len("dedup_key", &job.dedup_key, MAX_DEDUP_KEY)?;
+    check_headers(&job.headers)?;
     if let Some(d) = job.lease_duration {
         validate_lease_duration(d)?;
     }

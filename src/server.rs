@@ -8,6 +8,8 @@ use crate::api::{admin::AdminApi, jobs::JobsApi, trace::Tracer, worker::WorkerAp
 use crate::broker::monitor::HealthMap;
 use crate::broker::Broker;
 use crate::config::{Listen, ServeConfig};
+use crate::conn_limits::{self, MAX_MESSAGE};
+use crate::deadline::DeadlineLayer;
 use crate::error::BrokerError;
 use crate::pb;
 use crate::pb::{
@@ -22,9 +24,6 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 use tonic_health::ServingStatus;
 
-/// Largest request accepted: room for a maximal batch of small jobs or one
-/// job at the largest configurable payload.
-const MAX_MESSAGE: usize = 64 << 20;
 /// How long open connections may linger after the broker has drained.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -159,18 +158,10 @@ pub async fn run(
         let _ = drained_tx.send(());
     };
 
-    // `Server::tcp_nodelay` only covers listeners tonic binds itself: set it
-    // on every accepted socket, or Nagle plus delayed ACKs add ~40 ms stalls.
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
-        conn.inspect(|s| {
-            if let Err(e) = s.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        })
-    });
-    let serve = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(20)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+    // tonic's TCP settings only cover listeners it binds itself.
+    let incoming = TcpListenerStream::new(listener).map(|conn| conn.inspect(conn_limits::tune_socket));
+    let serve = conn_limits::configure(tonic::transport::Server::builder(), &config.limits)
+        .layer(DeadlineLayer { timeout: config.limits.request_timeout })
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

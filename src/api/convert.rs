@@ -2,6 +2,7 @@
 
 use crate::broker::{LeaseSpec, ListJobs, QueueConfigPatch, Subscription};
 use crate::error::{BrokerError, Result};
+use crate::limits::{self, check_at_most, check_count, check_len, MAX_IN_FLIGHT, MAX_WAIT};
 use crate::model::{
     self, duration_millis, now_millis, scope_or_default, validate_job_shape, validate_lease_duration, validate_name,
     JobState, NewJob, QueueConfig,
@@ -18,6 +19,13 @@ pub fn duration(field: &str, d: &prost_types::Duration) -> Result<Duration> {
     if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
         return Err(invalid(format!("{field} must be a non-negative duration")));
     }
+    if d.seconds > limits::MAX_DURATION_SECS {
+        return Err(invalid(format!(
+            "{field} is {}s; the limit is {}s (10,000 years, the protobuf Duration range)",
+            d.seconds,
+            limits::MAX_DURATION_SECS
+        )));
+    }
     Ok(Duration::new(d.seconds as u64, d.nanos as u32))
 }
 
@@ -28,6 +36,13 @@ pub fn opt_duration(field: &str, d: Option<&prost_types::Duration>) -> Result<Op
 fn timestamp_millis(field: &str, t: &prost_types::Timestamp) -> Result<u64> {
     if t.seconds < 0 || t.nanos < 0 || t.nanos >= 1_000_000_000 {
         return Err(invalid(format!("{field} must be a timestamp after 1970")));
+    }
+    if t.seconds > limits::MAX_TIMESTAMP_SECS {
+        return Err(invalid(format!(
+            "{field} is {}s after 1970; the limit is {}s (9999-12-31, the protobuf Timestamp range)",
+            t.seconds,
+            limits::MAX_TIMESTAMP_SECS
+        )));
     }
     Ok((t.seconds as u64).saturating_mul(1000).saturating_add((t.nanos as u64) / 1_000_000))
 }
@@ -100,6 +115,7 @@ fn queue_list(queues: &[String]) -> Result<Vec<String>> {
     if queues.is_empty() {
         return Err(invalid("name at least one queue to take jobs from".into()));
     }
+    check_count("queues", queues.len(), limits::MAX_WORKER_QUEUES)?;
     let mut out: Vec<String> = Vec::with_capacity(queues.len());
     for q in queues {
         validate_name("queue", q)?;
@@ -119,15 +135,10 @@ fn worker_lease(d: Option<&prost_types::Duration>) -> Result<Option<Duration>> {
     }
 }
 
-/// Largest prefetch window and unary batch a worker may ask for.
-pub const MAX_IN_FLIGHT: u32 = 10_000;
-/// Longest long-poll.
-pub const MAX_WAIT: Duration = Duration::from_secs(300);
-
 pub fn subscription(s: pb::Subscribe) -> Result<Subscription> {
-    if s.max_in_flight > MAX_IN_FLIGHT {
-        return Err(invalid(format!("max_in_flight is at most {MAX_IN_FLIGHT}")));
-    }
+    check_at_most("max_in_flight", s.max_in_flight.into(), MAX_IN_FLIGHT.into())?;
+    check_len("worker_id", &s.worker_id, limits::MAX_WORKER_ID_BYTES)?;
+    check_len("worker_version", &s.worker_version, limits::MAX_WORKER_VERSION_BYTES)?;
     Ok(Subscription {
         queues: queue_list(&s.queues)?,
         worker_id: s.worker_id,
@@ -138,12 +149,11 @@ pub fn subscription(s: pb::Subscribe) -> Result<Subscription> {
 }
 
 pub fn lease_spec(r: pb::LeaseRequest) -> Result<LeaseSpec> {
-    if r.max_jobs > MAX_IN_FLIGHT {
-        return Err(invalid(format!("max_jobs is at most {MAX_IN_FLIGHT}")));
-    }
+    check_at_most("max_jobs", r.max_jobs.into(), MAX_IN_FLIGHT.into())?;
+    check_len("worker_id", &r.worker_id, limits::MAX_WORKER_ID_BYTES)?;
     let wait = opt_duration("wait", r.wait.as_ref())?.unwrap_or_default();
     if wait > MAX_WAIT {
-        return Err(invalid(format!("wait is at most {}s", MAX_WAIT.as_secs())));
+        return Err(invalid(format!("wait is {:?}; the limit is {}s", wait, MAX_WAIT.as_secs())));
     }
     Ok(LeaseSpec {
         queues: queue_list(&r.queues)?,
@@ -175,6 +185,7 @@ fn optional_scope(kind: &str, v: &str) -> Result<Option<String>> {
 }
 
 pub fn list_jobs(r: pb::ListJobsRequest) -> Result<ListJobs> {
+    check_len("page_token", &r.page_token, limits::MAX_PAGE_TOKEN)?;
     let page_token = if r.page_token.is_empty() {
         None
     } else {

@@ -2,9 +2,10 @@
 //! proto out. No job logic lives here.
 
 pub mod admin;
-mod convert;
+pub(crate) mod convert;
 mod enqueue_stream;
 pub mod jobs;
+mod outcome_window;
 pub mod trace;
 pub mod traceparent;
 mod work_trace;

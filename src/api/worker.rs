@@ -1,6 +1,7 @@
 //! `fairway.v1.WorkerService`: workers lease, ack, nack and extend.
 
 use super::convert;
+use super::outcome_window::OutcomeWindow;
 use super::trace::{self, Tracer};
 use super::work_trace::{self, SharedWorkTraces, WorkTraces};
 use crate::broker::{view, Broker, SettleAction, SettleOutcome, StreamTx};
@@ -125,11 +126,18 @@ impl WorkerService for WorkerApi {
         let id = self.broker.subscribe(sub, tx.clone()).await?;
         let guard = Subscribed { broker: self.broker.clone(), id };
         let reader_traces = traces.clone();
+        let window = OutcomeWindow::default();
+        let reader_window = window.clone();
         tokio::spawn(async move {
             let guard = guard;
             loop {
                 let next = tokio::select! {
-                    m = inbound.message() => m,
+                    // Room for the outcome first: a client that doesn't read
+                    // its outcomes stops being read.
+                    m = async {
+                        reader_window.reserve().await;
+                        inbound.message().await
+                    } => m,
                     // The response side is gone (client left, or the broker
                     // ended the stream at shutdown): stop reading, which also
                     // releases the request half of the HTTP/2 stream.
@@ -139,12 +147,17 @@ impl WorkerService for WorkerApi {
                     Ok(Some(pb::WorkRequest { request: Some(msg) })) => {
                         settle_from_stream(&guard.broker, &tx, msg, reader_traces.as_ref()).await
                     }
-                    Ok(Some(_)) => {}
+                    Ok(Some(_)) => reader_window.release(),
                     Ok(None) | Err(_) => break,
                 }
             }
         });
-        let out = UnboundedReceiverStream::new(rx);
+        let out = UnboundedReceiverStream::new(rx).map(move |item| {
+            if let Ok(pb::WorkResponse { response: Some(pb::work_response::Response::Outcome(_)) }) = &item {
+                window.release();
+            }
+            item
+        });
         let out: WorkStream = match traces {
             None => Box::pin(out),
             // Deliveries are traced as they leave, on this side of the writer.

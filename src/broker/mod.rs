@@ -13,7 +13,7 @@ mod engine_tests;
 pub mod monitor;
 pub mod observe;
 mod ops;
-mod queue_state;
+pub(crate) mod queue_state;
 mod rate_limit;
 mod reads;
 mod record_cache;

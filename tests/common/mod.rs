@@ -42,6 +42,21 @@ impl TestServer {
     pub async fn start_at(dir: &Path, listen: SocketAddr) -> TestServer {
         let mut config = ServeConfig::for_dir(dir);
         config.listen = listen;
+        TestServer::start_config(config).await
+    }
+
+    /// A broker in a temp dir with settings changed by `tune`.
+    pub async fn start_with(tune: impl FnOnce(&mut ServeConfig)) -> TestServer {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut config = ServeConfig::for_dir(tmp.path());
+        tune(&mut config);
+        let mut s = TestServer::start_config(config).await;
+        s._tmp = Some(tmp);
+        s
+    }
+
+    async fn start_config(config: ServeConfig) -> TestServer {
+        let dir = config.data_dir.clone();
         let listeners = fairway::server::Listeners::bind(&config).await.expect("bind");
         let addr = listeners.grpc.local_addr().expect("addr");
         let http_addr = listeners.http.as_ref().expect("metrics listener").local_addr().expect("addr");
@@ -55,15 +70,7 @@ impl TestServer {
         });
         let channel =
             tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("endpoint").connect_lazy();
-        TestServer {
-            addr,
-            http_addr,
-            channel,
-            data_dir: dir.to_path_buf(),
-            _tmp: None,
-            stop: Some(stop),
-            task: Some(task),
-        }
+        TestServer { addr, http_addr, channel, data_dir: dir, _tmp: None, stop: Some(stop), task: Some(task) }
     }
 
     pub fn jobs(&self) -> JobServiceClient<Channel> {
@@ -76,6 +83,30 @@ impl TestServer {
 
     pub fn admin(&self) -> AdminServiceClient<Channel> {
         AdminServiceClient::new(self.channel.clone())
+    }
+
+    /// A client on a connection of its own (`channel` is one shared
+    /// HTTP/2 connection).
+    pub async fn fresh_channel(&self) -> Channel {
+        tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    /// The overall gRPC health status, on a connection of its own.
+    pub async fn health(&self) -> Result<i32, tonic::Status> {
+        let mut h = tonic_health::pb::health_client::HealthClient::new(self.fresh_channel().await);
+        Ok(h.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await?.into_inner().status)
+    }
+
+    /// Fails unless the broker answers health SERVING and a real call.
+    pub async fn assert_serving(&self) {
+        let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+        assert_eq!(self.health().await.expect("health answers"), serving);
+        let mut admin = AdminServiceClient::new(self.fresh_channel().await);
+        admin.list_queues(pb::ListQueuesRequest {}).await.expect("the broker still serves calls");
     }
 
     /// Graceful stop; waits until storage is closed.
