@@ -28,6 +28,21 @@ pub struct ServeConfig {
     /// `off` disables it. Port 0 picks a free port.
     #[arg(long, env = "FAIRWAY_METRICS_LISTEN", default_value = "127.0.0.1:9090")]
     pub metrics_listen: Listen,
+    /// PEM certificate chain: serves TLS on the gRPC port and the metrics
+    /// port. Needs --tls-key.
+    #[arg(long, env = "FAIRWAY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "FAIRWAY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s): clients must present a certificate signed by
+    /// one of them (mutual TLS), on both ports. Needs --tls-cert.
+    #[arg(long, env = "FAIRWAY_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// TOML file of bearer tokens and their roles, queues and tenants.
+    /// Unset: every caller may do everything.
+    #[arg(long, env = "FAIRWAY_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
 }
 
 /// A listen address, or `off`.
@@ -57,6 +72,10 @@ impl ServeConfig {
             log_format: crate::telemetry::LogFormat::Text,
             metrics_listen: Listen::At(SocketAddr::from(([127, 0, 0, 1], 0))),
             otlp_endpoint: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            auth_file: None,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Proto -> domain conversion and validation for every request.
 
-use crate::broker::{LeaseSpec, ListJobs, QueueConfigPatch, Subscription};
+use crate::broker::{LeaseSpec, ListJobs, QueueConfigPatch, Subscription, TenantFilter};
 use crate::error::{BrokerError, Result};
 use crate::model::{
     self, duration_millis, now_millis, scope_or_default, validate_job_shape, validate_lease_duration, validate_name,
@@ -124,7 +124,8 @@ pub const MAX_IN_FLIGHT: u32 = 10_000;
 /// Longest long-poll.
 pub const MAX_WAIT: Duration = Duration::from_secs(300);
 
-pub fn subscription(s: pb::Subscribe) -> Result<Subscription> {
+/// `tenants`: whose jobs the worker may receive (from its token).
+pub fn subscription(s: pb::Subscribe, tenants: TenantFilter) -> Result<Subscription> {
     if s.max_in_flight > MAX_IN_FLIGHT {
         return Err(invalid(format!("max_in_flight is at most {MAX_IN_FLIGHT}")));
     }
@@ -134,10 +135,12 @@ pub fn subscription(s: pb::Subscribe) -> Result<Subscription> {
         worker_version: s.worker_version,
         max_in_flight: s.max_in_flight.max(1),
         lease_duration: worker_lease(s.lease_duration.as_ref())?,
+        tenants,
     })
 }
 
-pub fn lease_spec(r: pb::LeaseRequest) -> Result<LeaseSpec> {
+/// `tenants`: whose jobs the worker may receive (from its token).
+pub fn lease_spec(r: pb::LeaseRequest, tenants: TenantFilter) -> Result<LeaseSpec> {
     if r.max_jobs > MAX_IN_FLIGHT {
         return Err(invalid(format!("max_jobs is at most {MAX_IN_FLIGHT}")));
     }
@@ -151,6 +154,7 @@ pub fn lease_spec(r: pb::LeaseRequest) -> Result<LeaseSpec> {
         wait,
         lease_duration: worker_lease(r.lease_duration.as_ref())?,
         worker_id: r.worker_id,
+        tenants,
     })
 }
 

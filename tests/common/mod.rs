@@ -34,7 +34,22 @@ impl TestServer {
     }
 
     pub async fn start_in(dir: &Path) -> TestServer {
-        let config = ServeConfig::for_dir(dir);
+        TestServer::start_config(ServeConfig::for_dir(dir)).await
+    }
+
+    /// Like [`start`](Self::start), with the settings `edit` changes (TLS,
+    /// auth file). `channel` is plain HTTP/2: a TLS test makes its own.
+    pub async fn start_with(edit: impl FnOnce(&mut ServeConfig)) -> TestServer {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut config = ServeConfig::for_dir(tmp.path());
+        edit(&mut config);
+        let mut s = TestServer::start_config(config).await;
+        s._tmp = Some(tmp);
+        s
+    }
+
+    pub async fn start_config(config: ServeConfig) -> TestServer {
+        let dir = config.data_dir.clone();
         let listeners = fairway::server::Listeners::bind(&config).await.expect("bind");
         let addr = listeners.grpc.local_addr().expect("addr");
         let http_addr = listeners.http.as_ref().expect("metrics listener").local_addr().expect("addr");
@@ -48,15 +63,7 @@ impl TestServer {
         });
         let channel =
             tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("endpoint").connect_lazy();
-        TestServer {
-            addr,
-            http_addr,
-            channel,
-            data_dir: dir.to_path_buf(),
-            _tmp: None,
-            stop: Some(stop),
-            task: Some(task),
-        }
+        TestServer { addr, http_addr, channel, data_dir: dir, _tmp: None, stop: Some(stop), task: Some(task) }
     }
 
     pub fn jobs(&self) -> JobServiceClient<Channel> {
