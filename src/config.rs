@@ -31,6 +31,21 @@ pub struct ServeConfig {
     /// Request and connection limits of the gRPC transport.
     #[command(flatten)]
     pub limits: crate::conn_limits::ConnLimits,
+    /// PEM certificate chain: serves TLS on the gRPC port and the metrics
+    /// port. Needs --tls-key.
+    #[arg(long, env = "FAIRWAY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "FAIRWAY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s): clients must present a certificate signed by
+    /// one of them (mutual TLS), on both ports. Needs --tls-cert.
+    #[arg(long, env = "FAIRWAY_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// TOML file of bearer tokens and their roles, queues and tenants.
+    /// Unset: every caller may do everything.
+    #[arg(long, env = "FAIRWAY_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
 }
 
 /// A listen address, or `off`.
@@ -61,6 +76,10 @@ impl ServeConfig {
             metrics_listen: Listen::At(SocketAddr::from(([127, 0, 0, 1], 0))),
             otlp_endpoint: None,
             limits: Default::default(),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            auth_file: None,
         }
     }
 }

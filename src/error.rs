@@ -27,6 +27,12 @@ pub enum BrokerError {
     RateLimited { queue: String, tenant: String, rate: f64, retry_after: std::time::Duration },
     #[error("the broker is shutting down; retry against a running instance")]
     ShuttingDown,
+    /// No token, or one the auth file does not hold.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A known token, outside its role, queues or tenants.
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error("storage error: {0}")]
     Storage(String),
 }
@@ -48,6 +54,8 @@ impl BrokerError {
             BrokerError::LeaseNotHeld(_) | BrokerError::FailedPrecondition(_) => Code::FailedPrecondition,
             BrokerError::ResourceExhausted(_) | BrokerError::RateLimited { .. } => Code::ResourceExhausted,
             BrokerError::ShuttingDown => Code::Unavailable,
+            BrokerError::Unauthenticated(_) => Code::Unauthenticated,
+            BrokerError::PermissionDenied(_) => Code::PermissionDenied,
             BrokerError::Storage(_) => Code::Internal,
         }
     }
@@ -57,6 +65,7 @@ impl BrokerError {
         match self {
             BrokerError::InvalidArgument(m) => BrokerError::InvalidArgument(format!("{prefix}: {m}")),
             BrokerError::FailedPrecondition(m) => BrokerError::FailedPrecondition(format!("{prefix}: {m}")),
+            BrokerError::PermissionDenied(m) => BrokerError::PermissionDenied(format!("{prefix}: {m}")),
             e @ (BrokerError::QueueNotFound(_) | BrokerError::JobNotFound { .. } | BrokerError::NotFound(_)) => {
                 BrokerError::NotFound(format!("{prefix}: {e}"))
             }
@@ -90,6 +99,8 @@ mod tests {
         assert_eq!(Status::from(BrokerError::QueueExists("q".into())).code(), Code::AlreadyExists);
         assert_eq!(Status::from(BrokerError::LeaseNotHeld("x".into())).code(), Code::FailedPrecondition);
         assert_eq!(Status::from(BrokerError::ShuttingDown).code(), Code::Unavailable);
+        assert_eq!(Status::from(BrokerError::Unauthenticated("x".into())).code(), Code::Unauthenticated);
+        assert_eq!(Status::from(BrokerError::PermissionDenied("x".into())).code(), Code::PermissionDenied);
         let s = Status::from(BrokerError::QueueNotFound("emails".into()));
         assert!(s.message().contains("fairway queue create emails"));
     }

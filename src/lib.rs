@@ -3,9 +3,11 @@
 //! Layout: [`model`] (domain types and validation), [`scheduler`] (fair
 //! selection), [`storage`] (RocksDB layout), [`broker`] (the writer thread and
 //! all job logic), [`api`] (thin gRPC handlers), [`server`] (tonic wiring,
-//! health, reflection), [`cli`] (the terminal client).
+//! health, reflection), [`auth`] and [`tls`] (who may connect and do what),
+//! [`cli`] (the terminal client).
 
 pub mod api;
+pub mod auth;
 pub mod bench;
 pub mod bench_backlog;
 pub mod bench_fairness;
@@ -25,6 +27,7 @@ pub mod scheduler;
 pub mod server;
 pub mod storage;
 pub mod telemetry;
+pub mod tls;
 
 /// Code generated from `proto/fairway/v1/fairway.proto`.
 pub mod pb {

@@ -8,9 +8,9 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "fairway", version, about = "A durable, fair, multi-tenant job-queue broker")]
 struct Args {
-    /// Broker address for client commands.
-    #[arg(long, global = true, env = "FAIRWAY_ADDR", default_value = cli::DEFAULT_ADDR)]
-    addr: String,
+    /// Where client commands connect, and with which TLS files and token.
+    #[command(flatten)]
+    remote: cli::Remote,
     /// What to do.
     #[command(subcommand)]
     cmd: Cmd,
@@ -92,7 +92,8 @@ async fn main() -> ExitCode {
                         println!("fairway listening on {addr}");
                     }
                     if let Some(addr) = listeners.http.as_ref().and_then(|l| l.local_addr().ok()) {
-                        println!("fairway metrics and dashboard on http://{addr}");
+                        let scheme = if config.tls_cert.is_some() { "https" } else { "http" };
+                        println!("fairway metrics and dashboard on {scheme}://{addr}");
                     }
                     let _ = std::io::stdout().flush();
                     server::run(listeners, &config, shutdown_signal()).await.map_err(Into::into)
@@ -100,13 +101,13 @@ async fn main() -> ExitCode {
                 Err(e) => Err(e.into()),
             }
         }
-        Cmd::Queue(cmd) => cli::queue(&args.addr, cmd).await,
-        Cmd::Stats(a) => cli::stats(&args.addr, a).await,
-        Cmd::Jobs(cmd) => cli::jobs(&args.addr, cmd).await,
-        Cmd::Dead(cmd) => cli::dead(&args.addr, cmd).await,
-        Cmd::Enqueue(a) => cli::enqueue(&args.addr, a).await,
-        Cmd::Tenant(cmd) => cli::tenant(&args.addr, cmd).await,
-        Cmd::Health { service } => cli::health(&args.addr, service).await,
+        Cmd::Queue(cmd) => cli::queue(&args.remote, cmd).await,
+        Cmd::Stats(a) => cli::stats(&args.remote, a).await,
+        Cmd::Jobs(cmd) => cli::jobs(&args.remote, cmd).await,
+        Cmd::Dead(cmd) => cli::dead(&args.remote, cmd).await,
+        Cmd::Enqueue(a) => cli::enqueue(&args.remote, a).await,
+        Cmd::Tenant(cmd) => cli::tenant(&args.remote, cmd).await,
+        Cmd::Health { service } => cli::health(&args.remote, service).await,
         Cmd::Bench(a) => fairway::bench::run(a).await.map_err(|e| e.to_string().into()),
     };
     match result {
@@ -115,5 +116,29 @@ async fn main() -> ExitCode {
             eprintln!("{}", cli::describe(e.as_ref()));
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        // Catches clashing names, e.g. a global client flag shadowing one of
+        // `serve`'s, which release builds would not report.
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_and_client_tls_flags_do_not_mix() {
+        let a = Args::try_parse_from(["fairway", "serve", "--tls-cert", "s.pem", "--tls-key", "s.key"]).unwrap();
+        let Cmd::Serve(c) = a.cmd else { panic!("serve") };
+        assert_eq!(c.tls_cert.as_deref(), Some(std::path::Path::new("s.pem")));
+        assert!(a.remote.client_cert.is_none());
+        let a = Args::try_parse_from(["fairway", "queue", "list", "--client-cert", "c.pem", "--client-key", "c.key"])
+            .unwrap();
+        assert_eq!(a.remote.client_cert.as_deref(), Some(std::path::Path::new("c.pem")));
     }
 }

@@ -138,31 +138,58 @@ impl FairScheduler {
     /// no group has ready work.
     pub fn next(&mut self, mut has_ready: impl FnMut(&str, &str) -> bool) -> Option<(String, String)> {
         while let Some(tenant) = self.tenants.first().map(str::to_string) {
-            let Some(level) = self.envs.get_mut(&tenant) else {
-                self.tenants.remove(&tenant);
-                continue;
-            };
-            let mut chosen = None;
-            while let Some(env) = level.first().map(str::to_string) {
-                if has_ready(&tenant, &env) {
-                    chosen = Some(env);
-                    break;
-                }
-                level.remove(&env);
+            if let Some(env) = self.serve(&tenant, &mut has_ready) {
+                return Some((tenant, env));
             }
-            let Some(env) = chosen else {
-                self.envs.remove(&tenant);
-                self.tenants.remove(&tenant);
-                continue;
-            };
-            let (tw, ew) = (self.tenant_weight(&tenant), self.env_weight(&tenant, &env));
-            if let Some(level) = self.envs.get_mut(&tenant) {
-                level.charge(&env, ew);
-            }
-            self.tenants.charge(&tenant, tw);
-            return Some((tenant, env));
         }
         None
+    }
+
+    /// As [`next`](Self::next), among `tenants` only (a worker whose token
+    /// covers those): the one of them with the lowest pass goes. Tenants
+    /// left out keep their place in the rotation for the other workers.
+    /// O(`tenants.len()`) per choice.
+    pub fn next_among(
+        &mut self,
+        tenants: &[String],
+        mut has_ready: impl FnMut(&str, &str) -> bool,
+    ) -> Option<(String, String)> {
+        loop {
+            let (_, tenant) = tenants.iter().filter_map(|t| self.tenants.pass.get(t).map(|p| (*p, t))).min()?;
+            let tenant = tenant.clone();
+            if let Some(env) = self.serve(&tenant, &mut has_ready) {
+                return Some((tenant, env));
+            }
+        }
+    }
+
+    /// Serves queued `tenant`: its next environment with ready work, both
+    /// charged one lease. `None` (and the tenant leaves the rotation) when
+    /// none of its environments has any.
+    fn serve(&mut self, tenant: &str, has_ready: &mut impl FnMut(&str, &str) -> bool) -> Option<String> {
+        let Some(level) = self.envs.get_mut(tenant) else {
+            self.tenants.remove(tenant);
+            return None;
+        };
+        let mut chosen = None;
+        while let Some(env) = level.first().map(str::to_string) {
+            if has_ready(tenant, &env) {
+                chosen = Some(env);
+                break;
+            }
+            level.remove(&env);
+        }
+        let Some(env) = chosen else {
+            self.envs.remove(tenant);
+            self.tenants.remove(tenant);
+            return None;
+        };
+        let (tw, ew) = (self.tenant_weight(tenant), self.env_weight(tenant, &env));
+        if let Some(level) = self.envs.get_mut(tenant) {
+            level.charge(&env, ew);
+        }
+        self.tenants.charge(tenant, tw);
+        Some(env)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -232,6 +259,28 @@ mod tests {
             *n -= 1;
             Some(pick)
         }
+    }
+
+    #[test]
+    fn a_restricted_worker_takes_only_its_tenants_and_the_others_keep_their_turn() {
+        let mut s = FairScheduler::new();
+        let mut b = Backlog::new(&[("a", "default", 3), ("b", "default", 3), ("c", "default", 3)], &mut s);
+        let only = ["b".to_string(), "zzz".to_string()];
+        for _ in 0..3 {
+            let m = &b.0;
+            let pick = s
+                .next_among(&only, |t, e| m.get(&(t.to_string(), e.to_string())).copied().unwrap_or(0) > 0)
+                .expect("b has ready jobs");
+            assert_eq!(pick.0, "b");
+            *b.0.get_mut(&pick).expect("picked group exists") -= 1;
+        }
+        let m = &b.0;
+        assert_eq!(s.next_among(&only, |t, e| m.get(&(t.to_string(), e.to_string())).copied().unwrap_or(0) > 0), None);
+        // a and c were skipped, not dropped: an unrestricted worker still
+        // finds all of their jobs.
+        let rest: Vec<_> = std::iter::from_fn(|| b.take(&mut s)).map(|p| p.0).collect();
+        assert_eq!(rest.len(), 6, "{rest:?}");
+        assert!(rest.iter().all(|t| t == "a" || t == "c"), "{rest:?}");
     }
 
     #[test]

@@ -3,8 +3,14 @@
 //!
 //! [`run`] takes a bound listener and a shutdown future, so `main` and the
 //! tests share one entry point.
+//!
+//! Security: with `--tls-cert`/`--tls-key` both ports serve TLS (mTLS with
+//! `--tls-client-ca`); with `--auth-file` each Fairway service and
+//! reflection sits behind an [`auth::Gate`](crate::auth::Gate). Health stays
+//! open so probes work without credentials.
 
 use crate::api::{admin::AdminApi, jobs::JobsApi, trace::Tracer, worker::WorkerApi};
+use crate::auth::{AuthFileError, Gate, Need, Tokens};
 use crate::broker::monitor::HealthMap;
 use crate::broker::Broker;
 use crate::config::{Listen, ServeConfig};
@@ -17,11 +23,15 @@ use crate::pb::{
     worker_service_server::WorkerServiceServer,
 };
 use crate::telemetry::{TraceExport, TraceExportError};
+use crate::tls::TlsError;
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
+use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
 
 /// How long open connections may linger after the broker has drained.
@@ -37,6 +47,10 @@ pub enum ServerError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error(transparent)]
     TraceExport(#[from] TraceExportError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Auth(#[from] AuthFileError),
 }
 
 const SERVICES: [&str; 3] = ["fairway.v1.JobService", "fairway.v1.WorkerService", "fairway.v1.AdminService"];
@@ -95,6 +109,25 @@ async fn mirror_queue_health(
     }
 }
 
+/// Says loudly at start when a port other machines can reach lets anyone
+/// in, or carries tokens in clear text.
+fn warn_if_exposed(grpc: Option<SocketAddr>, http: Option<SocketAddr>, tls: bool, tokens: Option<&Tokens>) {
+    let ports = [
+        ("gRPC", grpc, "enqueue, take, cancel and purge jobs and delete queues"),
+        ("metrics/dashboard", http, "read every queue's figures and redrive dead letters"),
+    ];
+    for (port, addr, anyone_may) in ports {
+        let Some(addr) = addr.filter(|a| !a.ip().is_loopback()) else { continue };
+        if tokens.is_none() {
+            tracing::warn!(%addr, "NO AUTHENTICATION: the {port} port listens beyond loopback and there is no \
+                --auth-file, so anyone who can connect may {anyone_may}; pass --auth-file (see README, Security)");
+        } else if !tls {
+            tracing::warn!(%addr, "the {port} port listens beyond loopback without TLS: bearer tokens cross the \
+                network in clear text; pass --tls-cert and --tls-key");
+        }
+    }
+}
+
 /// Serves until `shutdown` resolves, then: health turns NOT_SERVING, the
 /// writer finishes every write already sent and closes Work streams and
 /// long-polls, open connections drain, RocksDB closes cleanly, and the last
@@ -105,6 +138,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let listener = listeners.grpc;
+    // Read before anything starts, so a bad file stops the broker at once.
+    let tls = crate::tls::load(config)?;
+    let tokens = config.auth_file.as_deref().map(Tokens::load).transpose()?.map(Arc::new);
+    let http_addr = listeners.http.as_ref().and_then(|l| l.local_addr().ok());
+    warn_if_exposed(listener.local_addr().ok(), http_addr, tls.is_some(), tokens.as_deref());
     let broker = Broker::open(&config.data_dir, config.durability)?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
@@ -118,7 +156,8 @@ pub async fn run(
         let stop = async move {
             let _ = stop.wait_for(|s| *s).await;
         };
-        tokio::spawn(crate::http::serve(l, broker.clone(), stop))
+        let security = crate::http::Security { tls: tls.as_ref().map(|t| t.http.clone()), tokens: tokens.clone() };
+        tokio::spawn(crate::http::serve(l, broker.clone(), security, stop))
     });
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -137,7 +176,9 @@ pub async fn run(
         }
         None => (None, Tracer::default()),
     };
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), durability = ?config.durability, "fairway serving");
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), durability = ?config.durability,
+        tls = tls.is_some(), mutual_tls = tls.as_ref().is_some_and(|t| t.mutual),
+        tokens = tokens.as_ref().map_or(0, |t| t.len()), "fairway serving");
 
     let drain_broker = broker.clone();
     let drain_health = health.clone();
@@ -160,26 +201,34 @@ pub async fn run(
 
     // tonic's TCP settings only cover listeners it binds itself.
     let incoming = TcpListenerStream::new(listener).map(|conn| conn.inspect(conn_limits::tune_socket));
-    let serve = conn_limits::configure(tonic::transport::Server::builder(), &config.limits)
+    let mut builder = conn_limits::configure(tonic::transport::Server::builder(), &config.limits);
+    if let Some(tls) = &tls {
+        builder = builder.tls_config(tls.grpc.clone())?;
+    }
+    let gate = |need| Gate::new(tokens.clone(), need);
+    let serve = builder
         .layer(DeadlineLayer { timeout: config.limits.request_timeout })
         .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(
+        .add_service(InterceptedService::new(reflection_v1, gate(Need::AnyToken)))
+        .add_service(InterceptedService::new(reflection_v1alpha, gate(Need::AnyToken)))
+        .add_service(InterceptedService::new(
             JobServiceServer::new(JobsApi { broker: broker.clone(), tracer: tracer.clone() })
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
-        )
-        .add_service(
+            gate(Need::Produce),
+        ))
+        .add_service(InterceptedService::new(
             WorkerServiceServer::new(WorkerApi { broker: broker.clone(), tracer })
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
-        )
-        .add_service(
+            gate(Need::Work),
+        ))
+        .add_service(InterceptedService::new(
             AdminServiceServer::new(AdminApi { broker: broker.clone() })
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
-        )
+            gate(Need::Admin),
+        ))
         .serve_with_incoming_shutdown(incoming, on_shutdown);
     tokio::pin!(serve);
     let served = tokio::select! {

@@ -1,6 +1,11 @@
 //! `fairway.v1.AdminService`: queues, stats, listings, dead letters.
+//!
+//! Admin tokens only (the gate sees to that); an admin token limited to some
+//! queues or tenants manages only what it covers entirely (see
+//! [`Access`](crate::auth::Access)).
 
 use super::convert;
+use crate::auth;
 use crate::broker::Broker;
 use crate::pb;
 use crate::pb::admin_service_server::AdminService;
@@ -13,27 +18,36 @@ pub struct AdminApi {
 #[tonic::async_trait]
 impl AdminService for AdminApi {
     async fn create_queue(&self, req: Request<pb::CreateQueueRequest>) -> Result<Response<pb::Queue>, Status> {
+        let access = auth::access(&req)?;
         let r = req.into_inner();
         let name = convert::queue_name(&r.name)?;
+        access.admin_queue(&name)?;
         let config = convert::queue_config(r.config)?;
         Ok(Response::new(self.broker.create_queue(name, config).await?))
     }
 
     async fn get_queue(&self, req: Request<pb::GetQueueRequest>) -> Result<Response<pb::Queue>, Status> {
+        let access = auth::access(&req)?;
         let name = convert::queue_name(&req.into_inner().queue)?;
+        access.admin_queue(&name)?;
         Ok(Response::new(self.broker.get_queue(&name)?))
     }
 
     async fn list_queues(
         &self,
-        _req: Request<pb::ListQueuesRequest>,
+        req: Request<pb::ListQueuesRequest>,
     ) -> Result<Response<pb::ListQueuesResponse>, Status> {
-        Ok(Response::new(pb::ListQueuesResponse { queues: self.broker.list_queues()? }))
+        let access = auth::access(&req)?;
+        let mut queues = self.broker.list_queues()?;
+        queues.retain(|q| access.sees_queue(&q.name));
+        Ok(Response::new(pb::ListQueuesResponse { queues }))
     }
 
     async fn update_queue(&self, req: Request<pb::UpdateQueueRequest>) -> Result<Response<pb::Queue>, Status> {
+        let access = auth::access(&req)?;
         let r = req.into_inner();
         let name = convert::queue_name(&r.queue)?;
+        access.admin_whole_queue("update", &name)?;
         let patch = convert::config_patch(r.config)?;
         Ok(Response::new(self.broker.update_queue(name, patch).await?))
     }
@@ -42,19 +56,25 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::DeleteQueueRequest>,
     ) -> Result<Response<pb::DeleteQueueResponse>, Status> {
+        let access = auth::access(&req)?;
         let r = req.into_inner();
         let name = convert::queue_name(&r.queue)?;
+        access.admin_whole_queue("delete", &name)?;
         let deleted = self.broker.delete_queue(name, r.force).await?;
         Ok(Response::new(pb::DeleteQueueResponse { deleted }))
     }
 
     async fn pause_queue(&self, req: Request<pb::PauseQueueRequest>) -> Result<Response<pb::Queue>, Status> {
+        let access = auth::access(&req)?;
         let name = convert::queue_name(&req.into_inner().queue)?;
+        access.admin_whole_queue("pause", &name)?;
         Ok(Response::new(self.broker.set_paused(name, true).await?))
     }
 
     async fn resume_queue(&self, req: Request<pb::ResumeQueueRequest>) -> Result<Response<pb::Queue>, Status> {
+        let access = auth::access(&req)?;
         let name = convert::queue_name(&req.into_inner().queue)?;
+        access.admin_whole_queue("resume", &name)?;
         Ok(Response::new(self.broker.set_paused(name, false).await?))
     }
 
@@ -62,12 +82,17 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::GetQueueStatsRequest>,
     ) -> Result<Response<pb::QueueStats>, Status> {
+        let access = auth::access(&req)?;
         let name = convert::queue_name(&req.into_inner().queue)?;
+        // The figures break down by tenant.
+        access.admin_whole_queue("read the stats of", &name)?;
         Ok(Response::new(self.broker.stats(name).await?))
     }
 
     async fn list_jobs(&self, req: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let access = auth::access(&req)?;
         let r = convert::list_jobs(req.into_inner())?;
+        access.admin_tenant("list jobs of", &r.queue, r.tenant.as_deref())?;
         let (jobs, next_page_token) = self.broker.list_jobs(r).await?;
         Ok(Response::new(pb::ListJobsResponse { jobs, next_page_token }))
     }
@@ -76,9 +101,11 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::RedriveDeadLettersRequest>,
     ) -> Result<Response<pb::RedriveDeadLettersResponse>, Status> {
+        let access = auth::access(&req)?;
         let r = req.into_inner();
         let name = convert::queue_name(&r.queue)?;
         let (tenant, env) = convert::scope_filter(&r.tenant, &r.environment)?;
+        access.admin_tenant("redrive dead letters of", &name, tenant.as_deref())?;
         let redriven = self.broker.redrive(name, tenant, env, r.limit).await?;
         Ok(Response::new(pb::RedriveDeadLettersResponse { redriven }))
     }
@@ -87,7 +114,9 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::SetTenantPolicyRequest>,
     ) -> Result<Response<pb::TenantPolicy>, Status> {
+        let access = auth::access(&req)?;
         let (queue, tenant, env, policy) = convert::tenant_policy(req.into_inner())?;
+        access.admin_tenant("set the tenant policy of", &queue, Some(&tenant))?;
         Ok(Response::new(self.broker.set_tenant_policy(queue, tenant, env, policy).await?))
     }
 
@@ -95,8 +124,10 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::PurgeQueueRequest>,
     ) -> Result<Response<pb::PurgeQueueResponse>, Status> {
+        let access = auth::access(&req)?;
         let r = req.into_inner();
         let name = convert::queue_name(&r.queue)?;
+        access.admin_whole_queue("purge", &name)?;
         let state = convert::job_state(r.state)?;
         let purged = self.broker.purge(name, state).await?;
         Ok(Response::new(pb::PurgeQueueResponse { purged }))

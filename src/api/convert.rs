@@ -1,6 +1,6 @@
 //! Proto -> domain conversion and validation for every request.
 
-use crate::broker::{LeaseSpec, ListJobs, QueueConfigPatch, Subscription};
+use crate::broker::{LeaseSpec, ListJobs, QueueConfigPatch, Subscription, TenantFilter};
 use crate::error::{BrokerError, Result};
 use crate::limits::{self, check_at_most, check_count, check_len, MAX_IN_FLIGHT, MAX_WAIT};
 use crate::model::{
@@ -135,7 +135,8 @@ fn worker_lease(d: Option<&prost_types::Duration>) -> Result<Option<Duration>> {
     }
 }
 
-pub fn subscription(s: pb::Subscribe) -> Result<Subscription> {
+/// `tenants`: whose jobs the worker may receive (from its token).
+pub fn subscription(s: pb::Subscribe, tenants: TenantFilter) -> Result<Subscription> {
     check_at_most("max_in_flight", s.max_in_flight.into(), MAX_IN_FLIGHT.into())?;
     check_len("worker_id", &s.worker_id, limits::MAX_WORKER_ID_BYTES)?;
     check_len("worker_version", &s.worker_version, limits::MAX_WORKER_VERSION_BYTES)?;
@@ -145,10 +146,12 @@ pub fn subscription(s: pb::Subscribe) -> Result<Subscription> {
         worker_version: s.worker_version,
         max_in_flight: s.max_in_flight.max(1),
         lease_duration: worker_lease(s.lease_duration.as_ref())?,
+        tenants,
     })
 }
 
-pub fn lease_spec(r: pb::LeaseRequest) -> Result<LeaseSpec> {
+/// `tenants`: whose jobs the worker may receive (from its token).
+pub fn lease_spec(r: pb::LeaseRequest, tenants: TenantFilter) -> Result<LeaseSpec> {
     check_at_most("max_jobs", r.max_jobs.into(), MAX_IN_FLIGHT.into())?;
     check_len("worker_id", &r.worker_id, limits::MAX_WORKER_ID_BYTES)?;
     let wait = opt_duration("wait", r.wait.as_ref())?.unwrap_or_default();
@@ -161,6 +164,7 @@ pub fn lease_spec(r: pb::LeaseRequest) -> Result<LeaseSpec> {
         wait,
         lease_duration: worker_lease(r.lease_duration.as_ref())?,
         worker_id: r.worker_id,
+        tenants,
     })
 }
 

@@ -6,6 +6,7 @@
 use super::convert;
 use super::trace::Tracer;
 use super::traceparent::TraceParent;
+use crate::auth::Access;
 use crate::broker::{view, Broker, EnqueueOutcome};
 use crate::error::BrokerError;
 use crate::pb;
@@ -36,6 +37,7 @@ pub(super) fn answer(r: Result<EnqueueOutcome, BrokerError>) -> pb::EnqueueRespo
 async fn store_group(
     broker: Broker,
     tracer: Tracer,
+    access: Access,
     header: Option<TraceParent>,
     group: Vec<pb::EnqueueRequest>,
 ) -> Vec<pb::EnqueueResponse> {
@@ -43,7 +45,10 @@ async fn store_group(
     let (mut jobs, mut parents) = (Vec::with_capacity(group.len()), Vec::with_capacity(group.len()));
     for r in group {
         let parent = TraceParent::from_field(&r.traceparent, || "traceparent".into());
-        match parent.and_then(|p| convert::new_job(r).map(|j| (j, p))) {
+        let checked = parent
+            .and_then(|p| convert::new_job(r).map(|j| (j, p)))
+            .and_then(|(j, p)| access.produce(&j.queue, &j.tenant).map(|_| (j, p)));
+        match checked {
             Ok((job, parent)) => {
                 slots.push(None);
                 jobs.push(job);
@@ -69,10 +74,12 @@ async fn store_group(
 
 /// Runs one stream: reads while fewer than [`MAX_UNANSWERED`] are pending,
 /// answers in order, ends after the producer closes its side and every job
-/// is answered.
+/// is answered. A job outside `access` is answered PERMISSION_DENIED in
+/// place, like any other failed job.
 pub fn serve(
     broker: Broker,
     tracer: Tracer,
+    access: Access,
     header: Option<TraceParent>,
     mut inbound: Streaming<pb::EnqueueRequest>,
 ) -> EnqueueStream {
@@ -120,7 +127,7 @@ pub fn serve(
                         }
                     }
                     unanswered += group.len();
-                    pending.push_back(store_group(broker.clone(), tracer.clone(), header, group));
+                    pending.push_back(store_group(broker.clone(), tracer.clone(), access.clone(), header, group));
                 }
             }
         }

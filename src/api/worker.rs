@@ -2,8 +2,10 @@
 
 use super::convert;
 use super::outcome_window::OutcomeWindow;
+use super::settle_scope::SettleScope;
 use super::trace::{self, Tracer};
 use super::work_trace::{self, SharedWorkTraces, WorkTraces};
+use crate::auth;
 use crate::broker::{view, Broker, SettleAction, SettleOutcome, StreamTx};
 use crate::error::BrokerError;
 use crate::model::{JobId, LeaseId};
@@ -57,7 +59,13 @@ fn target(queue: &str, job: &str, lease: &str) -> Result<(String, JobId, LeaseId
 
 /// Applies one ack/nack/extend sent on a Work stream; the outcome goes back
 /// on the stream.
-async fn settle_from_stream(broker: &Broker, tx: &StreamTx, msg: WorkMsg, traces: Option<&SharedWorkTraces>) {
+async fn settle_from_stream(
+    broker: &Broker,
+    tx: &StreamTx,
+    msg: WorkMsg,
+    traces: Option<&SharedWorkTraces>,
+    scope: &SettleScope,
+) {
     let (ids, action, kind) = match &msg {
         WorkMsg::Ack(a) => (target(&a.queue, &a.job_id, &a.lease_id), Ok(SettleAction::Ack), "ack"),
         WorkMsg::Nack(n) => (target(&n.queue, &n.job_id, &n.lease_id), nack_action(n), "nack"),
@@ -76,7 +84,17 @@ async fn settle_from_stream(broker: &Broker, tx: &StreamTx, msg: WorkMsg, traces
         WorkMsg::Extend(e) => e.job_id.clone(),
         WorkMsg::Subscribe(_) => String::new(),
     };
-    let checked = ids.and_then(|ids| action.map(|a| (ids, a)));
+    let mut checked = ids.and_then(|ids| action.map(|a| (ids, a)));
+    let refused = match &checked {
+        Ok(((queue, job, _), action)) => {
+            let finishes = !matches!(action, SettleAction::Extend { .. });
+            scope.check(broker, queue, *job, finishes).await.err()
+        }
+        Err(_) => None,
+    };
+    if let Some(e) = refused {
+        checked = Err(e);
+    }
     match checked {
         Ok(((queue, job, lease), action)) => {
             if let Some(t) = traces {
@@ -108,13 +126,17 @@ impl WorkerService for WorkerApi {
     type WorkStream = WorkStream;
 
     async fn work(&self, req: Request<Streaming<pb::WorkRequest>>) -> Result<Response<WorkStream>, Status> {
+        let access = auth::access(&req)?;
         let mut inbound = req.into_inner();
         let first = inbound
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("the Work stream closed before its first message (subscribe)"))?;
         let sub = match first.request {
-            Some(WorkMsg::Subscribe(s)) => convert::subscription(s)?,
+            Some(WorkMsg::Subscribe(s)) => {
+                let tenants = access.work(&s.queues)?;
+                convert::subscription(s, tenants)?
+            }
             _ => {
                 return Err(Status::failed_precondition(
                     "the first message on a Work stream must be `subscribe` naming the queues to work on",
@@ -122,6 +144,8 @@ impl WorkerService for WorkerApi {
             }
         };
         let traces = self.tracer.is_enabled().then(|| WorkTraces::new(self.tracer.clone(), sub.max_in_flight));
+        let scope = SettleScope::stream(access, sub.max_in_flight);
+        let reader_scope = scope.clone();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let id = self.broker.subscribe(sub, tx.clone()).await?;
         let guard = Subscribed { broker: self.broker.clone(), id };
@@ -145,7 +169,7 @@ impl WorkerService for WorkerApi {
                 };
                 match next {
                     Ok(Some(pb::WorkRequest { request: Some(msg) })) => {
-                        settle_from_stream(&guard.broker, &tx, msg, reader_traces.as_ref()).await
+                        settle_from_stream(&guard.broker, &tx, msg, reader_traces.as_ref(), &reader_scope).await
                     }
                     Ok(Some(_)) => reader_window.release(),
                     Ok(None) | Err(_) => break,
@@ -168,11 +192,24 @@ impl WorkerService for WorkerApi {
                 item
             })),
         };
+        let out: WorkStream = if scope.watches_deliveries() {
+            Box::pin(out.map(move |item| {
+                if let Ok(r) = &item {
+                    scope.on_response(r);
+                }
+                item
+            }))
+        } else {
+            out
+        };
         Ok(Response::new(out))
     }
 
     async fn lease(&self, req: Request<pb::LeaseRequest>) -> Result<Response<pb::LeaseResponse>, Status> {
-        let spec = convert::lease_spec(req.into_inner())?;
+        let access = auth::access(&req)?;
+        let r = req.into_inner();
+        let tenants = access.work(&r.queues)?;
+        let spec = convert::lease_spec(r, tenants)?;
         let deliveries = self.broker.lease(spec).await?;
         if self.tracer.is_enabled() {
             for d in &deliveries {
@@ -185,9 +222,11 @@ impl WorkerService for WorkerApi {
     }
 
     async fn ack(&self, req: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
+        let scope = SettleScope::unary(auth::access(&req)?);
         let parent = trace::metadata_parent(req.metadata());
         let r = req.into_inner();
         let (queue, job, lease) = target(&r.queue, &r.job_id, &r.lease_id)?;
+        scope.check(&self.broker, &queue, job, true).await?;
         let span = self.tracer.settle("ack", parent.map(trace::remote), || settle_attrs(&queue, job));
         let result = self.broker.settle(queue, job, lease, SettleAction::Ack).await;
         trace::end(span, result.as_ref().err().map(|e| e.to_string()));
@@ -196,9 +235,11 @@ impl WorkerService for WorkerApi {
     }
 
     async fn nack(&self, req: Request<pb::NackRequest>) -> Result<Response<pb::NackResponse>, Status> {
+        let scope = SettleScope::unary(auth::access(&req)?);
         let parent = trace::metadata_parent(req.metadata());
         let r = req.into_inner();
         let (queue, job, lease) = target(&r.queue, &r.job_id, &r.lease_id)?;
+        scope.check(&self.broker, &queue, job, true).await?;
         let action = nack_action(&r)?;
         let span = self.tracer.settle("nack", parent.map(trace::remote), || settle_attrs(&queue, job));
         let result = self.broker.settle(queue, job, lease, action).await;
@@ -216,8 +257,10 @@ impl WorkerService for WorkerApi {
         &self,
         req: Request<pb::ExtendLeaseRequest>,
     ) -> Result<Response<pb::ExtendLeaseResponse>, Status> {
+        let scope = SettleScope::unary(auth::access(&req)?);
         let r = req.into_inner();
         let (queue, job, lease) = target(&r.queue, &r.job_id, &r.lease_id)?;
+        scope.check(&self.broker, &queue, job, false).await?;
         let action = extend_action(&r)?;
         match self.broker.settle(queue, job, lease, action).await? {
             SettleOutcome::Extended { expires_at } => {

@@ -8,7 +8,7 @@
 
 use super::engine::Engine;
 use super::queue_state::ActiveLease;
-use super::{view, LeaseSpec, Reply, StreamTx, Subscription};
+use super::{view, LeaseSpec, Reply, StreamTx, Subscription, TenantFilter};
 use crate::error::Result;
 use crate::model::{duration_millis, now_millis, JobId, LeaseId, Millis};
 use crate::pb;
@@ -31,6 +31,8 @@ pub(super) struct Consumer {
     pub leases: crate::model::FastSet<(String, JobId)>,
     /// Weighted turn order over `queues`.
     pub rotation: QueueRotation,
+    /// Tenants whose jobs it may receive (its token's); `None` = all.
+    pub tenants: TenantFilter,
 }
 
 /// A unary `Lease` call waiting for jobs.
@@ -45,6 +47,8 @@ pub(super) struct Waiter {
     pub got: Vec<pb::Delivery>,
     pub leases: Vec<(String, JobId)>,
     pub rotation: QueueRotation,
+    /// Tenants whose jobs it may receive (its token's); `None` = all.
+    pub tenants: TenantFilter,
 }
 
 /// A delivery for a Work stream, held until its lease is committed.
@@ -77,6 +81,7 @@ impl Engine {
                 tx,
                 leases: Default::default(),
                 rotation,
+                tenants: sub.tenants,
             },
         );
     }
@@ -109,6 +114,7 @@ impl Engine {
             got: Vec::new(),
             leases: Vec::new(),
             rotation,
+            tenants: spec.tenants,
         });
     }
 
@@ -148,14 +154,14 @@ impl Engine {
             Target::Waiter(i) => self.waiters[i].rotation.order(),
         };
         for idx in order {
-            let (queue, lease_ms, worker) = match target {
+            let (queue, lease_ms, worker, tenants) = match target {
                 Target::Consumer(id) => {
                     let c = &self.consumers[&id];
-                    (c.queues[idx].clone(), c.lease_ms, c.worker_id.clone())
+                    (c.queues[idx].clone(), c.lease_ms, c.worker_id.clone(), c.tenants.clone())
                 }
                 Target::Waiter(i) => {
                     let w = &self.waiters[i];
-                    (w.queues[idx].clone(), w.lease_ms, w.worker_id.clone())
+                    (w.queues[idx].clone(), w.lease_ms, w.worker_id.clone(), w.tenants.clone())
                 }
             };
             let Some(weight) = self.queues.get(&queue).filter(|q| q.has_ready()).map(|q| q.config.weight) else {
@@ -165,7 +171,7 @@ impl Engine {
                 Target::Consumer(id) => Some(id),
                 Target::Waiter(_) => None,
             };
-            match self.lease_one(&queue, lease_ms, worker, consumer) {
+            match self.lease_one(&queue, lease_ms, worker, consumer, tenants.as_deref()) {
                 Ok(Some((job, delivery))) => {
                     match target {
                         Target::Consumer(id) => {
@@ -195,13 +201,15 @@ impl Engine {
         false
     }
 
-    /// Takes the fair next ready job of `queue` and leases it.
+    /// Takes the fair next ready job of `queue` (of one of `tenants`, when
+    /// given) and leases it.
     fn lease_one(
         &mut self,
         queue: &str,
         lease_ms: Option<u64>,
         worker_id: String,
         consumer: Option<u64>,
+        tenants: Option<&[String]>,
     ) -> Result<Option<(JobId, pb::Delivery)>> {
         let now = self.now.max(now_millis());
         let store = self.w.store.clone();
@@ -221,7 +229,11 @@ impl Engine {
                     && super::queue_state::tenant_limit(policies, config, t)
                         .is_none_or(|limit| in_flight.get(t).copied().unwrap_or(0) < limit)
             };
-            let Some((t, e)) = q.scheduler.next(eligible) else {
+            let next = match tenants {
+                None => q.scheduler.next(eligible),
+                Some(only) => q.scheduler.next_among(only, eligible),
+            };
+            let Some((t, e)) = next else {
                 return Ok(None);
             };
             let g = q.group_mut(&t, &e);

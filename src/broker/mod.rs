@@ -90,7 +90,14 @@ pub struct Subscription {
     pub worker_version: String,
     pub max_in_flight: u32,
     pub lease_duration: Option<Duration>,
+    /// Only jobs of these tenants are delivered; `None` = every tenant. Set
+    /// from the worker's token, so a tenant's worker never sees another's jobs.
+    pub tenants: TenantFilter,
 }
+
+/// The tenants a worker may receive jobs of; `None` = every tenant. Shared,
+/// because every lease made for the worker consults it.
+pub type TenantFilter = Option<Arc<[String]>>;
 
 /// A unary long-poll lease.
 #[derive(Debug, Clone)]
@@ -100,6 +107,8 @@ pub struct LeaseSpec {
     pub wait: Duration,
     pub lease_duration: Option<Duration>,
     pub worker_id: String,
+    /// As [`Subscription::tenants`].
+    pub tenants: TenantFilter,
 }
 
 /// Fields of `UpdateQueue` that were set.

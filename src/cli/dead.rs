@@ -3,7 +3,7 @@
 
 use super::format::{fmt_attempts, fmt_time, leading_width, one_line, render_table, truncate, Column};
 use super::listing::{self, ListArgs, Listing};
-use super::{connect, ok_if_closed, CliResult, Screen};
+use super::{ok_if_closed, CliResult, Remote, Screen};
 use crate::pb;
 use crate::pb::admin_service_client::AdminServiceClient;
 
@@ -33,7 +33,7 @@ pub enum DeadCmd {
     },
 }
 
-pub async fn dead(addr: &str, cmd: DeadCmd) -> CliResult {
+pub async fn dead(remote: &Remote, cmd: DeadCmd) -> CliResult {
     match cmd {
         DeadCmd::List(a) => {
             let l = Listing {
@@ -43,10 +43,10 @@ pub async fn dead(addr: &str, cmd: DeadCmd) -> CliResult {
                 state: Some(pb::JobState::Dead),
                 render: &render_dead,
             };
-            ok_if_closed(listing::run(addr, &a, l).await)
+            ok_if_closed(listing::run(remote, &a, l).await)
         }
         DeadCmd::Redrive { queue, tenant, environment, limit } => {
-            let mut admin = AdminServiceClient::new(connect(addr).await?);
+            let mut admin = AdminServiceClient::new(remote.connect().await?);
             let r = admin
                 .redrive_dead_letters(pb::RedriveDeadLettersRequest {
                     queue: queue.clone(),

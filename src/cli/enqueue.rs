@@ -1,6 +1,6 @@
 //! `fairway enqueue`: one job from the command line.
 
-use super::{connect, d, CliResult};
+use super::{d, CliResult, Remote};
 use crate::pb;
 use crate::pb::job_service_client::JobServiceClient;
 use std::time::Duration;
@@ -41,8 +41,8 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("header {s:?} must be key=value"))
 }
 
-pub async fn enqueue(addr: &str, a: EnqueueArgs) -> CliResult {
-    let mut jobs = JobServiceClient::new(connect(addr).await?);
+pub async fn enqueue(remote: &Remote, a: EnqueueArgs) -> CliResult {
+    let mut jobs = JobServiceClient::new(remote.connect().await?);
     let payload = match &a.payload_file {
         Some(p) => std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?,
         None => a.payload.into_bytes(),

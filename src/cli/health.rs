@@ -1,13 +1,13 @@
 //! `fairway health`: the broker's gRPC health, for scripts and container
 //! health checks.
 
-use super::{connect, CliResult};
+use super::{CliResult, Remote};
 
 /// Exits non-zero unless the broker (or the named service) is SERVING: fit
 /// for a container HEALTHCHECK.
-pub async fn health(addr: &str, service: String) -> CliResult {
+pub async fn health(remote: &Remote, service: String) -> CliResult {
     use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
-    let mut client = HealthClient::new(connect(addr).await?);
+    let mut client = HealthClient::new(remote.connect().await?);
     let r = client.check(HealthCheckRequest { service }).await?.into_inner();
     let status = tonic_health::pb::health_check_response::ServingStatus::try_from(r.status)
         .map(|s| s.as_str_name().to_string())

@@ -3,7 +3,7 @@
 
 use super::format::{fmt_attempts, fmt_time, payload_text, render_table, state_name, Column};
 use super::listing::{self, job_json, ListArgs, Listing};
-use super::{connect, emit, ok_if_closed, CliResult, Screen};
+use super::{emit, ok_if_closed, CliResult, Remote, Screen};
 use crate::pb;
 use crate::pb::job_service_client::JobServiceClient;
 use std::fmt::Write as _;
@@ -57,7 +57,7 @@ pub enum JobsCmd {
     },
 }
 
-pub async fn jobs(addr: &str, cmd: JobsCmd) -> CliResult {
+pub async fn jobs(remote: &Remote, cmd: JobsCmd) -> CliResult {
     match cmd {
         JobsCmd::List { state, list } => {
             let extra = match state {
@@ -72,10 +72,10 @@ pub async fn jobs(addr: &str, cmd: JobsCmd) -> CliResult {
                 state: state.map(StateArg::proto),
                 render: &render,
             };
-            ok_if_closed(listing::run(addr, &list, l).await)
+            ok_if_closed(listing::run(remote, &list, l).await)
         }
         JobsCmd::Get { queue, id, json } => {
-            let mut client = JobServiceClient::new(connect(addr).await?);
+            let mut client = JobServiceClient::new(remote.connect().await?);
             let j = client.get_job(pb::GetJobRequest { queue, job_id: id }).await?.into_inner();
             let text = if json { format!("{}\n", job_json(&j)) } else { render_job(&j) };
             ok_if_closed(emit(&text).map_err(Into::into))

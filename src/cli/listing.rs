@@ -3,7 +3,7 @@
 //! the next page, and `--json` lines.
 
 use super::format::{shell_quote, state_name, system_time};
-use super::{connect, emit, CliResult, Screen, DEFAULT_ADDR};
+use super::{emit, CliResult, Remote, Screen};
 use crate::pb;
 use crate::pb::admin_service_client::AdminServiceClient;
 
@@ -49,8 +49,8 @@ pub struct Listing<'a> {
 
 /// Lists one page, or every page with `--all`. The table waits for all its
 /// pages so the columns line up; `--json` prints each page as it comes.
-pub async fn run(addr: &str, a: &ListArgs, l: Listing<'_>) -> CliResult {
-    let mut admin = AdminServiceClient::new(connect(addr).await?);
+pub async fn run(remote: &Remote, a: &ListArgs, l: Listing<'_>) -> CliResult {
+    let mut admin = AdminServiceClient::new(remote.connect().await?);
     let mut token = a.page_token.clone().unwrap_or_default();
     let mut jobs = Vec::new();
     let mut listed = 0usize;
@@ -98,7 +98,7 @@ pub async fn run(addr: &str, a: &ListArgs, l: Listing<'_>) -> CliResult {
         }
     }
     if !token.is_empty() {
-        let cmd = next_page_command(addr, a, &l, &token);
+        let cmd = next_page_command(remote, a, &l, &token);
         let hint = format!("{listed} listed; next page token: {token}\nnext page: {cmd}\n");
         if a.json {
             eprint!("{hint}");
@@ -110,11 +110,9 @@ pub async fn run(addr: &str, a: &ListArgs, l: Listing<'_>) -> CliResult {
 }
 
 /// The command that lists the page after this one, with the same filters.
-fn next_page_command(addr: &str, a: &ListArgs, l: &Listing<'_>, token: &str) -> String {
+fn next_page_command(remote: &Remote, a: &ListArgs, l: &Listing<'_>, token: &str) -> String {
     let mut words: Vec<String> = vec!["fairway".into()];
-    if addr != DEFAULT_ADDR {
-        words.extend(["--addr".into(), addr.into()]);
-    }
+    words.extend(remote.flags());
     words.extend(l.command.iter().map(|w| w.to_string()));
     words.push(a.queue.clone());
     words.extend(l.extra.iter().cloned());
@@ -197,12 +195,12 @@ mod tests {
             render: &no_table,
         };
         assert_eq!(
-            next_page_command(DEFAULT_ADDR, &args(), &l, "0a0b"),
+            next_page_command(&Remote::plain(super::super::DEFAULT_ADDR), &args(), &l, "0a0b"),
             "fairway jobs list emails --state ready --tenant 'acme corp' --limit 2 --page-token 0a0b"
         );
         let json = ListArgs { json: true, ..args() };
         assert_eq!(
-            next_page_command("http://h:1", &json, &l, "ff"),
+            next_page_command(&Remote::plain("http://h:1"), &json, &l, "ff"),
             "fairway --addr http://h:1 jobs list emails --state ready --tenant 'acme corp' --limit 2 --page-token ff \
              --json"
         );

@@ -12,6 +12,7 @@ mod health;
 mod jobs;
 mod listing;
 mod queue;
+mod remote;
 mod stats;
 mod tenant;
 
@@ -20,26 +21,14 @@ pub use enqueue::{enqueue, EnqueueArgs};
 pub use health::health;
 pub use jobs::{jobs, JobsCmd};
 pub use queue::{queue, QueueCmd};
+pub use remote::{Conn, Remote, DEFAULT_ADDR};
 pub use stats::{stats, StatsArgs};
 pub use tenant::{tenant, TenantCmd};
 
 use std::io::IsTerminal;
 use std::time::Duration;
-use tonic::transport::Channel;
-
-/// The address `--addr` defaults to; a continuation hint names `--addr`
-/// only when it differs.
-pub const DEFAULT_ADDR: &str = "http://127.0.0.1:50051";
 
 type CliResult = Result<(), Box<dyn std::error::Error>>;
-
-async fn connect(addr: &str) -> Result<Channel, Box<dyn std::error::Error>> {
-    let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())?.connect_timeout(Duration::from_secs(5));
-    endpoint
-        .connect()
-        .await
-        .map_err(|e| format!("cannot reach the broker at {addr}: {e} (is `fairway serve` running?)").into())
-}
 
 fn d(x: Duration) -> prost_types::Duration {
     crate::broker::view::duration(x)
@@ -78,7 +67,12 @@ impl Screen {
 /// after one shows the same words.
 pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     match e.downcast_ref::<tonic::Status>() {
-        Some(status) => format!("error: {:?}: {}", status.code(), status.message()),
+        // A transport failure says what went wrong only in its causes (e.g.
+        // the broker wanted a client certificate).
+        Some(status) => match std::error::Error::source(status) {
+            Some(cause) => format!("error: {:?}: {}: {}", status.code(), status.message(), remote::chain(cause)),
+            None => format!("error: {:?}: {}", status.code(), status.message()),
+        },
         None => format!("error: {e}"),
     }
 }

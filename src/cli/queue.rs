@@ -1,7 +1,7 @@
 //! `fairway queue ...`: create, change, list, inspect, pause and delete
 //! queues.
 
-use super::{connect, d, CliResult};
+use super::{d, CliResult, Remote};
 use crate::pb;
 use crate::pb::admin_service_client::AdminServiceClient;
 use std::time::Duration;
@@ -129,8 +129,8 @@ fn print_queue(q: &pb::Queue) {
     );
 }
 
-pub async fn queue(addr: &str, cmd: QueueCmd) -> CliResult {
-    let mut admin = AdminServiceClient::new(connect(addr).await?);
+pub async fn queue(remote: &Remote, cmd: QueueCmd) -> CliResult {
+    let mut admin = AdminServiceClient::new(remote.connect().await?);
     match cmd {
         QueueCmd::Create { name, config } => {
             let config = Some(config.to_proto());

@@ -6,13 +6,12 @@
 //! `fairway stats` answers at once instead of waiting an interval.
 
 use super::format::{self, fmt_age, fmt_rate, one_line, render_table, Column};
-use super::{connect, describe, emit, ok_if_closed, CliResult, Screen};
+use super::{describe, emit, ok_if_closed, CliResult, Conn, Remote, Screen};
 use crate::pb;
 use crate::pb::admin_service_client::AdminServiceClient;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant, SystemTime};
-use tonic::transport::Channel;
 
 /// Groups listed under a queue's detail, except when watching on a
 /// terminal, where as many are listed as fit its height.
@@ -236,7 +235,7 @@ impl RateTracker {
 
 /// Reads what one snapshot shows and renders it.
 async fn snapshot(
-    admin: &AdminServiceClient<Channel>,
+    admin: &AdminServiceClient<Conn>,
     queue: Option<&str>,
     tracker: &mut RateTracker,
     fit_rows: Option<usize>,
@@ -297,12 +296,12 @@ fn watch_header(queue: Option<&str>, interval: Duration, tty: bool) -> String {
     format!("== {what} · every {every} · {at}{stop}\n")
 }
 
-pub async fn stats(addr: &str, a: StatsArgs) -> CliResult {
-    ok_if_closed(watch(addr, a).await)
+pub async fn stats(remote: &Remote, a: StatsArgs) -> CliResult {
+    ok_if_closed(watch(remote, a).await)
 }
 
-async fn watch(addr: &str, a: StatsArgs) -> CliResult {
-    let admin = AdminServiceClient::new(connect(addr).await?);
+async fn watch(remote: &Remote, a: StatsArgs) -> CliResult {
+    let admin = AdminServiceClient::new(remote.connect().await?);
     let mut tracker = RateTracker::default();
     let limit = if a.watch { a.count } else { 1 };
     let mut ticker = tokio::time::interval(a.interval);

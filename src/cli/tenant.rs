@@ -1,6 +1,6 @@
 //! `fairway tenant set-policy`: a tenant's share and limits in a queue.
 
-use super::{connect, CliResult};
+use super::{CliResult, Remote};
 use crate::pb;
 use crate::pb::admin_service_client::AdminServiceClient;
 
@@ -29,8 +29,8 @@ pub enum TenantCmd {
     },
 }
 
-pub async fn tenant(addr: &str, cmd: TenantCmd) -> CliResult {
-    let mut admin = AdminServiceClient::new(connect(addr).await?);
+pub async fn tenant(remote: &Remote, cmd: TenantCmd) -> CliResult {
+    let mut admin = AdminServiceClient::new(remote.connect().await?);
     match cmd {
         TenantCmd::SetPolicy { queue, tenant, weight, max_in_flight, enqueue_rate, enqueue_burst, environment } => {
             let p = admin

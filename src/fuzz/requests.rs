@@ -101,7 +101,7 @@ fn work(r: pb::WorkRequest) {
     use pb::work_request::Request;
     match r.request {
         Some(Request::Subscribe(s)) => {
-            if let Some(sub) = checked(convert::subscription(s)) {
+            if let Some(sub) = checked(convert::subscription(s, None)) {
                 assert!(!sub.queues.is_empty() && sub.queues.len() <= limits::MAX_WORKER_QUEUES);
                 assert!(sub.max_in_flight >= 1 && sub.max_in_flight <= limits::MAX_IN_FLIGHT);
                 assert!(sub.worker_id.len() <= limits::MAX_WORKER_ID_BYTES);
@@ -130,7 +130,7 @@ fn settle_target(queue: &str, job: &str, lease: &str) {
 }
 
 fn lease(r: pb::LeaseRequest) {
-    if let Some(spec) = checked(convert::lease_spec(r)) {
+    if let Some(spec) = checked(convert::lease_spec(r, None)) {
         assert!(!spec.queues.is_empty() && spec.queues.len() <= limits::MAX_WORKER_QUEUES);
         assert!(spec.max_jobs >= 1 && spec.max_jobs <= limits::MAX_IN_FLIGHT);
         assert!(spec.wait <= limits::MAX_WAIT);

@@ -1,11 +1,16 @@
 //! The operators' HTTP port (`--metrics-listen`): `/metrics` for
 //! Prometheus and the dashboard at `/`. It is separate from the gRPC port,
-//! so it can stay private while producers and workers reach gRPC.
+//! so it can stay private while producers and workers reach gRPC. With
+//! `--tls-cert` it serves HTTPS; with `--auth-file` it needs an admin token
+//! ([`auth`]).
 
+mod auth;
 pub mod dashboard;
 pub mod history;
 pub mod metrics;
+mod tls_listener;
 
+use crate::auth::Tokens;
 use crate::broker::Broker;
 use crate::error::BrokerError;
 use crate::model::JobState;
@@ -16,6 +21,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use history::History;
 use std::future::Future;
+use std::sync::Arc;
 use tokio::net::TcpListener;
 
 /// Dead letters listed on a queue's page.
@@ -47,6 +53,12 @@ impl IntoResponse for HttpError {
             Code::InvalidArgument | Code::FailedPrecondition => StatusCode::BAD_REQUEST,
             Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
             Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Code::PermissionDenied => StatusCode::FORBIDDEN,
+            // With the challenge, so a browser asks for the token.
+            Code::Unauthenticated => {
+                let challenge = [(header::WWW_AUTHENTICATE, auth::CHALLENGE)];
+                return (StatusCode::UNAUTHORIZED, challenge, self.0.to_string()).into_response();
+            }
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         (status, self.0.to_string()).into_response()
@@ -55,21 +67,41 @@ impl IntoResponse for HttpError {
 
 type HttpResult<T> = Result<T, HttpError>;
 
+/// How the port is protected.
+#[derive(Clone, Default)]
+pub struct Security {
+    /// Serve HTTPS with this config; `None` = plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Require an admin token from these; `None` = open.
+    pub tokens: Option<Arc<Tokens>>,
+}
+
 /// Serves until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     broker: Broker,
+    security: Security,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let history = History::default();
     let sampler = tokio::spawn(history::sample(broker.clone(), history.clone()));
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/", get(overview))
         .route("/metrics", get(prometheus))
         .route("/queues/{name}", get(queue_page))
         .route("/queues/{name}/redrive", post(redrive))
         .with_state(App { broker, history });
-    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    if let Some(tokens) = security.tokens {
+        // On every route, unknown paths too: nothing answers without a token.
+        app = app.layer(axum::middleware::from_fn_with_state(tokens, auth::require_operator));
+    }
+    let result = match security.tls {
+        Some(tls) => {
+            let listener = tls_listener::TlsListener::new(listener, tls)?;
+            axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+        }
+        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
+    };
     sampler.abort();
     result
 }

@@ -45,7 +45,8 @@ impl TestServer {
         TestServer::start_config(config).await
     }
 
-    /// A broker in a temp dir with settings changed by `tune`.
+    /// A broker in a temp dir with the settings `tune` changes (limits, TLS,
+    /// auth file). `channel` is plain HTTP/2: a TLS test makes its own.
     pub async fn start_with(tune: impl FnOnce(&mut ServeConfig)) -> TestServer {
         let tmp = tempfile::tempdir().expect("temp dir");
         let mut config = ServeConfig::for_dir(tmp.path());
@@ -55,7 +56,7 @@ impl TestServer {
         s
     }
 
-    async fn start_config(config: ServeConfig) -> TestServer {
+    pub async fn start_config(config: ServeConfig) -> TestServer {
         let dir = config.data_dir.clone();
         let listeners = fairway::server::Listeners::bind(&config).await.expect("bind");
         let addr = listeners.grpc.local_addr().expect("addr");
