@@ -6,8 +6,8 @@
 //! restart time with a stored backlog. Every enqueue is fsynced unless the
 //! broker runs with `--durability relaxed`.
 
+use crate::client::{Client, ClientConfig, Conn, WorkEvent};
 use crate::pb;
-use crate::pb::job_service_client::JobServiceClient;
 use crate::pb::worker_service_client::WorkerServiceClient;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -15,8 +15,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio_stream::StreamExt;
-use tonic::transport::Channel;
 
 pub(crate) type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -166,36 +164,14 @@ pub(crate) fn job(queue: &str, tenant: usize, size: usize) -> pb::EnqueueRequest
     }
 }
 
-/// What a bench worker sends up its Work stream (acks), and what it reads.
-pub(crate) type WorkSender = tokio::sync::mpsc::Sender<pb::WorkRequest>;
-
-/// Opens a Work stream subscribed to `sub`: the sender for acks and the
-/// stream of deliveries and outcomes.
-pub(crate) async fn open_work_stream(
-    ch: Channel,
-    sub: pb::Subscribe,
-) -> BenchResult<(WorkSender, tonic::Streaming<pb::WorkResponse>)> {
-    let (tx, rx) = tokio::sync::mpsc::channel(4096);
-    tx.send(pb::WorkRequest { request: Some(pb::work_request::Request::Subscribe(sub)) }).await?;
-    let stream = WorkerServiceClient::new(ch).work(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
-    Ok((tx, stream))
+/// A client of the bench's broker, waiting up to 5 s for it to listen.
+pub(crate) async fn connect(addr: &str) -> BenchResult<Client> {
+    let config = ClientConfig { retry_connect_for: Some(Duration::from_secs(5)), ..ClientConfig::new(addr) };
+    Ok(Client::connect(&config).await?)
 }
 
-pub(crate) async fn connect(addr: &str) -> BenchResult<Channel> {
-    let ep = tonic::transport::Endpoint::from_shared(addr.to_string())?;
-    for _ in 0..100 {
-        if let Ok(c) = ep.connect().await {
-            return Ok(c);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Err("cannot connect to broker".into())
-}
-
-pub(crate) async fn create_queue(ch: &Channel, name: &str) -> BenchResult<()> {
-    let mut admin = pb::admin_service_client::AdminServiceClient::new(ch.clone());
-    admin.create_queue(pb::CreateQueueRequest { name: name.into(), config: None }).await?;
-    Ok(())
+pub(crate) async fn create_queue(ch: &Client, name: &str) -> BenchResult<()> {
+    Ok(ch.create_queue(name).await?)
 }
 
 /// Runs `rounds` calls spread over `tasks` concurrent callers; returns the
@@ -227,11 +203,11 @@ where
     Ok((start.elapsed().as_secs_f64(), lat))
 }
 
-async fn unary(ch: &Channel, a: &BenchArgs) -> BenchResult<Row> {
+async fn unary(ch: &Client, a: &BenchArgs) -> BenchResult<Row> {
     create_queue(ch, "bench-unary").await?;
     let size = a.payload_bytes;
     let (secs, lat) = timed_calls(a.concurrency, a.jobs, || {
-        let c = JobServiceClient::new(ch.clone());
+        let c = ch.jobs();
         move || {
             let mut c = c.clone();
             async move {
@@ -252,13 +228,10 @@ async fn unary(ch: &Channel, a: &BenchArgs) -> BenchResult<Row> {
 }
 
 /// One EnqueueStream with `window` jobs sent but not yet confirmed.
-async fn pipelined(ch: &Channel, a: &BenchArgs, window: usize) -> BenchResult<Row> {
+async fn pipelined(ch: &Client, a: &BenchArgs, window: usize) -> BenchResult<Row> {
     create_queue(ch, "bench-stream").await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<pb::EnqueueRequest>(window);
-    let mut responses = JobServiceClient::new(ch.clone())
-        .enqueue_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await?
-        .into_inner();
+    let mut responses = ch.jobs().enqueue_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
     let sent_at = Arc::new(Mutex::new(std::collections::VecDeque::<Instant>::with_capacity(window)));
     let permits = Arc::new(tokio::sync::Semaphore::new(window));
     let (n, size) = (a.jobs, a.payload_bytes);
@@ -298,11 +271,11 @@ async fn pipelined(ch: &Channel, a: &BenchArgs, window: usize) -> BenchResult<Ro
     })
 }
 
-async fn batch(ch: &Channel, a: &BenchArgs, queue: &str, jobs: u64, in_flight: usize) -> BenchResult<Row> {
+async fn batch(ch: &Client, a: &BenchArgs, queue: &str, jobs: u64, in_flight: usize) -> BenchResult<Row> {
     let batches = jobs.div_ceil(a.batch as u64);
     let (size, per_batch) = (a.payload_bytes, a.batch);
     let (secs, lat) = timed_calls(in_flight, batches, || {
-        let (c, q) = (JobServiceClient::new(ch.clone()), queue.to_string());
+        let (c, q) = (ch.jobs(), queue.to_string());
         move || {
             let (mut c, q) = (c.clone(), q.clone());
             async move {
@@ -327,7 +300,7 @@ async fn batch(ch: &Channel, a: &BenchArgs, queue: &str, jobs: u64, in_flight: u
 const BATCHES_IN_FLIGHT: usize = 8;
 
 /// Producers batch-enqueue while workers on Work streams ack everything.
-async fn end_to_end(ch: &Channel, a: &BenchArgs, queue: &str) -> BenchResult<(Row, Row)> {
+async fn end_to_end(ch: &Client, a: &BenchArgs, queue: &str) -> BenchResult<(Row, Row)> {
     create_queue(ch, queue).await?;
     let total = a.jobs.div_ceil(a.batch as u64) * a.batch as u64;
     let acked = Arc::new(AtomicU64::new(0));
@@ -345,19 +318,19 @@ async fn end_to_end(ch: &Channel, a: &BenchArgs, queue: &str) -> BenchResult<(Ro
                 max_in_flight: a.max_in_flight,
                 ..Default::default()
             };
-            let (tx, mut stream) = open_work_stream(ch, sub).await?;
+            let mut work = ch.work(sub).await?;
+            let settler = work.settler();
             let mut sent: HashMap<String, Instant> = HashMap::new();
-            while let Some(msg) = stream.next().await {
-                match msg?.response {
-                    Some(pb::work_response::Response::Delivery(d)) => {
-                        let job = d.job.ok_or("delivery without job")?;
+            while let Some(event) = work.next().await? {
+                match event {
+                    WorkEvent::Delivery(d) => {
+                        let job = d.job.as_ref().ok_or("delivery without job")?;
                         let ts = u64::from_be_bytes(job.payload[..8].try_into()?);
                         dl.lock().map_err(|_| "poisoned")?.0.push(now_nanos().saturating_sub(ts) / 1000);
                         sent.insert(job.id.clone(), Instant::now());
-                        let ack = pb::AckRequest { queue: job.queue, job_id: job.id, lease_id: d.lease_id };
-                        tx.send(pb::WorkRequest { request: Some(pb::work_request::Request::Ack(ack)) }).await?;
+                        settler.ack(&d).await?;
                     }
-                    Some(pb::work_response::Response::Outcome(o)) => {
+                    WorkEvent::Outcome(o) => {
                         if !o.ok {
                             return Err(format!("ack failed: {}", o.error).into());
                         }
@@ -366,7 +339,6 @@ async fn end_to_end(ch: &Channel, a: &BenchArgs, queue: &str) -> BenchResult<(Ro
                         }
                         acked.fetch_add(1, Ordering::Relaxed);
                     }
-                    None => {}
                 }
             }
             BenchResult::Ok(())
@@ -405,7 +377,7 @@ async fn end_to_end(ch: &Channel, a: &BenchArgs, queue: &str) -> BenchResult<(Ro
 
 /// Leases jobs with a 1 s lease, lets the leases run out, and measures how
 /// long after each expiry the job is delivered again.
-async fn expiry_redelivery(w: &mut WorkerServiceClient<Channel>) -> BenchResult<Samples> {
+async fn expiry_redelivery(w: &mut WorkerServiceClient<Conn>) -> BenchResult<Samples> {
     let lease = |max: u32, wait: Duration| pb::LeaseRequest {
         queues: vec!["bench-expiry".into()],
         max_jobs: max,
@@ -538,7 +510,7 @@ pub async fn run(a: BenchArgs) -> BenchResult<()> {
     if a.wants("expiry") {
         create_queue(&ch, "bench-expiry").await?;
         batch(&ch, &a, "bench-expiry", 100, 1).await?;
-        let mut lat = expiry_redelivery(&mut WorkerServiceClient::new(ch.clone())).await?;
+        let mut lat = expiry_redelivery(&mut ch.workers()).await?;
         expiry_note = format!("expired lease to redelivery p50 {:.0} ms, max {:.0} ms", lat.pct(0.5), lat.pct(1.0));
     }
     drop(ch);

@@ -7,13 +7,12 @@
 //! a fresh queue.
 
 use crate::bench::{connect, create_queue, job, BenchResult, BrokerProc, Samples};
+use crate::client::{Client, WorkEvent};
 use crate::pb;
-use crate::pb::worker_service_client::WorkerServiceClient;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_stream::StreamExt;
-use tonic::transport::Channel;
 
 /// Sizes of the backlog scenario.
 #[derive(Debug, Clone, clap::Args)]
@@ -50,15 +49,12 @@ fn rss_mib(pid: u32) -> f64 {
 }
 
 /// Enqueues `n` jobs over one EnqueueStream with a deep window; jobs/s.
-async fn fill(ch: &Channel, queue: &str, n: u64, payload: usize) -> BenchResult<f64> {
+async fn fill(ch: &Client, queue: &str, n: u64, payload: usize) -> BenchResult<f64> {
     if n == 0 {
         return Ok(0.0);
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<pb::EnqueueRequest>(STREAM_WINDOW);
-    let mut answers = pb::job_service_client::JobServiceClient::new(ch.clone())
-        .enqueue_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await?
-        .into_inner();
+    let mut answers = ch.jobs().enqueue_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
     let start = Instant::now();
     let q = queue.to_string();
     let producer = tokio::spawn(async move {
@@ -83,8 +79,8 @@ async fn fill(ch: &Channel, queue: &str, n: u64, payload: usize) -> BenchResult<
 }
 
 /// `probes` unary Lease (one job, no wait) + Ack round trips.
-async fn lease_ack_latency(ch: &Channel, queue: &str, probes: usize) -> BenchResult<Samples> {
-    let mut w = WorkerServiceClient::new(ch.clone());
+async fn lease_ack_latency(ch: &Client, queue: &str, probes: usize) -> BenchResult<Samples> {
+    let mut w = ch.workers();
     let mut lat = Samples::default();
     for _ in 0..probes {
         let t = Instant::now();
@@ -111,21 +107,15 @@ async fn drain(addr: &str, queue: &str, n: u64) -> BenchResult<f64> {
                 max_in_flight: 256,
                 ..Default::default()
             };
-            let (tx, mut stream) = crate::bench::open_work_stream(ch, sub).await?;
-            while let Some(msg) = stream.next().await {
-                match msg?.response {
-                    Some(pb::work_response::Response::Delivery(d)) => {
-                        let j = d.job.ok_or("delivery without job")?;
-                        let ack = pb::AckRequest { queue: j.queue, job_id: j.id, lease_id: d.lease_id };
-                        tx.send(pb::WorkRequest { request: Some(pb::work_request::Request::Ack(ack)) }).await?;
-                    }
-                    Some(pb::work_response::Response::Outcome(o)) if o.ok => {
+            let mut work = ch.work(sub).await?;
+            let settler = work.settler();
+            while let Some(event) = work.next().await? {
+                match event {
+                    WorkEvent::Delivery(d) => settler.ack(&d).await?,
+                    WorkEvent::Outcome(o) if o.ok => {
                         acked.fetch_add(1, Ordering::Relaxed);
                     }
-                    Some(pb::work_response::Response::Outcome(o)) => {
-                        return Err(format!("ack failed: {}", o.error).into())
-                    }
-                    None => {}
+                    WorkEvent::Outcome(o) => return Err(format!("ack failed: {}", o.error).into()),
                 }
             }
             BenchResult::Ok(())
@@ -194,7 +184,7 @@ pub async fn run(
     let t = Instant::now();
     let broker = BrokerProc::start(dir, durability)?;
     let ch = connect(&broker.addr).await?;
-    let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+    let mut health = ch.health();
     health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await?;
     let serving = t.elapsed().as_secs_f64();
     let rss_restart = rss_mib(broker.pid());

@@ -3,14 +3,12 @@
 //! a tenant whose jobs hang. Each runs on its own queue of the broker the
 //! bench started, with real workers on `Work` streams.
 
+use crate::client::Client;
 use crate::pb;
-use crate::pb::job_service_client::JobServiceClient;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio_stream::StreamExt;
-use tonic::transport::Channel;
 
 type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -85,13 +83,13 @@ impl Workers {
                     lease_duration: Some(crate::broker::view::duration(Duration::from_secs(2))),
                     ..Default::default()
                 };
-                let (tx, mut stream) = crate::bench::open_work_stream(ch, sub).await?;
-                while let Some(msg) = stream.next().await {
+                let mut work = ch.work(sub).await?;
+                let settler = work.settler();
+                while let Some(d) = work.next_delivery().await? {
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
-                    let Some(pb::work_response::Response::Delivery(d)) = msg?.response else { continue };
-                    let job = d.job.ok_or("delivery without job")?;
+                    let job = d.job.as_ref().ok_or("delivery without job")?;
                     let ts = u64::from_be_bytes(job.payload[..8].try_into()?);
                     {
                         let mut s = seen.lock().map_err(|_| "poisoned")?;
@@ -101,8 +99,7 @@ impl Workers {
                     if hang.as_deref() == Some(job.tenant.as_str()) {
                         continue;
                     }
-                    let ack = pb::AckRequest { queue: job.queue, job_id: job.id, lease_id: d.lease_id };
-                    tx.send(pb::WorkRequest { request: Some(pb::work_request::Request::Ack(ack)) }).await?;
+                    settler.ack(&d).await?;
                     acked.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(())
@@ -121,14 +118,14 @@ impl Workers {
     }
 }
 
-async fn create(ch: &Channel, name: &str) -> BenchResult<()> {
-    let mut admin = pb::admin_service_client::AdminServiceClient::new(ch.clone());
+async fn create(ch: &Client, name: &str) -> BenchResult<()> {
+    let mut admin = ch.admin();
     admin.create_queue(pb::CreateQueueRequest { name: name.into(), config: None }).await?;
     Ok(())
 }
 
-async fn set_weight(ch: &Channel, queue: &str, tenant: &str, weight: u32, max_in_flight: u32) -> BenchResult<()> {
-    let mut admin = pb::admin_service_client::AdminServiceClient::new(ch.clone());
+async fn set_weight(ch: &Client, queue: &str, tenant: &str, weight: u32, max_in_flight: u32) -> BenchResult<()> {
+    let mut admin = ch.admin();
     admin
         .set_tenant_policy(pb::SetTenantPolicyRequest {
             queue: queue.into(),
@@ -142,12 +139,11 @@ async fn set_weight(ch: &Channel, queue: &str, tenant: &str, weight: u32, max_in
 }
 
 /// Batch-enqueues `n` jobs of one tenant as fast as the broker takes them.
-async fn flood(ch: &Channel, queue: &str, tenant: &str, n: u64) -> BenchResult<()> {
+async fn flood(ch: &Client, queue: &str, tenant: &str, n: u64) -> BenchResult<()> {
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..4 {
-        let (mut c, next, q, t) =
-            (JobServiceClient::new(ch.clone()), next.clone(), queue.to_string(), tenant.to_string());
+        let (mut c, next, q, t) = (ch.jobs(), next.clone(), queue.to_string(), tenant.to_string());
         tasks.push(tokio::spawn(async move {
             while next.fetch_add(100, Ordering::Relaxed) < n {
                 let jobs = (0..100).map(|_| stamped(&q, &t)).collect();
@@ -163,8 +159,8 @@ async fn flood(ch: &Channel, queue: &str, tenant: &str, n: u64) -> BenchResult<(
 }
 
 /// Tenants t1..t10 each enqueue 10 jobs/s for `secs`.
-async fn trickle(ch: &Channel, queue: &str, secs: u64) -> BenchResult<()> {
-    let mut c = JobServiceClient::new(ch.clone());
+async fn trickle(ch: &Client, queue: &str, secs: u64) -> BenchResult<()> {
+    let mut c = ch.jobs();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     for _ in 0..secs * 10 {
         tick.tick().await;
@@ -190,7 +186,7 @@ fn trickle_latency(seen: &mut Seen) -> (f64, f64, usize) {
     (percentile(&mut all, 0.5), percentile(&mut all, 0.99), n)
 }
 
-async fn scenario_flood(addr: &str, ch: &Channel, a: &FairnessArgs) -> BenchResult<String> {
+async fn scenario_flood(addr: &str, ch: &Client, a: &FairnessArgs) -> BenchResult<String> {
     create(ch, "fair-idle").await?;
     // Producers and workers each on their own connection, as separate
     // services would be.
@@ -220,7 +216,7 @@ async fn scenario_flood(addr: &str, ch: &Channel, a: &FairnessArgs) -> BenchResu
     ))
 }
 
-async fn scenario_weights(addr: &str, ch: &Channel, a: &FairnessArgs) -> BenchResult<String> {
+async fn scenario_weights(addr: &str, ch: &Client, a: &FairnessArgs) -> BenchResult<String> {
     create(ch, "fair-weights").await?;
     for (t, w) in [("w1", 1), ("w2", 2), ("w4", 4)] {
         set_weight(ch, "fair-weights", t, w, 0).await?;
@@ -262,7 +258,7 @@ async fn scenario_weights(addr: &str, ch: &Channel, a: &FairnessArgs) -> BenchRe
     Ok(format!("| weights 1:2:4, all backlogged | {weights} | equal weights, 10 tenants: Jain's index {jain:.4} |"))
 }
 
-async fn scenario_hung(addr: &str, ch: &Channel, a: &FairnessArgs) -> BenchResult<String> {
+async fn scenario_hung(addr: &str, ch: &Client, a: &FairnessArgs) -> BenchResult<String> {
     let run = |queue: String, with_hung: bool| {
         let ch = ch.clone();
         let n = a.fair_jobs;
@@ -316,7 +312,7 @@ async fn scenario_hung(addr: &str, ch: &Channel, a: &FairnessArgs) -> BenchResul
 /// Cost of a scheduling decision with many active tenants: the pure
 /// scheduler alone, then leases through the broker over tenants with one
 /// job each (every lease a different tenant, the worst case for caches).
-async fn scenario_many_tenants(addr: &str, ch: &Channel, a: &FairnessArgs) -> BenchResult<String> {
+async fn scenario_many_tenants(addr: &str, ch: &Client, a: &FairnessArgs) -> BenchResult<String> {
     let tenants = a.many_tenants;
     let mut s = crate::scheduler::FairScheduler::new();
     let names: Vec<String> = (0..tenants).map(|t| format!("t{t}")).collect();
@@ -334,7 +330,7 @@ async fn scenario_many_tenants(addr: &str, ch: &Channel, a: &FairnessArgs) -> Be
     let ns = start.elapsed().as_nanos() as f64 / picks as f64;
 
     create(ch, "fair-many").await?;
-    let mut c = JobServiceClient::new(ch.clone());
+    let mut c = ch.jobs();
     for chunk in names.chunks(1000) {
         let jobs = chunk.iter().map(|t| stamped("fair-many", t)).collect();
         c.enqueue_batch(pb::EnqueueBatchRequest { jobs }).await?;
@@ -355,7 +351,7 @@ async fn scenario_many_tenants(addr: &str, ch: &Channel, a: &FairnessArgs) -> Be
 }
 
 /// Runs the scenarios; returns markdown table rows.
-pub async fn run(addr: &str, ch: &Channel, a: &FairnessArgs, wants: &dyn Fn(&str) -> bool) -> BenchResult<Vec<String>> {
+pub async fn run(addr: &str, ch: &Client, a: &FairnessArgs, wants: &dyn Fn(&str) -> bool) -> BenchResult<Vec<String>> {
     let mut rows = Vec::new();
     if a.flood_jobs == 0 {
         return Ok(rows);

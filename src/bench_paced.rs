@@ -47,26 +47,22 @@ pub(crate) async fn run(addr: &str, rate: f64, jobs: u64, payload: usize) -> Ben
                 max_in_flight: 256,
                 ..Default::default()
             };
-            let (tx, mut stream) = crate::bench::open_work_stream(ch, sub).await?;
-            while let Some(msg) = stream.next().await {
-                if let Some(pb::work_response::Response::Delivery(d)) = msg?.response {
-                    let j = d.job.ok_or("delivery without job")?;
-                    let ts = u64::from_be_bytes(j.payload[..8].try_into()?);
-                    latency.lock().map_err(|_| "poisoned")?.0.push(now_nanos().saturating_sub(ts) / 1000);
-                    let ack = pb::AckRequest { queue: j.queue, job_id: j.id, lease_id: d.lease_id };
-                    tx.send(pb::WorkRequest { request: Some(pb::work_request::Request::Ack(ack)) }).await?;
-                    acked.fetch_add(1, Ordering::Relaxed);
-                }
+            let mut work = ch.work(sub).await?;
+            let settler = work.settler();
+            while let Some(d) = work.next_delivery().await? {
+                let j = d.job.as_ref().ok_or("delivery without job")?;
+                let ts = u64::from_be_bytes(j.payload[..8].try_into()?);
+                latency.lock().map_err(|_| "poisoned")?.0.push(now_nanos().saturating_sub(ts) / 1000);
+                settler.ack(&d).await?;
+                acked.fetch_add(1, Ordering::Relaxed);
             }
             BenchResult::Ok(())
         }));
     }
 
     let (tx, rx) = tokio::sync::mpsc::channel::<pb::EnqueueRequest>(4096);
-    let mut answers = pb::job_service_client::JobServiceClient::new(connect(addr).await?)
-        .enqueue_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await?
-        .into_inner();
+    let mut answers =
+        connect(addr).await?.jobs().enqueue_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
     let confirmer = tokio::spawn(async move {
         while let Some(r) = answers.next().await {
             let r = r?;

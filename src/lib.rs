@@ -15,6 +15,7 @@ pub mod bench_paced;
 pub mod bench_peers;
 pub mod broker;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod conn_limits;
 pub mod deadline;

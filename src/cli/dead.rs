@@ -5,7 +5,6 @@ use super::format::{fmt_attempts, fmt_time, leading_width, one_line, render_tabl
 use super::listing::{self, ListArgs, Listing};
 use super::{ok_if_closed, CliResult, Remote, Screen};
 use crate::pb;
-use crate::pb::admin_service_client::AdminServiceClient;
 
 /// Room for the last error when the terminal's width is unknown (output
 /// piped or redirected); `--json` has it whole.
@@ -46,7 +45,7 @@ pub async fn dead(remote: &Remote, cmd: DeadCmd) -> CliResult {
             ok_if_closed(listing::run(remote, &a, l).await)
         }
         DeadCmd::Redrive { queue, tenant, environment, limit } => {
-            let mut admin = AdminServiceClient::new(remote.connect().await?);
+            let mut admin = remote.connect().await?.admin();
             let r = admin
                 .redrive_dead_letters(pb::RedriveDeadLettersRequest {
                     queue: queue.clone(),

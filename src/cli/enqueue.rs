@@ -2,7 +2,6 @@
 
 use super::{d, CliResult, Remote};
 use crate::pb;
-use crate::pb::job_service_client::JobServiceClient;
 use std::time::Duration;
 
 #[derive(Debug, clap::Args)]
@@ -42,7 +41,7 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
 }
 
 pub async fn enqueue(remote: &Remote, a: EnqueueArgs) -> CliResult {
-    let mut jobs = JobServiceClient::new(remote.connect().await?);
+    let mut jobs = remote.connect().await?.jobs();
     let payload = match &a.payload_file {
         Some(p) => std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?,
         None => a.payload.into_bytes(),

@@ -5,7 +5,6 @@ use super::format::{fmt_attempts, fmt_time, payload_text, render_table, state_na
 use super::listing::{self, job_json, ListArgs, Listing};
 use super::{emit, ok_if_closed, CliResult, Remote, Screen};
 use crate::pb;
-use crate::pb::job_service_client::JobServiceClient;
 use std::fmt::Write as _;
 
 /// Binary payload bytes shown (as hex) by `jobs get`; `--json` has them all.
@@ -75,7 +74,7 @@ pub async fn jobs(remote: &Remote, cmd: JobsCmd) -> CliResult {
             ok_if_closed(listing::run(remote, &list, l).await)
         }
         JobsCmd::Get { queue, id, json } => {
-            let mut client = JobServiceClient::new(remote.connect().await?);
+            let mut client = remote.connect().await?.jobs();
             let j = client.get_job(pb::GetJobRequest { queue, job_id: id }).await?.into_inner();
             let text = if json { format!("{}\n", job_json(&j)) } else { render_job(&j) };
             ok_if_closed(emit(&text).map_err(Into::into))

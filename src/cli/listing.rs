@@ -5,7 +5,6 @@
 use super::format::{shell_quote, state_name, system_time};
 use super::{emit, CliResult, Remote, Screen};
 use crate::pb;
-use crate::pb::admin_service_client::AdminServiceClient;
 
 /// The options every job listing takes.
 #[derive(Debug, Clone, clap::Args)]
@@ -50,7 +49,7 @@ pub struct Listing<'a> {
 /// Lists one page, or every page with `--all`. The table waits for all its
 /// pages so the columns line up; `--json` prints each page as it comes.
 pub async fn run(remote: &Remote, a: &ListArgs, l: Listing<'_>) -> CliResult {
-    let mut admin = AdminServiceClient::new(remote.connect().await?);
+    let mut admin = remote.connect().await?.admin();
     let mut token = a.page_token.clone().unwrap_or_default();
     let mut jobs = Vec::new();
     let mut listed = 0usize;

@@ -16,12 +16,13 @@ mod remote;
 mod stats;
 mod tenant;
 
+pub use crate::client::{Conn, DEFAULT_ADDR};
 pub use dead::{dead, DeadCmd};
 pub use enqueue::{enqueue, EnqueueArgs};
 pub use health::health;
 pub use jobs::{jobs, JobsCmd};
 pub use queue::{queue, QueueCmd};
-pub use remote::{Conn, Remote, DEFAULT_ADDR};
+pub use remote::Remote;
 pub use stats::{stats, StatsArgs};
 pub use tenant::{tenant, TenantCmd};
 
@@ -70,7 +71,7 @@ pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
         // A transport failure says what went wrong only in its causes (e.g.
         // the broker wanted a client certificate).
         Some(status) => match std::error::Error::source(status) {
-            Some(cause) => format!("error: {:?}: {}: {}", status.code(), status.message(), remote::chain(cause)),
+            Some(cause) => format!("error: {:?}: {}: {}", status.code(), status.message(), crate::client::chain(cause)),
             None => format!("error: {:?}: {}", status.code(), status.message()),
         },
         None => format!("error: {e}"),

@@ -3,7 +3,6 @@
 
 use super::{d, CliResult, Remote};
 use crate::pb;
-use crate::pb::admin_service_client::AdminServiceClient;
 use std::time::Duration;
 
 #[derive(Debug, clap::Subcommand)]
@@ -130,7 +129,7 @@ fn print_queue(q: &pb::Queue) {
 }
 
 pub async fn queue(remote: &Remote, cmd: QueueCmd) -> CliResult {
-    let mut admin = AdminServiceClient::new(remote.connect().await?);
+    let mut admin = remote.connect().await?.admin();
     match cmd {
         QueueCmd::Create { name, config } => {
             let config = Some(config.to_proto());

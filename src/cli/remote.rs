@@ -1,6 +1,7 @@
 //! How client commands reach the broker: its address, TLS (the CA to trust
 //! it by, a client certificate for mTLS) and the bearer token sent with
-//! every call.
+//! every call, as the flags of every client command. The connection itself
+//! is [`crate::client`].
 //!
 //! The flags are global, so they go before or after the command. They are
 //! named apart from `serve`'s own `--tls-cert`/`--tls-key` (the broker's
@@ -8,20 +9,8 @@
 //! subcommand: one name for two meanings would hand the client's
 //! certificate to the server or the other way round.
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::interceptor::InterceptedService;
-use tonic::service::Interceptor;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
-use tonic::{Request, Status};
-
-/// The address `--addr` defaults to; a continuation hint names `--addr`
-/// only when it differs.
-pub const DEFAULT_ADDR: &str = "http://127.0.0.1:50051";
-
-/// A connection to the broker that carries the token.
-pub type Conn = InterceptedService<Channel, Bearer>;
+use crate::client::{Client, ClientConfig, ClientError, DEFAULT_ADDR};
+use std::path::PathBuf;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Remote {
@@ -49,96 +38,27 @@ pub struct Remote {
     pub token: Option<String>,
 }
 
-/// Adds `authorization: Bearer <token>` to every call.
-#[derive(Clone)]
-pub struct Bearer(Option<MetadataValue<Ascii>>);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
-    }
-}
-
-type Error = Box<dyn std::error::Error>;
-
-fn read(flag: &str, path: &Path) -> Result<Vec<u8>, Error> {
-    std::fs::read(path).map_err(|e| format!("cannot read {flag} {}: {e}", path.display()).into())
-}
-
-/// An error with its causes: TLS failures say why only in the innermost.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let more = c.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        cause = c.source();
-    }
-    text
-}
-
 impl Remote {
     /// A plain local broker with no token: what tests and defaults use.
     pub fn plain(addr: impl Into<String>) -> Remote {
         Remote { addr: addr.into(), tls_ca: None, client_cert: None, client_key: None, tls_domain: None, token: None }
     }
 
-    fn wants_tls(&self) -> bool {
-        self.addr.starts_with("https://") || self.tls_ca.is_some() || self.client_cert.is_some()
+    /// The client settings these flags say.
+    pub fn config(&self) -> ClientConfig {
+        ClientConfig {
+            addr: self.addr.clone(),
+            tls_ca: self.tls_ca.clone(),
+            client_identity: self.client_cert.clone().zip(self.client_key.clone()),
+            tls_domain: self.tls_domain.clone(),
+            token: self.token.clone(),
+            // One attempt: a command fails fast when no broker is there.
+            retry_connect_for: None,
+        }
     }
 
-    fn tls(&self) -> Result<ClientTlsConfig, Error> {
-        let mut tls = ClientTlsConfig::new();
-        tls = match &self.tls_ca {
-            Some(ca) => tls.ca_certificate(Certificate::from_pem(read("--tls-ca", ca)?)),
-            None => tls.with_native_roots(),
-        };
-        if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
-            tls = tls.identity(Identity::from_pem(read("--client-cert", cert)?, read("--client-key", key)?));
-        }
-        if let Some(domain) = &self.tls_domain {
-            tls = tls.domain_name(domain.clone());
-        }
-        Ok(tls)
-    }
-
-    fn bearer(&self) -> Result<Bearer, Error> {
-        let Some(token) = &self.token else { return Ok(Bearer(None)) };
-        let mut value: MetadataValue<Ascii> = format!("Bearer {}", token.trim())
-            .parse()
-            .map_err(|_| "--token / FAIRWAY_TOKEN holds characters a header cannot carry")?;
-        // Keeps it out of Debug output.
-        value.set_sensitive(true);
-        Ok(Bearer(Some(value)))
-    }
-
-    pub async fn connect(&self) -> Result<Conn, Error> {
-        let addr = &self.addr;
-        let mut endpoint =
-            tonic::transport::Endpoint::from_shared(addr.clone())?.connect_timeout(Duration::from_secs(5));
-        if self.wants_tls() {
-            if !addr.starts_with("https://") {
-                return Err(format!("TLS settings were given but --addr is {addr}: use https://").into());
-            }
-            endpoint = endpoint.tls_config(self.tls()?)?;
-        }
-        let bearer = self.bearer()?;
-        let channel = endpoint.connect().await.map_err(|e| -> Error {
-            let why = chain(&e);
-            let hint = if why.contains("certificate") {
-                "check --tls-ca, --tls-domain and the broker's certificate"
-            } else {
-                "is `fairway serve` running?"
-            };
-            format!("cannot reach the broker at {addr}: {why} ({hint})").into()
-        })?;
-        Ok(InterceptedService::new(channel, bearer))
+    pub async fn connect(&self) -> Result<Client, ClientError> {
+        Client::connect(&self.config()).await
     }
 
     /// The flags that reach this broker again, for a command line printed
@@ -179,12 +99,16 @@ mod tests {
     }
 
     #[test]
-    fn the_token_goes_out_as_a_bearer_header() {
-        let mut b = Remote { token: Some("abc".into()), ..Remote::plain(DEFAULT_ADDR) }.bearer().unwrap();
-        let req = b.call(Request::new(())).unwrap();
-        assert_eq!(req.metadata().get("authorization").unwrap(), "Bearer abc");
-        let mut none = Remote::plain(DEFAULT_ADDR).bearer().unwrap();
-        assert!(none.call(Request::new(())).unwrap().metadata().get("authorization").is_none());
+    fn the_flags_become_client_settings() {
+        let r = Remote {
+            client_cert: Some("c.pem".into()),
+            client_key: Some("c.key".into()),
+            token: Some("t".into()),
+            ..Remote::plain("https://h:1")
+        };
+        let c = r.config();
+        assert_eq!(c.client_identity, Some(("c.pem".into(), "c.key".into())));
+        assert_eq!((c.addr.as_str(), c.token.as_deref(), c.retry_connect_for), ("https://h:1", Some("t"), None));
     }
 
     #[tokio::test]

@@ -301,7 +301,7 @@ pub async fn stats(remote: &Remote, a: StatsArgs) -> CliResult {
 }
 
 async fn watch(remote: &Remote, a: StatsArgs) -> CliResult {
-    let admin = AdminServiceClient::new(remote.connect().await?);
+    let admin = remote.connect().await?.admin();
     let mut tracker = RateTracker::default();
     let limit = if a.watch { a.count } else { 1 };
     let mut ticker = tokio::time::interval(a.interval);

@@ -2,7 +2,6 @@
 
 use super::{CliResult, Remote};
 use crate::pb;
-use crate::pb::admin_service_client::AdminServiceClient;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum TenantCmd {
@@ -30,7 +29,7 @@ pub enum TenantCmd {
 }
 
 pub async fn tenant(remote: &Remote, cmd: TenantCmd) -> CliResult {
-    let mut admin = AdminServiceClient::new(remote.connect().await?);
+    let mut admin = remote.connect().await?.admin();
     match cmd {
         TenantCmd::SetPolicy { queue, tenant, weight, max_in_flight, enqueue_rate, enqueue_burst, environment } => {
             let p = admin
