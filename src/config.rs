@@ -46,6 +46,10 @@ pub struct ServeConfig {
     /// Unset: every caller may do everything.
     #[arg(long, env = "FAIRWAY_AUTH_FILE")]
     pub auth_file: Option<PathBuf>,
+    /// Tests only: the writer waits this long before recovering, so a test
+    /// can watch a broker that is still starting. Not a flag.
+    #[arg(skip)]
+    pub recovery_hold: std::time::Duration,
 }
 
 /// A listen address, or `off`.
@@ -80,6 +84,7 @@ impl ServeConfig {
             tls_key: None,
             tls_client_ca: None,
             auth_file: None,
+            recovery_hold: std::time::Duration::ZERO,
         }
     }
 }

@@ -27,6 +27,9 @@ pub enum BrokerError {
     RateLimited { queue: String, tenant: String, rate: f64, retry_after: std::time::Duration },
     #[error("the broker is shutting down; retry against a running instance")]
     ShuttingDown,
+    /// Start-up recovery has not finished; health says NOT_SERVING meanwhile.
+    #[error("the broker is starting (rebuilding its state from the data dir); retry in a moment")]
+    Starting,
     /// No token, or one the auth file does not hold.
     #[error("{0}")]
     Unauthenticated(String),
@@ -53,7 +56,7 @@ impl BrokerError {
             BrokerError::QueueExists(_) => Code::AlreadyExists,
             BrokerError::LeaseNotHeld(_) | BrokerError::FailedPrecondition(_) => Code::FailedPrecondition,
             BrokerError::ResourceExhausted(_) | BrokerError::RateLimited { .. } => Code::ResourceExhausted,
-            BrokerError::ShuttingDown => Code::Unavailable,
+            BrokerError::ShuttingDown | BrokerError::Starting => Code::Unavailable,
             BrokerError::Unauthenticated(_) => Code::Unauthenticated,
             BrokerError::PermissionDenied(_) => Code::PermissionDenied,
             BrokerError::Storage(_) => Code::Internal,
@@ -99,6 +102,7 @@ mod tests {
         assert_eq!(Status::from(BrokerError::QueueExists("q".into())).code(), Code::AlreadyExists);
         assert_eq!(Status::from(BrokerError::LeaseNotHeld("x".into())).code(), Code::FailedPrecondition);
         assert_eq!(Status::from(BrokerError::ShuttingDown).code(), Code::Unavailable);
+        assert_eq!(Status::from(BrokerError::Starting).code(), Code::Unavailable);
         assert_eq!(Status::from(BrokerError::Unauthenticated("x".into())).code(), Code::Unauthenticated);
         assert_eq!(Status::from(BrokerError::PermissionDenied("x".into())).code(), Code::PermissionDenied);
         let s = Status::from(BrokerError::QueueNotFound("emails".into()));

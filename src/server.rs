@@ -143,13 +143,51 @@ pub async fn run(
     let tokens = config.auth_file.as_deref().map(Tokens::load).transpose()?.map(Arc::new);
     let http_addr = listeners.http.as_ref().and_then(|l| l.local_addr().ok());
     warn_if_exposed(listener.local_addr().ok(), http_addr, tls.is_some(), tokens.as_deref());
-    let broker = Broker::open(&config.data_dir, config.durability)?;
+    // Opening RocksDB (WAL replay; a locked or incompatible data dir is
+    // refused here) blocks, so it runs off the runtime. The writer then
+    // rebuilds its state in the background while health already answers
+    // NOT_SERVING; it turns SERVING when recovery is done.
+    let (dir, durability, hold) = (config.data_dir.clone(), config.durability, config.recovery_hold);
+    let (broker, recovery) = tokio::task::spawn_blocking(move || Broker::start_with(&dir, durability, hold))
+        .await
+        .map_err(|e| BrokerError::Storage(format!("start-up task failed: {e}")))??;
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_service_status("", ServingStatus::Serving).await;
+    health.set_service_status("", ServingStatus::NotServing).await;
     for s in SERVICES {
-        health.set_service_status(s, ServingStatus::Serving).await;
+        health.set_service_status(s, ServingStatus::NotServing).await;
     }
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<BrokerError>();
+    let recovered = {
+        let (health, mut stopping) = (health.clone(), stopping.clone());
+        tokio::spawn(async move {
+            match recovery.await {
+                Ok(Ok(report)) => {
+                    if *stopping.borrow() {
+                        return;
+                    }
+                    health.set_service_status("", ServingStatus::Serving).await;
+                    for s in SERVICES {
+                        health.set_service_status(s, ServingStatus::Serving).await;
+                    }
+                    tracing::info!(
+                        queues = report.queues,
+                        leases = report.leases,
+                        elapsed_ms = report.elapsed.as_millis() as u64,
+                        "recovery done: serving"
+                    );
+                    let _ = stopping.wait_for(|s| *s).await;
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "recovery failed: stopping");
+                    let _ = failed_tx.send(e);
+                }
+                Err(_) => {
+                    let _ = failed_tx.send(BrokerError::Storage("the writer thread ended during recovery".into()));
+                }
+            }
+        })
+    };
     let mirror = tokio::spawn(mirror_queue_health(health.clone(), broker.health(), stopping.clone()));
     let http = listeners.http.map(|l| {
         let mut stop = stopping.clone();
@@ -183,9 +221,17 @@ pub async fn run(
     let drain_broker = broker.clone();
     let drain_health = health.clone();
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+    let failure = Arc::new(std::sync::Mutex::new(None::<BrokerError>));
+    let failure_seen = failure.clone();
     let on_shutdown = async move {
-        shutdown.await;
-        tracing::info!("shutdown requested: reporting NOT_SERVING and draining");
+        tokio::select! {
+            _ = shutdown => tracing::info!("shutdown requested: reporting NOT_SERVING and draining"),
+            Ok(e) = failed_rx => {
+                if let Ok(mut f) = failure_seen.lock() {
+                    *f = Some(e);
+                }
+            }
+        }
         let _ = stopping_tx.send(true);
         let _ = mirror.await;
         drain_health.set_service_status("", ServingStatus::NotServing).await;
@@ -247,6 +293,7 @@ pub async fn run(
         }
     };
     broker.shutdown().await;
+    recovered.abort();
     if let Some(h) = http {
         match h.await {
             Ok(Err(e)) => tracing::warn!(error = %e, "metrics server failed"),
@@ -258,5 +305,8 @@ pub async fn run(
         export.shutdown().await;
     }
     tracing::info!("fairway stopped");
+    if let Some(e) = failure.lock().ok().and_then(|mut f| f.take()) {
+        return Err(e.into());
+    }
     served
 }

@@ -497,13 +497,26 @@ async fn health(ch: &Channel) -> Result<i32, Status> {
     Ok(HealthClient::new(ch.clone()).check(HealthCheckRequest { service: String::new() }).await?.into_inner().status)
 }
 
+/// Health over `ch` once the broker has finished starting (NOT_SERVING
+/// until then): SERVING is 1.
+async fn health_once_started(ch: &Channel) -> Result<i32, Status> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = health(ch).await?;
+        if status == 1 || tokio::time::Instant::now() > deadline {
+            return Ok(status);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn tls_serves_both_ports_and_plaintext_is_refused() {
     bounded(async {
         let pki = Pki::new();
         let s = TestServer::start_with(pki.server(false)).await;
         let ch = pki.channel(s.addr, None);
-        assert_eq!(health(&ch).await.expect("TLS health"), 1);
+        assert_eq!(health_once_started(&ch).await.expect("TLS health"), 1);
         create_queue_on(&ch, "q").await;
         JobServiceClient::new(ch.clone()).enqueue(job("q", "a", "", "over tls")).await.expect("enqueue over TLS");
 
@@ -523,7 +536,7 @@ async fn mutual_tls_needs_a_client_certificate_from_the_trusted_ca() {
         let pki = Pki::new();
         let s = TestServer::start_with(pki.server(true)).await;
         let ch = pki.channel(s.addr, Some(&pki.client));
-        assert_eq!(health(&ch).await.expect("mTLS health"), 1);
+        assert_eq!(health_once_started(&ch).await.expect("mTLS health"), 1);
         create_queue_on(&ch, "q").await;
 
         assert!(health(&pki.channel(s.addr, None)).await.is_err(), "no client certificate: refused");

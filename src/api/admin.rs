@@ -30,7 +30,7 @@ impl AdminService for AdminApi {
         let access = auth::access(&req)?;
         let name = convert::queue_name(&req.into_inner().queue)?;
         access.admin_queue(&name)?;
-        Ok(Response::new(self.broker.get_queue(&name)?))
+        Ok(Response::new(self.broker.get_queue(&name).await?))
     }
 
     async fn list_queues(
@@ -38,7 +38,7 @@ impl AdminService for AdminApi {
         req: Request<pb::ListQueuesRequest>,
     ) -> Result<Response<pb::ListQueuesResponse>, Status> {
         let access = auth::access(&req)?;
-        let mut queues = self.broker.list_queues()?;
+        let mut queues = self.broker.list_queues().await?;
         queues.retain(|q| access.sees_queue(&q.name));
         Ok(Response::new(pb::ListQueuesResponse { queues }))
     }

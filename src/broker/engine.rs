@@ -275,14 +275,14 @@ impl Engine {
             writer_metrics: Default::default(),
         };
         engine.load_all()?;
-        let leases: usize = engine.queues.values().map(|q| q.leases.len()).sum();
-        tracing::info!(
-            queues = engine.queues.len(),
-            leases,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "recovered broker state"
-        );
+        let (queues, leases) = engine.recovered();
+        tracing::info!(queues, leases, elapsed_ms = started.elapsed().as_millis() as u64, "recovered broker state");
         Ok(engine)
+    }
+
+    /// Queues and leases held in memory (what start-up recovery loaded).
+    pub fn recovered(&self) -> (usize, usize) {
+        (self.queues.len(), self.queues.values().map(|q| q.leases.len()).sum())
     }
 
     /// Rebuilds all in-memory state from disk: O(queues + groups + leases),

@@ -253,21 +253,65 @@ pub struct Broker {
     engine: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
     /// Queue name -> healthy, published by the writer as alerts change.
     health: tokio::sync::watch::Receiver<monitor::HealthMap>,
+    /// False until the writer has rebuilt its state from disk: calls made
+    /// earlier wait for it (async ones) or are refused as retryable.
+    ready: tokio::sync::watch::Receiver<bool>,
+}
+
+/// How the writer's start-up recovery ended: `Ok` once the broker serves,
+/// or the error that stops it.
+pub type Recovery = oneshot::Receiver<Result<RecoveryReport>>;
+
+/// What recovery found, for the start-up log.
+#[derive(Debug, Clone, Copy)]
+pub struct RecoveryReport {
+    pub queues: usize,
+    pub leases: usize,
+    pub elapsed: Duration,
 }
 
 impl Broker {
-    /// Opens (or creates) the data dir, recovers state and starts the writer.
-    pub fn open(data_dir: &Path, durability: Durability) -> Result<Broker> {
+    /// Opens (or creates) the data dir and starts the writer, which first
+    /// rebuilds its in-memory state (O(queues + groups + leases), never
+    /// O(jobs)) and then serves. Returns at once after opening RocksDB (a
+    /// locked or incompatible data dir is refused here); `Recovery` says when
+    /// the broker is ready. Blocking: call it off the async runtime.
+    pub fn start(data_dir: &Path, durability: Durability) -> Result<(Broker, Recovery)> {
+        Self::start_with(data_dir, durability, Duration::ZERO)
+    }
+
+    /// [`start`](Self::start), with the writer pausing `hold` before it
+    /// recovers: lets tests observe a broker that is still starting.
+    #[doc(hidden)]
+    pub fn start_with(data_dir: &Path, durability: Durability, hold: Duration) -> Result<(Broker, Recovery)> {
         let store = Store::open(data_dir, durability)?;
         let registry: Registry = Arc::default();
         let (tx, rx) = flume::bounded(COMMAND_QUEUE);
         let (health_tx, health) = tokio::sync::watch::channel(monitor::HealthMap::new());
-        let engine = engine::Engine::recover(store.clone(), registry.clone(), rx, health_tx)?;
+        let (ready_tx, ready) = tokio::sync::watch::channel(false);
+        let (recovered_tx, recovered) = oneshot::channel();
+        let (engine_store, engine_registry) = (store.clone(), registry.clone());
         let handle = std::thread::Builder::new()
             .name("fairway-writer".into())
-            .spawn(move || engine.run())
+            .spawn(move || {
+                if !hold.is_zero() {
+                    std::thread::sleep(hold);
+                }
+                let started = std::time::Instant::now();
+                match engine::Engine::recover(engine_store, engine_registry, rx, health_tx) {
+                    Ok(engine) => {
+                        let (queues, leases) = engine.recovered();
+                        let _ = ready_tx.send(true);
+                        let _ = recovered_tx.send(Ok(RecoveryReport { queues, leases, elapsed: started.elapsed() }));
+                        engine.run();
+                    }
+                    Err(e) => {
+                        let _ = recovered_tx.send(Err(e));
+                    }
+                }
+            })
             .map_err(|e| BrokerError::Storage(format!("cannot start writer thread: {e}")))?;
-        Ok(Broker {
+        let broker = Broker {
             tx,
             store,
             registry,
@@ -275,26 +319,45 @@ impl Broker {
             limiter: Arc::default(),
             engine: Arc::new(Mutex::new(Some(handle))),
             health,
-        })
+            ready,
+        };
+        Ok((broker, recovered))
+    }
+
+    /// Waits until start-up recovery is done: every async entry point calls
+    /// it first, so calls made while the broker starts wait (bounded by the
+    /// server's request deadline) rather than fail.
+    async fn until_ready(&self) -> Result<()> {
+        if *self.ready.borrow() {
+            return Ok(());
+        }
+        let mut ready = self.ready.clone();
+        ready.wait_for(|r| *r).await.map(|_| ()).map_err(|_| BrokerError::ShuttingDown)
+    }
+
+    /// The queue registry, once recovery has filled it; before that a
+    /// retryable refusal, never a false "queue does not exist".
+    fn reg(&self) -> Result<std::sync::RwLockReadGuard<'_, HashMap<String, QueueInfo>>> {
+        if !*self.ready.borrow() {
+            return Err(BrokerError::Starting);
+        }
+        self.registry.read().map_err(|_| BrokerError::Storage("queue registry poisoned".into()))
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
+        self.until_ready().await?;
         let (reply, rx) = oneshot::channel();
         self.tx.send_async(make(reply)).await.map_err(|_| BrokerError::ShuttingDown)?;
         rx.await.map_err(|_| BrokerError::ShuttingDown)?
     }
 
     pub fn queue_info(&self, queue: &str) -> Result<QueueInfo> {
-        self.registry
-            .read()
-            .map_err(|_| BrokerError::Storage("queue registry poisoned".into()))?
-            .get(queue)
-            .cloned()
-            .ok_or_else(|| BrokerError::QueueNotFound(queue.to_string()))
+        self.reg()?.get(queue).cloned().ok_or_else(|| BrokerError::QueueNotFound(queue.to_string()))
     }
 
     /// Enqueues jobs atomically: either all are stored or none.
     pub async fn enqueue(&self, jobs: Vec<NewJob>, batch: bool) -> Result<Vec<EnqueueOutcome>> {
+        self.until_ready().await?;
         self.admit(&jobs, batch)?;
         self.call(|reply| Command::Enqueue { jobs, batch, reply }).await
     }
@@ -303,6 +366,9 @@ impl Broker {
     /// refused job doesn't stop the others (EnqueueStream). The accepted ones
     /// still travel to the writer as one command, so they share a commit.
     pub async fn enqueue_each(&self, jobs: Vec<NewJob>) -> Vec<Result<EnqueueOutcome>> {
+        if let Err(e) = self.until_ready().await {
+            return jobs.iter().map(|_| Err(e.clone())).collect();
+        }
         let mut results: Vec<Option<Result<EnqueueOutcome>>> = Vec::with_capacity(jobs.len());
         let mut accepted = Vec::with_capacity(jobs.len());
         for job in jobs {
@@ -340,7 +406,7 @@ impl Broker {
     /// tenants' enqueue rates, under one read of the registry and without
     /// copying queue settings: this runs for every enqueue.
     fn admit(&self, jobs: &[NewJob], batch: bool) -> Result<()> {
-        let reg = self.registry.read().map_err(|_| BrokerError::Storage("queue registry poisoned".into()))?;
+        let reg = self.reg()?;
         let mut wants: HashMap<(String, String), u32> = HashMap::new();
         for (i, job) in jobs.iter().enumerate() {
             let ctx = |e: BrokerError| if batch { e.context(&format!("jobs[{i}]")) } else { e };
@@ -396,6 +462,7 @@ impl Broker {
 
     /// Registers a Work stream; deliveries flow to `tx` until [`Self::unsubscribe`].
     pub async fn subscribe(&self, sub: Subscription, tx: StreamTx) -> Result<u64> {
+        self.until_ready().await?;
         for q in &sub.queues {
             self.queue_info(q)?;
         }
@@ -417,6 +484,7 @@ impl Broker {
     }
 
     pub async fn lease(&self, spec: LeaseSpec) -> Result<Vec<pb::Delivery>> {
+        self.until_ready().await?;
         for q in &spec.queues {
             self.queue_info(q)?;
         }
@@ -439,13 +507,15 @@ impl Broker {
         self.call(|reply| Command::SetPaused { name, paused, reply }).await
     }
 
-    pub fn get_queue(&self, name: &str) -> Result<pb::Queue> {
+    pub async fn get_queue(&self, name: &str) -> Result<pb::Queue> {
+        self.until_ready().await?;
         let info = self.queue_info(name)?;
         Ok(view::queue(name, &info.config, info.paused))
     }
 
-    pub fn list_queues(&self) -> Result<Vec<pb::Queue>> {
-        let reg = self.registry.read().map_err(|_| BrokerError::Storage("queue registry poisoned".into()))?;
+    pub async fn list_queues(&self) -> Result<Vec<pb::Queue>> {
+        self.until_ready().await?;
+        let reg = self.reg()?;
         let mut out: Vec<_> = reg.iter().map(|(n, i)| view::queue(n, &i.config, i.paused)).collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
@@ -490,12 +560,14 @@ impl Broker {
     }
 
     pub async fn get_job(&self, queue: String, job: JobId) -> Result<pb::Job> {
+        self.until_ready().await?;
         let info = self.queue_info(&queue)?;
         let store = self.store.clone();
         spawn_read(move || reads::get_job(&store, &queue, &info.config, job)).await
     }
 
     pub async fn list_jobs(&self, req: reads::ListJobs) -> Result<(Vec<pb::Job>, String)> {
+        self.until_ready().await?;
         let info = self.queue_info(&req.queue)?;
         let store = self.store.clone();
         spawn_read(move || reads::list_jobs(&store, &info.config, &req)).await

@@ -58,6 +58,7 @@ impl TestServer {
 
     pub async fn start_config(config: ServeConfig) -> TestServer {
         let dir = config.data_dir.clone();
+        let (hold, tls) = (config.recovery_hold, config.tls_cert.is_some());
         let listeners = fairway::server::Listeners::bind(&config).await.expect("bind");
         let addr = listeners.grpc.local_addr().expect("addr");
         let http_addr = listeners.http.as_ref().expect("metrics listener").local_addr().expect("addr");
@@ -71,7 +72,19 @@ impl TestServer {
         });
         let channel =
             tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("endpoint").connect_lazy();
-        TestServer { addr, http_addr, channel, data_dir: dir, _tmp: None, stop: Some(stop), task: Some(task) }
+        let s = TestServer { addr, http_addr, channel, data_dir: dir, _tmp: None, stop: Some(stop), task: Some(task) };
+        // Health says NOT_SERVING until the writer has recovered; tests
+        // that don't hold recovery start from a serving broker.
+        if hold.is_zero() && !tls {
+            let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+            eventually(Duration::from_secs(30), || async {
+                let mut h = tonic_health::pb::health_client::HealthClient::new(s.channel.clone());
+                let r = h.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await;
+                r.ok().filter(|r| r.get_ref().status == serving).map(|_| ())
+            })
+            .await;
+        }
+        s
     }
 
     pub fn jobs(&self) -> JobServiceClient<Channel> {
