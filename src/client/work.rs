@@ -16,6 +16,9 @@ use tonic::{Status, Streaming};
 const OUTBOX: usize = 4096;
 
 /// What arrives on a Work stream.
+// Deliveries are nearly every event: boxing them would add an allocation
+// per job to spare the rare outcome a few hundred bytes of stack.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum WorkEvent {
     /// A leased job.
