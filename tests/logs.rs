@@ -95,3 +95,35 @@ async fn json_log_lines_about_jobs_carry_queue_tenant_environment_and_id() {
     assert!(about_jobs.iter().any(|(m, id)| m == "job acked" && *id == ja.id));
     assert!(about_jobs.iter().any(|(m, id)| m == "job dead-lettered" && *id == jb.id));
 }
+
+/// Starts the binary on `listen` with no auth file; returns its log once
+/// it has finished starting (the line that says it serves).
+async fn startup_log(listen: &str) -> String {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log_path = dir.path().join("broker.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fairway"))
+        .args(["serve", "--listen", listen, "--metrics-listen", "off", "--log-format", "json", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn fairway");
+    let text = eventually(std::time::Duration::from_secs(30), || async {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        text.contains("recovery done: serving").then_some(text)
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    text
+}
+
+#[tokio::test]
+async fn an_open_broker_reachable_beyond_loopback_warns_loudly_at_start() {
+    let exposed = startup_log("0.0.0.0:0").await;
+    let warning = exposed.lines().find(|l| l.contains("NO AUTHENTICATION")).expect("a warning about no auth file");
+    assert!(warning.contains("\"WARN\"") && warning.contains("--auth-file"), "{warning}");
+    let local = startup_log("127.0.0.1:0").await;
+    assert!(!local.contains("NO AUTHENTICATION"), "loopback only: no warning\n{local}");
+}
