@@ -253,6 +253,8 @@ pub struct Broker {
     engine: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
     /// Queue name -> healthy, published by the writer as alerts change.
     health: tokio::sync::watch::Receiver<monitor::HealthMap>,
+    /// Why writes to the data dir fail, while they do.
+    storage_fault: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 impl Broker {
@@ -262,7 +264,9 @@ impl Broker {
         let registry: Registry = Arc::default();
         let (tx, rx) = flume::bounded(COMMAND_QUEUE);
         let (health_tx, health) = tokio::sync::watch::channel(monitor::HealthMap::new());
-        let engine = engine::Engine::recover(store.clone(), registry.clone(), rx, health_tx)?;
+        let mut engine = engine::Engine::recover(store.clone(), registry.clone(), rx, health_tx)?;
+        let (fault_tx, storage_fault) = tokio::sync::watch::channel(None);
+        engine.fault_tx = fault_tx;
         let handle = std::thread::Builder::new()
             .name("fairway-writer".into())
             .spawn(move || engine.run())
@@ -275,6 +279,7 @@ impl Broker {
             limiter: Arc::default(),
             engine: Arc::new(Mutex::new(Some(handle))),
             health,
+            storage_fault,
         })
     }
 
@@ -463,6 +468,12 @@ impl Broker {
     /// Queue name -> healthy (no alert active); changes as alerts do.
     pub fn health(&self) -> tokio::sync::watch::Receiver<monitor::HealthMap> {
         self.health.clone()
+    }
+
+    /// Why writes to the data dir fail (disk full, read-only), while they
+    /// do; `None` when they work.
+    pub fn storage_fault(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.storage_fault.clone()
     }
 
     /// The RocksDB handle, for its own figures (properties) on `/metrics`.
