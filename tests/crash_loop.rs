@@ -55,7 +55,7 @@ async fn producer(p: usize, chan: Current, ledger: Shared, stop: Arc<AtomicBool>
         let mut jobs = pb::job_service_client::JobServiceClient::new(current(&chan));
         i += 1;
         let tenant = format!("t{}", p % 3);
-        if p % 2 == 0 {
+        if p.is_multiple_of(2) {
             match jobs.enqueue(job("q", &tenant, "e", &format!("{p}-{i}"))).await {
                 Ok(r) => {
                     ledger.lock().unwrap().confirmed.insert(r.into_inner().job_id);
@@ -170,14 +170,15 @@ async fn repeated_kill_9_loses_no_acknowledged_job_and_acks_nothing_twice() {
         let extra = Duration::from_millis(rng.random_range(0..1500));
         tokio::time::sleep(extra).await;
         broker.kill9();
-        let l = ledger.lock().unwrap();
-        println!(
-            "kill {} at +{extra:?}: {} enqueues and {} acks confirmed so far",
-            round + 1,
-            l.confirmed.len(),
-            l.acked.len()
-        );
-        drop(l);
+        {
+            let l = ledger.lock().unwrap();
+            println!(
+                "kill {} at +{extra:?}: {} enqueues and {} acks confirmed so far",
+                round + 1,
+                l.confirmed.len(),
+                l.acked.len()
+            );
+        }
         broker = BrokerProcess::spawn_at(tmp.path(), &listen, &[]).await;
         broker.wait_serving().await;
         *chan.lock().unwrap() = broker.channel.clone();
