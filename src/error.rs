@@ -38,11 +38,34 @@ pub enum BrokerError {
     PermissionDenied(String),
     #[error("storage error: {0}")]
     Storage(String),
+    /// The data dir's filesystem is full: the write was not stored.
+    #[error(
+        "the broker's disk is full, so nothing was stored ({0}). Free space on the data dir's filesystem: \
+         the broker resumes writing by itself once there is room, and reports NOT_SERVING until then"
+    )]
+    DiskFull(String),
+    /// The data dir cannot be written (read-only filesystem, I/O error):
+    /// the write was not stored.
+    #[error(
+        "the broker cannot write to its data dir, so nothing was stored ({0}). Make the filesystem writable \
+         again and restart the broker; it reports NOT_SERVING until writes succeed"
+    )]
+    StorageUnavailable(String),
 }
 
 impl From<rocksdb::Error> for BrokerError {
     fn from(e: rocksdb::Error) -> Self {
-        BrokerError::Storage(e.into_string())
+        let kind = e.kind();
+        let msg = e.into_string();
+        // RocksDB keeps answering writes with the error that stopped them, so
+        // every write while the disk is full or read-only lands here too.
+        if msg.contains("No space left on device") || msg.contains("Disk quota exceeded") {
+            BrokerError::DiskFull(msg)
+        } else if kind == rocksdb::ErrorKind::IOError {
+            BrokerError::StorageUnavailable(msg)
+        } else {
+            BrokerError::Storage(msg)
+        }
     }
 }
 
@@ -60,7 +83,15 @@ impl BrokerError {
             BrokerError::Unauthenticated(_) => Code::Unauthenticated,
             BrokerError::PermissionDenied(_) => Code::PermissionDenied,
             BrokerError::Storage(_) => Code::Internal,
+            BrokerError::DiskFull(_) => Code::ResourceExhausted,
+            BrokerError::StorageUnavailable(_) => Code::Unavailable,
         }
+    }
+
+    /// A failure of the storage itself (not of the request): the batch it
+    /// happened in must not commit.
+    pub fn is_storage(&self) -> bool {
+        matches!(self, BrokerError::Storage(_) | BrokerError::DiskFull(_) | BrokerError::StorageUnavailable(_))
     }
 
     /// Prefixes the message, e.g. with the index of a bad batch item.
@@ -107,6 +138,18 @@ mod tests {
         assert_eq!(Status::from(BrokerError::PermissionDenied("x".into())).code(), Code::PermissionDenied);
         let s = Status::from(BrokerError::QueueNotFound("emails".into()));
         assert!(s.message().contains("fairway queue create emails"));
+    }
+
+    #[test]
+    fn disk_trouble_maps_to_codes_a_client_can_act_on() {
+        let full = BrokerError::DiskFull("IO error: No space left on device: While appending to file".into());
+        assert_eq!(Status::from(full.clone()).code(), Code::ResourceExhausted);
+        assert!(full.to_string().contains("disk is full") && full.to_string().contains("Free space"), "{full}");
+        let ro = BrokerError::StorageUnavailable("IO error: Read-only file system".into());
+        assert_eq!(Status::from(ro.clone()).code(), Code::Unavailable);
+        assert!(ro.to_string().contains("cannot write to its data dir"), "{ro}");
+        assert!(full.is_storage() && ro.is_storage() && BrokerError::Storage("x".into()).is_storage());
+        assert!(!BrokerError::ShuttingDown.is_storage());
     }
 
     #[test]

@@ -83,13 +83,16 @@ pub fn queue_health_name(queue: &str) -> String {
 }
 
 /// Mirrors the broker's queue health into the gRPC health service until
-/// `stop` turns true.
+/// `stop` turns true; and the broker as a whole (and each service) as
+/// NOT_SERVING while writes to its data dir fail (disk full, read-only).
 async fn mirror_queue_health(
     mut health: tonic_health::server::HealthReporter,
     mut queues: tokio::sync::watch::Receiver<HealthMap>,
+    mut storage_fault: tokio::sync::watch::Receiver<Option<String>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut shown = HealthMap::new();
+    let mut shown_fault = false;
     loop {
         let now = queues.borrow_and_update().clone();
         for (name, healthy) in &now {
@@ -102,8 +105,17 @@ async fn mirror_queue_health(
             health.clear_service_status(&queue_health_name(name)).await;
         }
         shown = now;
+        let fault = storage_fault.borrow_and_update().is_some();
+        if fault != shown_fault {
+            let status = if fault { ServingStatus::NotServing } else { ServingStatus::Serving };
+            for s in std::iter::once("").chain(SERVICES) {
+                health.set_service_status(s, status).await;
+            }
+            shown_fault = fault;
+        }
         tokio::select! {
             changed = queues.changed() => if changed.is_err() { return },
+            changed = storage_fault.changed() => if changed.is_err() { return },
             _ = stop.wait_for(|s| *s) => return,
         }
     }
@@ -188,7 +200,8 @@ pub async fn run(
             }
         })
     };
-    let mirror = tokio::spawn(mirror_queue_health(health.clone(), broker.health(), stopping.clone()));
+    let mirror =
+        tokio::spawn(mirror_queue_health(health.clone(), broker.health(), broker.storage_fault(), stopping.clone()));
     let http = listeners.http.map(|l| {
         let mut stop = stopping.clone();
         let stop = async move {

@@ -30,6 +30,16 @@ const MAX_WRITES_PER_TURN: usize = 16_384;
 const MAX_IDLE: Duration = Duration::from_millis(250);
 /// Longest a relaxed write (lease, ack, nack, expiry) waits for an fsync.
 const WAL_SYNC_LAG: Duration = Duration::from_millis(100);
+/// How often the writer tries a small write while the disk refuses writes,
+/// so health turns SERVING again without waiting for a client to write.
+const STORAGE_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Writes are failing because of the disk (full, read-only, I/O errors).
+pub(super) struct StorageFault {
+    /// The last write tried (a commit or a probe).
+    pub last_try: std::time::Instant,
+    pub error: BrokerError,
+}
 
 /// Runs once the batch it waited on has committed (or failed to).
 pub(super) type AfterCommit = Box<dyn FnOnce(Option<&BrokerError>) + Send>;
@@ -161,6 +171,11 @@ impl Writes {
         self.after.push(f);
     }
 
+    /// True when callers are waiting for this batch to commit.
+    pub fn has_waiting(&self) -> bool {
+        !self.after.is_empty()
+    }
+
     /// Marks the batch as unfit to commit (e.g. a read failed half way
     /// through an atomic enqueue). Everyone waiting on it gets the error.
     pub fn poison(&mut self, e: BrokerError) {
@@ -236,6 +251,10 @@ pub(super) struct Engine {
     /// Queue health for the gRPC health service.
     pub health: tokio::sync::watch::Sender<super::monitor::HealthMap>,
     pub writer_metrics: super::monitor::WriterMetrics,
+    /// Set while writes fail because of the disk; see [`Engine::probe_storage`].
+    pub storage_fault: Option<StorageFault>,
+    /// Why writes fail (`None` = they work), for the broker's health.
+    pub fault_tx: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl Engine {
@@ -273,6 +292,8 @@ impl Engine {
             unsynced_since: None,
             health,
             writer_metrics: Default::default(),
+            storage_fault: None,
+            fault_tx: tokio::sync::watch::channel(None).0,
         };
         engine.load_all()?;
         let (queues, leases) = engine.recovered();
@@ -366,6 +387,7 @@ impl Engine {
             self.w.relaxed = false;
             self.commit();
             self.sync_lagging_wal();
+            self.probe_storage();
             self.finish_waiters();
             if self.stopping.is_some() && self.rx.is_empty() {
                 break;
@@ -394,7 +416,54 @@ impl Engine {
                     self.writer_metrics.syncs += 1;
                     self.unsynced_since = None;
                 }
-                Err(e) => tracing::error!(error = %e, "WAL sync failed"),
+                Err(e) => {
+                    tracing::error!(error = %e, "WAL sync failed");
+                    self.storage_failed(&e);
+                }
+            }
+        }
+    }
+
+    /// Notes a failed write: when the disk is at fault (full, read-only,
+    /// I/O errors) the broker reports NOT_SERVING with the reason until a
+    /// write succeeds again.
+    fn storage_failed(&mut self, e: &BrokerError) {
+        if !matches!(e, BrokerError::DiskFull(_) | BrokerError::StorageUnavailable(_)) {
+            return;
+        }
+        let last_try = std::time::Instant::now();
+        if self.storage_fault.is_none() {
+            tracing::error!(error = %e, "writes to the data dir fail; reporting NOT_SERVING until they succeed again");
+            self.fault_tx.send_replace(Some(e.to_string()));
+        }
+        self.storage_fault = Some(StorageFault { last_try, error: e.clone() });
+    }
+
+    fn storage_ok(&mut self) {
+        if let Some(f) = self.storage_fault.take() {
+            tracing::warn!(previous_error = %f.error, "writes to the data dir succeed again; serving");
+            self.fault_tx.send_replace(None);
+        }
+    }
+
+    /// While writes fail, tries one small synced write a second: RocksDB
+    /// resumes by itself once a full disk has room again, and nobody may be
+    /// writing to notice. Some faults (a filesystem gone read-only, I/O
+    /// errors) stop RocksDB's writes for good; then the probe keeps failing
+    /// and the broker keeps reporting NOT_SERVING until it is restarted.
+    fn probe_storage(&mut self) {
+        let Some(f) = &self.storage_fault else { return };
+        if f.last_try.elapsed() < STORAGE_PROBE_INTERVAL {
+            return;
+        }
+        match self.w.store.probe_write() {
+            Ok(()) => self.storage_ok(),
+            Err(e) => {
+                let known = self.storage_fault.as_ref().is_some_and(|f| f.error.to_string() == e.to_string());
+                if !known {
+                    tracing::error!(error = %e, "writes to the data dir still fail");
+                }
+                self.storage_failed(&e);
             }
         }
     }
@@ -408,6 +477,10 @@ impl Engine {
         }
         let now = now_millis();
         let mut due = now + MAX_IDLE.as_millis() as u64;
+        if let Some(f) = &self.storage_fault {
+            let wait = STORAGE_PROBE_INTERVAL.saturating_sub(f.last_try.elapsed());
+            due = due.min(now + wait.as_millis() as u64);
+        }
         for q in self.queues.values() {
             if let Some((t, _)) = q.lease_expiry.first() {
                 due = due.min(*t);
@@ -483,6 +556,10 @@ impl Engine {
                 }
             }
             Err(_) => m.failed_commits += 1,
+        }
+        match &result {
+            Ok(()) => self.storage_ok(),
+            Err(e) => self.storage_failed(e),
         }
         self.w.overlay.clear();
         let after = std::mem::take(&mut self.w.after);

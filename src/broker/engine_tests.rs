@@ -104,3 +104,39 @@ fn counters_and_leases_survive_recovery() {
     assert!(q.next_due.is_some());
     assert!(e.next_id > 6, "ids never repeat after a restart");
 }
+
+#[test]
+fn a_job_enqueued_in_the_turn_alerts_peek_at_a_group_is_still_leased() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut e = engine(dir.path());
+        setup(&mut e);
+        e.now = crate::model::now_millis();
+        enqueue(&mut e, None);
+        e.commit();
+    }
+    // After a restart the group's buffer is empty and must be refilled from
+    // disk. A second job is staged, then the alert check peeks at the group
+    // before the turn commits: the disk holds only the first job.
+    let mut e = engine(dir.path());
+    e.now = crate::model::now_millis();
+    enqueue(&mut e, None);
+    e.check_alerts();
+    e.commit();
+    let (tx, mut rx) = oneshot::channel();
+    let spec = super::LeaseSpec {
+        queues: vec!["q".into()],
+        max_jobs: 10,
+        wait: std::time::Duration::ZERO,
+        lease_duration: None,
+        worker_id: "w".into(),
+        tenants: None,
+    };
+    e.add_waiter(spec, tx);
+    e.dispatch();
+    e.commit();
+    e.finish_waiters();
+    let leased = rx.try_recv().expect("answered").expect("leased");
+    assert_eq!(leased.len(), 2, "both jobs are leased, the staged one included");
+    assert_eq!(e.queues["q"].ready_total(), 0);
+}

@@ -256,6 +256,8 @@ pub struct Broker {
     /// False until the writer has rebuilt its state from disk: calls made
     /// earlier wait for it (async ones) or are refused as retryable.
     ready: tokio::sync::watch::Receiver<bool>,
+    /// Why writes to the data dir fail, while they do.
+    storage_fault: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 /// How the writer's start-up recovery ended: `Ok` once the broker serves,
@@ -291,6 +293,7 @@ impl Broker {
         let (ready_tx, ready) = tokio::sync::watch::channel(false);
         let (recovered_tx, recovered) = oneshot::channel();
         let (engine_store, engine_registry) = (store.clone(), registry.clone());
+        let (fault_tx, storage_fault) = tokio::sync::watch::channel(None);
         let handle = std::thread::Builder::new()
             .name("fairway-writer".into())
             .spawn(move || {
@@ -299,7 +302,8 @@ impl Broker {
                 }
                 let started = std::time::Instant::now();
                 match engine::Engine::recover(engine_store, engine_registry, rx, health_tx) {
-                    Ok(engine) => {
+                    Ok(mut engine) => {
+                        engine.fault_tx = fault_tx;
                         let (queues, leases) = engine.recovered();
                         let _ = ready_tx.send(true);
                         let _ = recovered_tx.send(Ok(RecoveryReport { queues, leases, elapsed: started.elapsed() }));
@@ -320,6 +324,7 @@ impl Broker {
             engine: Arc::new(Mutex::new(Some(handle))),
             health,
             ready,
+            storage_fault,
         };
         Ok((broker, recovered))
     }
@@ -533,6 +538,12 @@ impl Broker {
     /// Queue name -> healthy (no alert active); changes as alerts do.
     pub fn health(&self) -> tokio::sync::watch::Receiver<monitor::HealthMap> {
         self.health.clone()
+    }
+
+    /// Why writes to the data dir fail (disk full, read-only), while they
+    /// do; `None` when they work.
+    pub fn storage_fault(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.storage_fault.clone()
     }
 
     /// The RocksDB handle, for its own figures (properties) on `/metrics`.

@@ -147,6 +147,7 @@ impl Engine {
     /// disk (at most `budget` of them; the rest wait for a later call).
     pub(super) fn oldest_ready_at(&mut self, queue: &str, budget: &mut usize) -> Option<Millis> {
         let store = self.w.store.clone();
+        let staged = self.w.staged();
         let q = self.queues.get_mut(queue)?;
         let mut oldest: Option<Millis> = None;
         for (t, envs) in q.groups.iter_mut() {
@@ -154,15 +155,23 @@ impl Engine {
                 if g.ready == 0 {
                     continue;
                 }
+                let mut peeked = None;
                 if g.needs_refill() && *budget > 0 {
                     *budget -= 1;
                     match super::dispatch::scan_ready(&store, queue, t, e, g.cursor, 1) {
-                        Ok((loaded, complete)) => g.refilled(loaded, complete),
+                        // The disk is the whole truth only when nothing is
+                        // staged: a ready key in the pending batch (a job
+                        // enqueued or returned this turn) is not on disk yet,
+                        // and a refill would move the cursor past it, or mark
+                        // the group exhausted without it, so it would never
+                        // be leased. Then this is a peek that changes nothing.
+                        Ok((loaded, complete)) if staged == 0 => g.refilled(loaded, complete),
+                        Ok((loaded, _)) => peeked = loaded.first().map(|(_, at)| *at),
                         Err(err) => tracing::warn!(queue, error = %err, "reading a group's first ready job failed"),
                     }
                 }
-                if let Some(h) = g.heads.values().min() {
-                    oldest = Some(oldest.map_or(*h, |o| o.min(*h)));
+                if let Some(h) = g.heads.values().min().copied().or(peeked) {
+                    oldest = Some(oldest.map_or(h, |o| o.min(h)));
                 }
             }
         }

@@ -97,8 +97,10 @@ impl Engine {
     /// A storage failure part way through an operation may leave some of
     /// its writes staged: the batch must not commit half of it.
     fn poison_if_storage<T>(&mut self, result: &Result<T>) {
-        if let Err(e @ BrokerError::Storage(_)) = result {
-            self.w.poison(e.clone());
+        if let Err(e) = result {
+            if e.is_storage() {
+                self.w.poison(e.clone());
+            }
         }
     }
 
@@ -278,6 +280,11 @@ impl Engine {
                         None => send(Ok(v)),
                         Some(e) => send(Err(e)),
                     })),
+                    // Outcomes go out in request order: a settle earlier in
+                    // this turn (maybe of the same job, by a worker that
+                    // acked twice) is answered after the commit, so a refusal
+                    // waits for it rather than overtaking it.
+                    Err(e) if self.w.has_waiting() => self.w.after(Box::new(move |_| send(Err(&e)))),
                     Err(e) => send(Err(&e)),
                 }
             }

@@ -238,6 +238,14 @@ impl Store {
         Ok(())
     }
 
+    /// One small synced write that changes nothing (the format stamp again):
+    /// whether the data dir takes writes.
+    pub fn probe_write(&self) -> Result<()> {
+        let mut b = WriteBatch::default();
+        b.put_cf(&self.meta()?, FORMAT_KEY, FORMAT_VERSION.to_be_bytes());
+        self.write(b, true)
+    }
+
     /// True under strict durability.
     pub fn syncs_commits(&self) -> bool {
         self.sync
