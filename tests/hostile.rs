@@ -291,6 +291,7 @@ async fn typed_storm(seed: u64, s: &TestServer, jobs_in_vault: Vec<String>, unti
                     wait: Some(prost_types::Duration { seconds: 0, nanos: rng.random_range(0..50_000_000) }),
                     lease_duration: dur(&mut rng),
                     worker_id: text(&mut rng),
+                    worker_version: text(&mut rng),
                 })
                 .await
                 .map(|_| ()),
