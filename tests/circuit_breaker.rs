@@ -349,6 +349,19 @@ async fn a_quarantine_survives_a_restart_and_the_admin_rpc_lifts_it() {
     assert_eq!(st.quarantined_versions[0], q, "kept as it was");
     assert!(lease_as(&s, "v2", 1, Duration::from_millis(300)).await.is_empty(), "still fenced");
     assert_eq!(s.stats("q").await.ready, 12);
+    // Only in "q": the same version still gets the jobs of its other queues.
+    s.create_queue("other", config()).await;
+    let other = s.enqueue(job("other", "t", "e", "elsewhere")).await.job_id;
+    let both = pb::LeaseRequest {
+        queues: vec!["q".into(), "other".into()],
+        max_jobs: 5,
+        wait: Some(dur(WAIT)),
+        worker_version: "v2".into(),
+        ..Default::default()
+    };
+    let got = s.workers().lease(both).await.expect("lease").into_inner().deliveries;
+    let ids: Vec<_> = got.iter().map(|d| d.job.as_ref().expect("job").id.clone()).collect();
+    assert_eq!(ids, vec![other], "v2 gets only the other queue's job");
 
     let mut admin = s.admin();
     let lift =

@@ -50,6 +50,7 @@ const PATHS: &[&str] = &[
     "/fairway.v1.AdminService/RedriveDeadLetters",
     "/fairway.v1.AdminService/PurgeQueue",
     "/fairway.v1.AdminService/SetTenantPolicy",
+    "/fairway.v1.AdminService/LiftQuarantine",
     "/grpc.health.v1.Health/Check",
     "/grpc.health.v1.Health/Watch",
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
