@@ -384,6 +384,7 @@ async fn expiry_redelivery(w: &mut WorkerServiceClient<Conn>) -> BenchResult<Sam
         wait: Some(crate::broker::view::duration(wait)),
         lease_duration: Some(crate::broker::view::duration(Duration::from_secs(1))),
         worker_id: "bench-expiry".into(),
+        worker_version: String::new(),
     };
     let first = w.lease(lease(50, Duration::ZERO)).await?.into_inner().deliveries;
     let mut expires: HashMap<String, u64> = HashMap::new();

@@ -134,6 +134,58 @@ pub struct QueueConfig {
     pub tenant_max_in_flight: u32,
     /// When the built-in alerts fire.
     pub alerts: AlertConfig,
+    /// When a worker version is quarantined as a bad deploy.
+    pub breaker: BreakerConfig,
+}
+
+/// The worker-version circuit breaker of a queue (see
+/// `broker::version_breaker` for the rule). On by default: a bad deploy
+/// burning every job's retries is the failure nobody configures for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerConfig {
+    /// Failure rate (nacks and lease expiries, %) at which a version trips;
+    /// 0 turns the breaker off.
+    pub failure_percent: u32,
+    /// Outcomes a version (and its baseline) needs before it is judged, so
+    /// a couple of unlucky jobs never quarantine anyone.
+    pub min_deliveries: u32,
+    /// Outcomes remembered per version (the sliding window).
+    pub window: u32,
+}
+
+/// Largest breaker window: 16 bytes per outcome per version stays small.
+pub const MAX_BREAKER_WINDOW: u32 = 1000;
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig { failure_percent: 50, min_deliveries: 20, window: 100 }
+    }
+}
+
+impl BreakerConfig {
+    pub fn enabled(&self) -> bool {
+        self.failure_percent > 0
+    }
+
+    pub fn validate(&self) -> Result<(), BrokerError> {
+        let bad = |m: String| Err(BrokerError::InvalidArgument(m));
+        if self.failure_percent > 100 {
+            return bad(format!(
+                "breaker_failure_percent is {}; use 1..=100, or 0 to turn the breaker off",
+                self.failure_percent
+            ));
+        }
+        if self.window == 0 || self.window > MAX_BREAKER_WINDOW {
+            return bad(format!("breaker_window is {}; use 1..={MAX_BREAKER_WINDOW}", self.window));
+        }
+        if self.min_deliveries == 0 || self.min_deliveries > self.window {
+            return bad(format!(
+                "breaker_min_deliveries is {}; use 1..=breaker_window ({})",
+                self.min_deliveries, self.window
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Thresholds of a queue's built-in alerts; zero turns one off. On by
@@ -177,6 +229,7 @@ impl Default for QueueConfig {
             max_in_flight: 0,
             tenant_max_in_flight: 0,
             alerts: AlertConfig::default(),
+            breaker: BreakerConfig::default(),
         }
     }
 }
@@ -209,7 +262,7 @@ impl QueueConfig {
                 self.max_payload_bytes
             ));
         }
-        Ok(())
+        self.breaker.validate()
     }
 
     /// Delay before retry number `attempt` (1-based): exponential from
@@ -397,6 +450,22 @@ mod tests {
         assert_eq!(c.backoff_max, Duration::from_secs(3600));
         assert_eq!(c.dedup_window, Duration::ZERO);
         assert_eq!(c.max_payload_bytes, 1 << 20);
+        assert_eq!(c.breaker, BreakerConfig { failure_percent: 50, min_deliveries: 20, window: 100 });
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn breaker_settings_are_checked() {
+        let with = |b: BreakerConfig| QueueConfig { breaker: b, ..QueueConfig::default() }.validate();
+        let d = BreakerConfig::default();
+        assert!(with(BreakerConfig { failure_percent: 0, ..d }).is_ok(), "0 = off");
+        assert!(with(BreakerConfig { failure_percent: 100, ..d }).is_ok());
+        let e = with(BreakerConfig { failure_percent: 101, ..d }).unwrap_err();
+        assert!(e.to_string().contains("breaker_failure_percent"), "{e}");
+        assert!(with(BreakerConfig { window: 0, ..d }).is_err());
+        assert!(with(BreakerConfig { window: MAX_BREAKER_WINDOW + 1, ..d }).is_err());
+        let e = with(BreakerConfig { min_deliveries: 101, ..d }).unwrap_err();
+        assert!(e.to_string().contains("breaker_min_deliveries"), "{e}");
+        assert!(with(BreakerConfig { min_deliveries: 0, ..d }).is_err());
     }
 }

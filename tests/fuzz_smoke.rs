@@ -217,6 +217,7 @@ fn record_seeds() -> Vec<Vec<u8>> {
         attempt: 1,
         worker_id: "worker-1".into(),
         duration_ms: 30_000,
+        worker_version: "v2".into(),
     };
     let group = records::GroupRef { tenant: "acme".into(), environment: "prod".into(), priority: -3 };
     let counters = records::QueueCounters {
@@ -229,6 +230,7 @@ fn record_seeds() -> Vec<Vec<u8>> {
         deduplicated_total: 3,
         dead_lettered_total: 2,
         leased_total: 97,
+        quarantines_total: 1,
     };
     let meta = records::QueueMeta {
         name: "emails".into(),
@@ -248,6 +250,20 @@ fn record_seeds() -> Vec<Vec<u8>> {
         alert_stalled_after_ms: Some(300_000),
         alert_unattended_after_ms: None,
         alert_dead_letter_window_ms: Some(900_000),
+        breaker_failure_percent: Some(50),
+        breaker_min_deliveries: None,
+        breaker_window: Some(100),
+        quarantines: vec![records::QuarantineRecord {
+            worker_version: "v2".into(),
+            since_ms: 1_700_000_000_000,
+            failures: 20,
+            deliveries: 20,
+            baseline_version: "v1".into(),
+            baseline_failures: 0,
+            baseline_deliveries: 100,
+            returned_leases: 4,
+            refunded_attempts: 20,
+        }],
     };
     let policy = records::TenantPolicyRecord {
         tenant: "acme".into(),
@@ -345,6 +361,9 @@ fn request_seeds() -> Vec<Vec<u8>> {
         alert_stalled_after: Some(d(60)),
         alert_unattended_after: Some(d(60)),
         alert_dead_letter_window: Some(d(60)),
+        breaker_failure_percent: Some(50),
+        breaker_min_deliveries: Some(20),
+        breaker_window: Some(100),
     };
     let huge = pb::QueueConfig { backoff_initial: Some(d(i64::MAX)), backoff_max: Some(d(i64::MAX)), ..config };
     vec![
@@ -360,6 +379,7 @@ fn request_seeds() -> Vec<Vec<u8>> {
             wait: Some(d(5)),
             lease_duration: Some(d(30)),
             worker_id: "w1".into(),
+            worker_version: "v1".into(),
         }
         .encode_to_vec(),
         pb::ListJobsRequest {

@@ -50,6 +50,7 @@ const PATHS: &[&str] = &[
     "/fairway.v1.AdminService/RedriveDeadLetters",
     "/fairway.v1.AdminService/PurgeQueue",
     "/fairway.v1.AdminService/SetTenantPolicy",
+    "/fairway.v1.AdminService/LiftQuarantine",
     "/grpc.health.v1.Health/Check",
     "/grpc.health.v1.Health/Watch",
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
@@ -291,6 +292,7 @@ async fn typed_storm(seed: u64, s: &TestServer, jobs_in_vault: Vec<String>, unti
                     wait: Some(prost_types::Duration { seconds: 0, nanos: rng.random_range(0..50_000_000) }),
                     lease_duration: dur(&mut rng),
                     worker_id: text(&mut rng),
+                    worker_version: text(&mut rng),
                 })
                 .await
                 .map(|_| ()),

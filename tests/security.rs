@@ -304,6 +304,8 @@ async fn admin_rpcs_need_an_admin_token() {
             denied_saying(a.redrive_dead_letters(redrive).await, &["admin"]);
             let policy = pb::SetTenantPolicyRequest { queue: "jobs".into(), tenant: "a".into(), ..Default::default() };
             denied_saying(a.set_tenant_policy(policy).await, &["admin"]);
+            let lift = pb::LiftQuarantineRequest { queue: "jobs".into(), worker_version: "v2".into() };
+            denied_saying(a.lift_quarantine(lift).await, &["admin"]);
             denied_saying(
                 a.delete_queue(pb::DeleteQueueRequest { queue: "jobs".into(), force: true }).await,
                 &["admin"],
@@ -344,6 +346,8 @@ async fn admin_rpcs_need_an_admin_token() {
             scoped.purge_queue(pb::PurgeQueueRequest { queue: "jobs".into(), state: 0 }).await,
             &["every tenant"],
         );
+        let lift = pb::LiftQuarantineRequest { queue: "jobs".into(), worker_version: "v2".into() };
+        denied_saying(scoped.lift_quarantine(lift).await, &["every tenant"]);
         denied_saying(scoped.get_queue(pb::GetQueueRequest { queue: "x".into() }).await, &["queue \"x\""]);
     })
     .await

@@ -120,6 +120,18 @@ impl AdminService for AdminApi {
         Ok(Response::new(self.broker.set_tenant_policy(queue, tenant, env, policy).await?))
     }
 
+    async fn lift_quarantine(
+        &self,
+        req: Request<pb::LiftQuarantineRequest>,
+    ) -> Result<Response<pb::LiftQuarantineResponse>, Status> {
+        let access = auth::access(&req)?;
+        let (queue, version) = convert::lift_quarantine(req.into_inner())?;
+        // It changes delivery for every tenant of the queue.
+        access.admin_whole_queue("lift a quarantine in", &queue)?;
+        let lifted = self.broker.lift_quarantine(queue, version).await?;
+        Ok(Response::new(pb::LiftQuarantineResponse { lifted: Some(lifted) }))
+    }
+
     async fn purge_queue(
         &self,
         req: Request<pb::PurgeQueueRequest>,

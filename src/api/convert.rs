@@ -108,6 +108,9 @@ pub fn config_patch(c: Option<pb::QueueConfig>) -> Result<QueueConfigPatch> {
         alert_stalled_after: opt_duration("alert_stalled_after", c.alert_stalled_after.as_ref())?,
         alert_unattended_after: opt_duration("alert_unattended_after", c.alert_unattended_after.as_ref())?,
         alert_dead_letter_window: opt_duration("alert_dead_letter_window", c.alert_dead_letter_window.as_ref())?,
+        breaker_failure_percent: c.breaker_failure_percent,
+        breaker_min_deliveries: c.breaker_min_deliveries,
+        breaker_window: c.breaker_window,
     })
 }
 
@@ -154,6 +157,7 @@ pub fn subscription(s: pb::Subscribe, tenants: TenantFilter) -> Result<Subscript
 pub fn lease_spec(r: pb::LeaseRequest, tenants: TenantFilter) -> Result<LeaseSpec> {
     check_at_most("max_jobs", r.max_jobs.into(), MAX_IN_FLIGHT.into())?;
     check_len("worker_id", &r.worker_id, limits::MAX_WORKER_ID_BYTES)?;
+    check_len("worker_version", &r.worker_version, limits::MAX_WORKER_VERSION_BYTES)?;
     let wait = opt_duration("wait", r.wait.as_ref())?.unwrap_or_default();
     if wait > MAX_WAIT {
         return Err(invalid(format!("wait is {:?}; the limit is {}s", wait, MAX_WAIT.as_secs())));
@@ -164,8 +168,22 @@ pub fn lease_spec(r: pb::LeaseRequest, tenants: TenantFilter) -> Result<LeaseSpe
         wait,
         lease_duration: worker_lease(r.lease_duration.as_ref())?,
         worker_id: r.worker_id,
+        worker_version: r.worker_version,
         tenants,
     })
+}
+
+/// The target of `LiftQuarantine`: a queue and a non-empty worker version.
+pub fn lift_quarantine(r: pb::LiftQuarantineRequest) -> Result<(String, String)> {
+    let queue = queue_name(&r.queue)?;
+    if r.worker_version.is_empty() {
+        return Err(invalid(
+            "worker_version is empty: name the quarantined version to lift (see QueueStats.quarantined_versions)"
+                .into(),
+        ));
+    }
+    check_len("worker_version", &r.worker_version, limits::MAX_WORKER_VERSION_BYTES)?;
+    Ok((queue, r.worker_version))
 }
 
 pub fn job_state(v: i32) -> Result<Option<JobState>> {

@@ -16,11 +16,15 @@ use crate::scheduler::QueueRotation;
 use crate::storage::keys::{self, ReadyPos};
 use crate::storage::Store;
 use prost::Message;
+use std::sync::Arc;
 
 /// A Work stream.
 pub(super) struct Consumer {
     pub queues: Vec<String>,
     pub worker_id: String,
+    /// Its `Subscribe.worker_version`: a queue where that version is
+    /// quarantined delivers nothing to it.
+    pub worker_version: Arc<str>,
     /// Prefetch window: most unsettled deliveries at once.
     pub max_in_flight: u32,
     pub in_flight: u32,
@@ -41,6 +45,8 @@ pub(super) struct Waiter {
     pub max_jobs: u32,
     pub lease_ms: Option<u64>,
     pub worker_id: String,
+    /// As [`Consumer::worker_version`].
+    pub worker_version: Arc<str>,
     pub deadline: Millis,
     pub reply: Option<Reply<Vec<pb::Delivery>>>,
     /// Leased for it this turn, sent once committed.
@@ -75,6 +81,7 @@ impl Engine {
             Consumer {
                 queues: sub.queues,
                 worker_id: sub.worker_id,
+                worker_version: Arc::from(sub.worker_version),
                 max_in_flight: sub.max_in_flight.max(1),
                 in_flight: 0,
                 lease_ms: sub.lease_duration.map(duration_millis),
@@ -109,6 +116,7 @@ impl Engine {
             max_jobs: spec.max_jobs.max(1),
             lease_ms: spec.lease_duration.map(duration_millis),
             worker_id: spec.worker_id,
+            worker_version: Arc::from(spec.worker_version),
             deadline: now_millis().saturating_add(duration_millis(spec.wait)),
             reply: Some(reply),
             got: Vec::new(),
@@ -154,24 +162,38 @@ impl Engine {
             Target::Waiter(i) => self.waiters[i].rotation.order(),
         };
         for idx in order {
-            let (queue, lease_ms, worker, tenants) = match target {
+            let (queue, version) = match target {
                 Target::Consumer(id) => {
                     let c = &self.consumers[&id];
-                    (c.queues[idx].clone(), c.lease_ms, c.worker_id.clone(), c.tenants.clone())
+                    (&c.queues[idx], &c.worker_version)
                 }
                 Target::Waiter(i) => {
                     let w = &self.waiters[i];
-                    (w.queues[idx].clone(), w.lease_ms, w.worker_id.clone(), w.tenants.clone())
+                    (&w.queues[idx], &w.worker_version)
                 }
             };
-            let Some(weight) = self.queues.get(&queue).filter(|q| q.has_ready()).map(|q| q.config.weight) else {
+            // A quarantined version stays connected but gets nothing here.
+            let open = |q: &&super::queue_state::QueueState| q.has_ready() && !q.is_quarantined(version);
+            let Some(weight) = self.queues.get(queue).filter(open).map(|q| q.config.weight) else {
                 continue;
+            };
+            let (queue, lease_ms, worker, version, tenants) = match target {
+                Target::Consumer(id) => {
+                    let c = &self.consumers[&id];
+                    let v = c.worker_version.clone();
+                    (c.queues[idx].clone(), c.lease_ms, c.worker_id.clone(), v, c.tenants.clone())
+                }
+                Target::Waiter(i) => {
+                    let w = &self.waiters[i];
+                    let v = w.worker_version.clone();
+                    (w.queues[idx].clone(), w.lease_ms, w.worker_id.clone(), v, w.tenants.clone())
+                }
             };
             let consumer = match target {
                 Target::Consumer(id) => Some(id),
                 Target::Waiter(_) => None,
             };
-            match self.lease_one(&queue, lease_ms, worker, consumer, tenants.as_deref()) {
+            match self.lease_one(&queue, lease_ms, (worker, version), consumer, tenants.as_deref()) {
                 Ok(Some((job, delivery))) => {
                     match target {
                         Target::Consumer(id) => {
@@ -207,7 +229,7 @@ impl Engine {
         &mut self,
         queue: &str,
         lease_ms: Option<u64>,
-        worker_id: String,
+        (worker_id, worker_version): (String, Arc<str>),
         consumer: Option<u64>,
         tenants: Option<&[String]>,
     ) -> Result<Option<(JobId, pb::Delivery)>> {
@@ -273,6 +295,7 @@ impl Engine {
                 attempt: rec.attempt + 1,
                 duration_ms,
                 worker_id,
+                worker_version,
                 consumer,
                 record: rec,
             };

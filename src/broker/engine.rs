@@ -317,7 +317,10 @@ impl Engine {
             let mut q = load_queue(&self.w.store, &meta)?;
             if let Some(o) = old.remove(&meta.name).filter(|o| o.generation == q.generation) {
                 q.obs = o.obs;
+                q.breaker = o.breaker;
             }
+            // The alert follows the quarantines on disk.
+            super::quarantine::sync_alert(&mut q, self.now);
             self.queues.insert(meta.name.clone(), q);
         }
         self.publish_registry();
@@ -520,6 +523,7 @@ impl Engine {
             Command::SetTenantPolicy { queue, tenant, env, policy, reply } => {
                 self.set_tenant_policy(queue, tenant, env, policy, reply)
             }
+            Command::LiftQuarantine { queue, version, reply } => self.lift_quarantine(queue, version, reply),
             Command::Shutdown { done } => self.begin_shutdown(done),
         }
     }
@@ -678,6 +682,7 @@ fn load_queue(store: &Store, meta: &crate::storage::records::QueueMeta) -> Resul
                 attempt: lr.attempt,
                 duration_ms: lr.duration_ms,
                 worker_id: lr.worker_id,
+                worker_version: std::sync::Arc::from(lr.worker_version),
                 consumer: None,
                 record,
             },

@@ -130,6 +130,7 @@ fn a_job_enqueued_in_the_turn_alerts_peek_at_a_group_is_still_leased() {
         wait: std::time::Duration::ZERO,
         lease_duration: None,
         worker_id: "w".into(),
+        worker_version: String::new(),
         tenants: None,
     };
     e.add_waiter(spec, tx);
@@ -139,4 +140,77 @@ fn a_job_enqueued_in_the_turn_alerts_peek_at_a_group_is_still_leased() {
     let leased = rx.try_recv().expect("answered").expect("leased");
     assert_eq!(leased.len(), 2, "both jobs are leased, the staged one included");
     assert_eq!(e.queues["q"].ready_total(), 0);
+}
+
+/// Leases up to `max` jobs for a unary worker of `version`, as one turn
+/// does (dispatch, commit, answer), and returns (job id, lease id) pairs.
+fn lease_as(e: &mut Engine, version: &str, max: u32, lease: std::time::Duration) -> Vec<(crate::model::JobId, String)> {
+    let (tx, mut rx) = oneshot::channel();
+    let spec = super::LeaseSpec {
+        queues: vec!["q".into()],
+        max_jobs: max,
+        wait: std::time::Duration::ZERO,
+        lease_duration: Some(lease),
+        worker_id: format!("w-{version}"),
+        worker_version: version.into(),
+        tenants: None,
+    };
+    e.add_waiter(spec, tx);
+    e.dispatch();
+    e.commit();
+    e.finish_waiters();
+    let got = rx.try_recv().expect("answered").expect("leased");
+    got.iter()
+        .map(|d| {
+            let id = crate::model::JobId::parse(&d.job.as_ref().unwrap().id).unwrap();
+            (id, d.lease_id.clone())
+        })
+        .collect()
+}
+
+#[test]
+fn lease_expiries_trip_the_breaker_and_refunds_skip_dead_jobs() {
+    use super::{SettleAction, SettleReply};
+    use crate::model::{BreakerConfig, LeaseId};
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = engine(dir.path());
+    let config = QueueConfig {
+        breaker: BreakerConfig { failure_percent: 50, min_deliveries: 2, window: 4 },
+        ..QueueConfig::default()
+    };
+    let (tx, _rx) = oneshot::channel();
+    e.create_queue("q".into(), config, tx);
+    e.commit();
+    enqueue(&mut e, None);
+    enqueue(&mut e, None);
+    enqueue(&mut e, None);
+    // The fourth job has one attempt: its expiry dead-letters it.
+    let (tx, _rx) = oneshot::channel();
+    e.enqueue(vec![NewJob { max_attempts: 1, ..new_job(None) }], false, tx);
+    e.commit();
+    // v1 acks two: a healthy baseline of min_deliveries.
+    for (job, lease) in lease_as(&mut e, "v1", 2, Duration::from_secs(60)) {
+        let (tx, _rx) = oneshot::channel();
+        e.settle("q".into(), job, LeaseId::parse(&lease).unwrap(), SettleAction::Ack, SettleReply::Unary(tx));
+    }
+    e.commit();
+    // v2 lets both of its leases run out.
+    let held = lease_as(&mut e, "v2", 2, Duration::from_millis(1));
+    assert_eq!(held.len(), 2);
+    e.now = crate::model::now_millis() + 60_000;
+    e.run_timers();
+    e.commit();
+    let q = &e.queues["q"];
+    let rec = &q.quarantine["v2"];
+    assert_eq!((rec.failures, rec.deliveries, rec.baseline_deliveries), (2, 2, 2));
+    assert_eq!((rec.returned_leases, rec.refunded_attempts), (0, 1), "the dead job keeps its attempt");
+    assert!(q.obs.active.contains_key(&super::observe::AlertKind::BadWorkerVersion));
+    assert_eq!((q.counters.expired_total, q.counters.dead), (2, 1));
+    let (alive, dead) = (held[0].0, held[1].0);
+    assert_eq!(e.w.read_job("q", alive).unwrap().unwrap().attempt, 0, "refunded");
+    assert_eq!(e.w.read_job("q", dead).unwrap().unwrap().attempt, 1, "dead letters are not refunded");
+    // v2 is fenced; v1 gets the refunded job.
+    assert!(lease_as(&mut e, "v2", 5, Duration::from_secs(60)).is_empty());
+    assert_eq!(lease_as(&mut e, "v1", 5, Duration::from_secs(60)).len(), 1);
 }

@@ -13,10 +13,12 @@ mod engine_tests;
 pub mod monitor;
 pub mod observe;
 mod ops;
+mod quarantine;
 pub(crate) mod queue_state;
 mod rate_limit;
 mod reads;
 mod record_cache;
+pub mod version_breaker;
 pub mod view;
 
 use crate::error::{BrokerError, Result};
@@ -107,6 +109,9 @@ pub struct LeaseSpec {
     pub wait: Duration,
     pub lease_duration: Option<Duration>,
     pub worker_id: String,
+    /// As [`Subscription::worker_version`]: the circuit breaker judges and
+    /// fences unary workers by it too.
+    pub worker_version: String,
     /// As [`Subscription::tenants`].
     pub tenants: TenantFilter,
 }
@@ -128,6 +133,9 @@ pub struct QueueConfigPatch {
     pub alert_stalled_after: Option<Duration>,
     pub alert_unattended_after: Option<Duration>,
     pub alert_dead_letter_window: Option<Duration>,
+    pub breaker_failure_percent: Option<u32>,
+    pub breaker_min_deliveries: Option<u32>,
+    pub breaker_window: Option<u32>,
 }
 
 impl QueueConfigPatch {
@@ -148,6 +156,11 @@ impl QueueConfigPatch {
                 stalled_after: self.alert_stalled_after.unwrap_or(base.alerts.stalled_after),
                 unattended_after: self.alert_unattended_after.unwrap_or(base.alerts.unattended_after),
                 dead_letter_window: self.alert_dead_letter_window.unwrap_or(base.alerts.dead_letter_window),
+            },
+            breaker: crate::model::BreakerConfig {
+                failure_percent: self.breaker_failure_percent.unwrap_or(base.breaker.failure_percent),
+                min_deliveries: self.breaker_min_deliveries.unwrap_or(base.breaker.min_deliveries),
+                window: self.breaker_window.unwrap_or(base.breaker.window),
             },
         }
     }
@@ -231,6 +244,11 @@ pub(crate) enum Command {
         env: Option<String>,
         policy: TenantPolicy,
         reply: Reply<pb::TenantPolicy>,
+    },
+    LiftQuarantine {
+        queue: String,
+        version: String,
+        reply: Reply<pb::WorkerVersionQuarantine>,
     },
     Shutdown {
         done: oneshot::Sender<()>,
@@ -564,6 +582,11 @@ impl Broker {
         policy: TenantPolicy,
     ) -> Result<pb::TenantPolicy> {
         self.call(|reply| Command::SetTenantPolicy { queue, tenant, env, policy, reply }).await
+    }
+
+    /// Lets a quarantined worker version receive jobs of `queue` again.
+    pub async fn lift_quarantine(&self, queue: String, version: String) -> Result<pb::WorkerVersionQuarantine> {
+        self.call(|reply| Command::LiftQuarantine { queue, version, reply }).await
     }
 
     pub async fn purge(&self, queue: String, state: Option<JobState>) -> Result<u64> {

@@ -82,6 +82,8 @@ pub struct QueueMetrics {
     pub alerts: Vec<(AlertKind, ActiveAlert)>,
     /// The [`TOP_TENANTS`] largest by ready + leased, then `other`.
     pub tenants: Vec<TenantLoad>,
+    /// Worker versions quarantined by the circuit breaker.
+    pub quarantined: Vec<String>,
 }
 
 /// Everything `/metrics` shows that lives in the writer.
@@ -200,6 +202,7 @@ impl Engine {
                 ack: q.obs.ack.clone(),
                 alerts: q.obs.active.iter().map(|(k, a)| (*k, a.clone())).collect(),
                 tenants: top_tenants(q),
+                quarantined: q.quarantine.keys().cloned().collect(),
             });
         }
         queues.sort_by(|a, b| a.name.cmp(&b.name));

@@ -51,10 +51,22 @@ pub enum AlertKind {
     Aging,
     Backlog,
     DeadLettering,
+    /// A worker version is quarantined by the circuit breaker. Raised and
+    /// cleared by the engine when it quarantines or lifts, not by a rule.
+    BadWorkerVersion,
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 5] =
+    pub const ALL: [AlertKind; 6] = [
+        AlertKind::Stalled,
+        AlertKind::Unattended,
+        AlertKind::Aging,
+        AlertKind::Backlog,
+        AlertKind::DeadLettering,
+        AlertKind::BadWorkerVersion,
+    ];
+    /// The kinds [`QueueObs::evaluate`] decides from a reading.
+    const RULES: [AlertKind; 5] =
         [AlertKind::Stalled, AlertKind::Unattended, AlertKind::Aging, AlertKind::Backlog, AlertKind::DeadLettering];
 
     pub fn as_str(self) -> &'static str {
@@ -64,6 +76,7 @@ impl AlertKind {
             AlertKind::Aging => "aging",
             AlertKind::Backlog => "backlog",
             AlertKind::DeadLettering => "dead_lettering",
+            AlertKind::BadWorkerVersion => "bad_worker_version",
         }
     }
 }
@@ -141,7 +154,7 @@ impl QueueObs {
             self.ready_since = Some(r.now);
         }
         let mut changes = Vec::new();
-        for kind in AlertKind::ALL {
+        for kind in AlertKind::RULES {
             let firing = self.rule(kind, cfg, r);
             match (firing, self.active.contains_key(&kind)) {
                 (Some(message), false) => {
@@ -156,6 +169,26 @@ impl QueueObs {
             }
         }
         changes
+    }
+
+    /// Raises (with `message`), updates or clears (`None`) an alert the
+    /// engine decides itself; returns the change, if it started or ended.
+    pub fn set(&mut self, kind: AlertKind, now: Millis, message: Option<String>) -> Option<AlertChange> {
+        match (message, self.active.get_mut(&kind)) {
+            (Some(message), Some(a)) => {
+                a.message = message;
+                None
+            }
+            (Some(message), None) => {
+                self.active.insert(kind, ActiveAlert { since: now, message: message.clone() });
+                Some(AlertChange { kind, active: true, message })
+            }
+            (None, Some(_)) => {
+                self.active.remove(&kind);
+                Some(AlertChange { kind, active: false, message: format!("{} cleared", kind.as_str()) })
+            }
+            (None, None) => None,
+        }
     }
 
     /// `Some(message)` while the rule `kind` holds.
@@ -212,6 +245,8 @@ impl QueueObs {
                     )
                 })
             }
+            // Not a rule over the reading: see `set`.
+            AlertKind::BadWorkerVersion => None,
         }
     }
 }
@@ -317,6 +352,20 @@ mod tests {
             kinds(&c),
             vec![(AlertKind::Aging, false), (AlertKind::Backlog, false), (AlertKind::DeadLettering, false)]
         );
+        assert!(o.active.is_empty());
+    }
+
+    #[test]
+    fn engine_set_alerts_survive_evaluation_and_clear_when_told() {
+        let mut o = QueueObs::new(0);
+        o.last_progress = u64::MAX / 2;
+        let c = o.set(AlertKind::BadWorkerVersion, 5, Some("v2 quarantined".into())).unwrap();
+        assert!(c.active);
+        assert!(o.set(AlertKind::BadWorkerVersion, 6, Some("v2 and v3".into())).is_none(), "an update");
+        assert!(o.evaluate(&cfg(), &reading(1_000, 0, 1)).is_empty(), "rules leave it alone");
+        assert_eq!(o.active[&AlertKind::BadWorkerVersion].since, 5);
+        assert_eq!(o.active[&AlertKind::BadWorkerVersion].message, "v2 and v3");
+        assert!(!o.set(AlertKind::BadWorkerVersion, 7, None).unwrap().active);
         assert!(o.active.is_empty());
     }
 

@@ -84,7 +84,7 @@ pub(super) fn effective_max_attempts(rec: &JobRecord, cfg: &QueueConfig) -> u32 
 }
 
 /// Answers after the commit: with `value` if it succeeded.
-fn reply_after<T: Send + 'static>(reply: Reply<T>, value: T) -> AfterCommit {
+pub(super) fn reply_after<T: Send + 'static>(reply: Reply<T>, value: T) -> AfterCommit {
     Box::new(move |err| {
         let _ = reply.send(match err {
             None => Ok(value),
@@ -104,7 +104,7 @@ impl Engine {
         }
     }
 
-    fn queue_mut(&mut self, name: &str) -> Result<&mut QueueState> {
+    pub(super) fn queue_mut(&mut self, name: &str) -> Result<&mut QueueState> {
         self.queues.get_mut(name).ok_or_else(|| BrokerError::QueueNotFound(name.to_string()))
     }
 
@@ -193,7 +193,7 @@ impl Engine {
     }
 
     /// Puts a job in its group's ready index.
-    fn stage_ready(&mut self, queue: &str, id: JobId, rec: &JobRecord, ready_at: Millis) -> Result<()> {
+    pub(super) fn stage_ready(&mut self, queue: &str, id: JobId, rec: &JobRecord, ready_at: Millis) -> Result<()> {
         let pos: ReadyPos = (keys::inv_priority(rec.priority), id.0);
         self.w.put(queue, &keys::ready(&rec.tenant, &rec.environment, pos), &ready_at.to_be_bytes());
         self.queue_mut(queue)?.add_ready(&rec.tenant, &rec.environment, pos, ready_at);
@@ -312,6 +312,7 @@ impl Engine {
             SettleAction::Ack => {
                 let l = self.take_lease(queue, job)?;
                 self.end_job(queue, job, &l.record)?;
+                self.note_outcome(queue, &l.worker_version, job, false);
                 tracing::debug!(queue, tenant = %l.record.tenant, environment = %l.record.environment, job_id = %job,
                     attempt = l.attempt, "job acked");
                 let q = self.queue_mut(queue)?;
@@ -339,7 +340,9 @@ impl Engine {
                 q.counters.nacked_total += 1;
                 q.obs.last_progress = now;
                 q.totals_dirty = true;
+                let version = q.leases[&job].worker_version.clone();
                 let (state, run_at) = self.return_leased(queue, job, truncate_error(error.clone()), next)?;
+                self.note_outcome(queue, &version, job, true);
                 Ok(SettleOutcome::Nacked { state, run_at })
             }
             SettleAction::Extend { duration } => {
@@ -359,7 +362,7 @@ impl Engine {
     }
 
     /// Removes a lease from memory and disk, freeing its worker's slot.
-    fn take_lease(&mut self, queue: &str, job: JobId) -> Result<ActiveLease> {
+    pub(super) fn take_lease(&mut self, queue: &str, job: JobId) -> Result<ActiveLease> {
         let q = self.queue_mut(queue)?;
         let l = q.leases.remove(&job).ok_or_else(|| BrokerError::Storage("lease vanished".into()))?;
         q.lease_expiry.remove(&(l.expires_at, job));
@@ -497,13 +500,14 @@ impl Engine {
             let Some(q) = self.queues.get(&name) else { continue };
             let expired: Vec<JobId> = q.lease_expiry.iter().take_while(|(t, _)| *t <= now).map(|(_, id)| *id).collect();
             let due = q.next_due.is_some_and(|t| t <= now);
-            if !expired.is_empty() {
-                let q = self.queues.get_mut(&name).expect("present");
-                q.counters.expired_total += expired.len() as u64;
+            for id in expired {
+                // Gone already when quarantining its version returned it.
+                let Some(q) = self.queues.get_mut(&name) else { break };
+                let Some(version) = q.leases.get(&id).map(|l| l.worker_version.clone()) else { continue };
+                q.counters.expired_total += 1;
                 q.totals_dirty = true;
-                for id in expired {
-                    self.release_lease(&name, id, "lease expired");
-                }
+                self.release_lease(&name, id, "lease expired");
+                self.note_outcome(&name, &version, id, true);
             }
             if due {
                 if let Err(e) = self.promote(&name) {
@@ -580,7 +584,7 @@ impl Engine {
         self.w.after(reply_after(reply, view::queue(&name, &config, false)));
     }
 
-    fn stage_meta(&mut self, name: &str) {
+    pub(super) fn stage_meta(&mut self, name: &str) {
         let Some(q) = self.queues.get(name) else { return };
         let meta = q.meta();
         self.w.put_queue_meta(&meta);
@@ -599,6 +603,10 @@ impl Engine {
         if let Err(e) = config.validate() {
             let _ = reply.send(Err(e));
             return;
+        }
+        if config.breaker.window != q.config.breaker.window {
+            // Windows are sized once; they refill at the new size.
+            q.breaker.clear();
         }
         q.config = config.clone();
         let paused = q.paused;
@@ -724,6 +732,19 @@ impl Engine {
                 })
                 .collect(),
             leased_total: c.leased_total,
+            quarantined_versions: q.quarantine.values().map(view::quarantine).collect(),
+            worker_versions: q
+                .breaker
+                .versions()
+                .into_iter()
+                .map(|(v, w)| pb::WorkerVersionStats {
+                    worker_version: v.to_string(),
+                    deliveries: w.deliveries(),
+                    failures: w.failures(),
+                    quarantined: q.is_quarantined(v),
+                })
+                .collect(),
+            quarantines_total: c.quarantines_total,
         })
     }
 
@@ -996,5 +1017,6 @@ pub(super) fn lease_record(l: &ActiveLease) -> LeaseRecord {
         attempt: l.attempt,
         worker_id: l.worker_id.clone(),
         duration_ms: l.duration_ms,
+        worker_version: l.worker_version.to_string(),
     }
 }

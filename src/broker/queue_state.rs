@@ -13,8 +13,10 @@
 use crate::model::{FastMap, FastSet, JobId, LeaseId, Millis, QueueConfig, TenantPolicy};
 use crate::scheduler::FairScheduler;
 use crate::storage::keys::ReadyPos;
+use crate::storage::records::QuarantineRecord;
 use crate::storage::records::{JobRecord, QueueCounters, QueueMeta};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Most heads kept per group; a refill loads up to [`REFILL`].
@@ -97,6 +99,10 @@ pub struct ActiveLease {
     pub attempt: u32,
     pub duration_ms: u64,
     pub worker_id: String,
+    /// The leasing worker's version: its outcome counts in that version's
+    /// circuit-breaker window, and quarantining the version returns it.
+    /// Shared with the worker's stream, so a lease copies no string.
+    pub worker_version: Arc<str>,
     /// The Work stream holding it, whose prefetch slot it takes.
     pub consumer: Option<u64>,
     pub record: JobRecord,
@@ -131,6 +137,12 @@ pub struct QueueState {
     pub tenant_leased: FastMap<String, u64>,
     /// Latencies, progress and alerts.
     pub obs: super::observe::QueueObs,
+    /// Worker versions quarantined by the circuit breaker, by version;
+    /// persisted in the queue's meta.
+    pub quarantine: BTreeMap<String, QuarantineRecord>,
+    /// Recent outcomes per worker version (memory only: after a restart
+    /// the windows refill from new deliveries).
+    pub breaker: super::version_breaker::VersionBreaker,
     /// Counters changed since the last commit.
     pub totals_dirty: bool,
     pub dirty_groups: FastSet<(String, String)>,
@@ -154,13 +166,24 @@ impl QueueState {
             policies: HashMap::new(),
             tenant_leased: FastMap::default(),
             obs: super::observe::QueueObs::new(crate::model::now_millis()),
+            quarantine: meta.quarantines.iter().map(|r| (r.worker_version.clone(), r.clone())).collect(),
+            breaker: Default::default(),
             totals_dirty: false,
             dirty_groups: FastSet::default(),
         }
     }
 
     pub fn meta(&self) -> QueueMeta {
-        meta_from_config(&self.name, &self.config, self.paused, self.generation)
+        QueueMeta {
+            quarantines: self.quarantine.values().cloned().collect(),
+            ..meta_from_config(&self.name, &self.config, self.paused, self.generation)
+        }
+    }
+
+    /// True when leases to `version` are stopped in this queue. O(1) and
+    /// free while nothing is quarantined (the common case on the hot path).
+    pub fn is_quarantined(&self, version: &str) -> bool {
+        !self.quarantine.is_empty() && self.quarantine.contains_key(version)
     }
 
     pub fn group_mut(&mut self, tenant: &str, env: &str) -> &mut Group {
@@ -319,6 +342,14 @@ pub fn config_from_meta(m: &QueueMeta) -> QueueConfig {
                 dead_letter_window: ms(m.alert_dead_letter_window_ms, d.dead_letter_window),
             }
         },
+        breaker: {
+            let d = crate::model::BreakerConfig::default();
+            crate::model::BreakerConfig {
+                failure_percent: m.breaker_failure_percent.unwrap_or(d.failure_percent),
+                min_deliveries: m.breaker_min_deliveries.unwrap_or(d.min_deliveries),
+                window: m.breaker_window.unwrap_or(d.window),
+            }
+        },
     }
 }
 
@@ -342,6 +373,10 @@ pub fn meta_from_config(name: &str, c: &QueueConfig, paused: bool, generation: u
         alert_stalled_after_ms: Some(ms(c.alerts.stalled_after)),
         alert_unattended_after_ms: Some(ms(c.alerts.unattended_after)),
         alert_dead_letter_window_ms: Some(ms(c.alerts.dead_letter_window)),
+        breaker_failure_percent: Some(c.breaker.failure_percent),
+        breaker_min_deliveries: Some(c.breaker.min_deliveries),
+        breaker_window: Some(c.breaker.window),
+        quarantines: Vec::new(),
     }
 }
 

@@ -43,8 +43,25 @@ pub fn queue(name: &str, c: &QueueConfig, paused: bool) -> pb::Queue {
             alert_stalled_after: Some(duration(c.alerts.stalled_after)),
             alert_unattended_after: Some(duration(c.alerts.unattended_after)),
             alert_dead_letter_window: Some(duration(c.alerts.dead_letter_window)),
+            breaker_failure_percent: Some(c.breaker.failure_percent),
+            breaker_min_deliveries: Some(c.breaker.min_deliveries),
+            breaker_window: Some(c.breaker.window),
         }),
         paused,
+    }
+}
+
+pub fn quarantine(r: &crate::storage::records::QuarantineRecord) -> pb::WorkerVersionQuarantine {
+    pb::WorkerVersionQuarantine {
+        worker_version: r.worker_version.clone(),
+        since: Some(timestamp(r.since_ms)),
+        failures: r.failures,
+        deliveries: r.deliveries,
+        baseline_version: r.baseline_version.clone(),
+        baseline_failures: r.baseline_failures,
+        baseline_deliveries: r.baseline_deliveries,
+        returned_leases: r.returned_leases,
+        refunded_attempts: r.refunded_attempts,
     }
 }
 

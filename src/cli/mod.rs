@@ -11,6 +11,7 @@ mod format;
 mod health;
 mod jobs;
 mod listing;
+mod quarantine;
 mod queue;
 mod remote;
 mod stats;

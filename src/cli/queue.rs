@@ -33,6 +33,11 @@ pub enum QueueCmd {
         #[arg(long)]
         force: bool,
     },
+    /// Worker versions the circuit breaker quarantined: list or lift.
+    Quarantine {
+        #[command(subcommand)]
+        cmd: super::quarantine::QuarantineCmd,
+    },
 }
 
 /// Queue settings; each unset one takes the default (create) or stays as
@@ -81,6 +86,15 @@ pub struct ConfigArgs {
     /// Alert "dead_lettering" while a job was dead-lettered this recently (0 = off; default 15m).
     #[arg(long, value_parser = humantime::parse_duration)]
     alert_dead_letter_window: Option<Duration>,
+    /// Quarantine a worker version whose recent deliveries fail at this % (1-100, 0 = off; default 50).
+    #[arg(long)]
+    breaker_failure_percent: Option<u32>,
+    /// Deliveries a version and its healthy baseline need before the breaker judges (default 20).
+    #[arg(long)]
+    breaker_min_deliveries: Option<u32>,
+    /// Recent deliveries remembered per worker version (1-1000; default 100).
+    #[arg(long)]
+    breaker_window: Option<u32>,
 }
 
 impl ConfigArgs {
@@ -100,6 +114,9 @@ impl ConfigArgs {
             alert_stalled_after: self.alert_stalled_after.map(d),
             alert_unattended_after: self.alert_unattended_after.map(d),
             alert_dead_letter_window: self.alert_dead_letter_window.map(d),
+            breaker_failure_percent: self.breaker_failure_percent,
+            breaker_min_deliveries: self.breaker_min_deliveries,
+            breaker_window: self.breaker_window,
         }
     }
 }
@@ -113,7 +130,7 @@ fn print_queue(q: &pb::Queue) {
     let secs = |d: Option<prost_types::Duration>| d.map(|d| d.seconds).unwrap_or(0);
     println!(
         "{:<24} paused={:<5} lease={}s max_attempts={} backoff={}s..{}s dedup_window={}s max_payload={}B weight={} \
-         max_in_flight={} tenant_max_in_flight={}",
+         max_in_flight={} tenant_max_in_flight={} breaker={}",
         q.name,
         q.paused,
         secs(c.default_lease_duration),
@@ -124,11 +141,18 @@ fn print_queue(q: &pb::Queue) {
         c.max_payload_bytes,
         c.weight,
         c.max_in_flight.unwrap_or(0),
-        c.tenant_max_in_flight.unwrap_or(0)
+        c.tenant_max_in_flight.unwrap_or(0),
+        match c.breaker_failure_percent.unwrap_or(0) {
+            0 => "off".to_string(),
+            p => format!("{p}%/{}of{}", c.breaker_min_deliveries.unwrap_or(0), c.breaker_window.unwrap_or(0)),
+        }
     );
 }
 
 pub async fn queue(remote: &Remote, cmd: QueueCmd) -> CliResult {
+    if let QueueCmd::Quarantine { cmd } = cmd {
+        return super::quarantine::quarantine(remote, cmd).await;
+    }
     let mut admin = remote.connect().await?.admin();
     match cmd {
         QueueCmd::Create { name, config } => {
@@ -190,6 +214,9 @@ pub async fn queue(remote: &Remote, cmd: QueueCmd) -> CliResult {
                     );
                 }
             }
+            for line in super::quarantine::lines(&s) {
+                println!("  {line}");
+            }
             if !s.groups.is_empty() {
                 println!("  {:<24} {:<24} {:>10} {:>10}", "TENANT", "ENVIRONMENT", "READY", "LEASED");
                 for g in &s.groups {
@@ -207,6 +234,7 @@ pub async fn queue(remote: &Remote, cmd: QueueCmd) -> CliResult {
             admin.delete_queue(pb::DeleteQueueRequest { queue: name.clone(), force }).await?;
             println!("deleted {name}");
         }
+        QueueCmd::Quarantine { .. } => {}
     }
     Ok(())
 }

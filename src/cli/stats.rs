@@ -164,6 +164,9 @@ pub fn render_queue_detail(s: &pb::QueueStats, rates: Rates, max_groups: usize, 
             let _ = writeln!(out, "  {}{since}: {}", a.kind, one_line(&a.message));
         }
     }
+    for line in super::quarantine::lines(s) {
+        let _ = writeln!(out, "{line}");
+    }
     out.push('\n');
     if s.groups.is_empty() {
         out.push_str("groups: no ready or leased jobs\n");

@@ -81,7 +81,7 @@ pub fn render(s: &MetricsSnapshot, f: &StoreFigures) -> String {
     for q in &s.queues {
         o.sample("fairway_queue_connected_workers", &[("queue", &q.name)], q.workers);
     }
-    let counters: [Family<crate::storage::records::QueueCounters>; 7] = [
+    let counters: [Family<crate::storage::records::QueueCounters>; 8] = [
         ("fairway_jobs_enqueued_total", "Jobs enqueued (dedup hits excluded).", |c| c.enqueued_total),
         ("fairway_jobs_leased_total", "Deliveries (leases), redeliveries included.", |c| c.leased_total),
         ("fairway_jobs_acked_total", "Jobs acknowledged as done.", |c| c.acked_total),
@@ -91,6 +91,9 @@ pub fn render(s: &MetricsSnapshot, f: &StoreFigures) -> String {
             c.deduplicated_total
         }),
         ("fairway_jobs_dead_lettered_total", "Jobs moved to the dead letters.", |c| c.dead_lettered_total),
+        ("fairway_worker_version_quarantines_total", "Worker versions quarantined by the circuit breaker.", |c| {
+            c.quarantines_total
+        }),
     ];
     for (name, help, get) in counters {
         o.family(name, "counter", help);
@@ -103,6 +106,16 @@ pub fn render(s: &MetricsSnapshot, f: &StoreFigures) -> String {
         for kind in AlertKind::ALL {
             let on = q.alerts.iter().any(|(k, _)| *k == kind);
             o.sample("fairway_queue_alert", &[("queue", &q.name), ("kind", kind.as_str())], u8::from(on));
+        }
+    }
+    o.family(
+        "fairway_worker_version_quarantined",
+        "gauge",
+        "1 per worker version the circuit breaker quarantined (receives no jobs of the queue until lifted).",
+    );
+    for q in &s.queues {
+        for v in &q.quarantined {
+            o.sample("fairway_worker_version_quarantined", &[("queue", &q.name), ("version", v)], 1);
         }
     }
     o.family(

@@ -64,6 +64,10 @@ pub struct LeaseRecord {
     /// Used again when the worker extends without naming a duration.
     #[prost(uint64, tag = "5")]
     pub duration_ms: u64,
+    /// The leasing worker's version, so the circuit breaker can still
+    /// judge (and fence) this lease after a restart.
+    #[prost(string, tag = "6")]
+    pub worker_version: String,
 }
 
 /// Where a scheduled job goes when it becomes ready, so promotion needs no
@@ -99,6 +103,9 @@ pub struct QueueCounters {
     pub dead_lettered_total: u64,
     #[prost(uint64, tag = "9")]
     pub leased_total: u64,
+    /// Worker versions quarantined by the circuit breaker.
+    #[prost(uint64, tag = "10")]
+    pub quarantines_total: u64,
 }
 
 /// A queue's definition, in the metadata column family.
@@ -142,6 +149,40 @@ pub struct QueueMeta {
     pub alert_unattended_after_ms: Option<u64>,
     #[prost(uint64, optional, tag = "17")]
     pub alert_dead_letter_window_ms: Option<u64>,
+    /// Circuit breaker settings; absent (older definitions) = the default.
+    #[prost(uint32, optional, tag = "18")]
+    pub breaker_failure_percent: Option<u32>,
+    #[prost(uint32, optional, tag = "19")]
+    pub breaker_min_deliveries: Option<u32>,
+    #[prost(uint32, optional, tag = "20")]
+    pub breaker_window: Option<u32>,
+    /// Worker versions quarantined in this queue: kept with the queue's
+    /// definition so a restart doesn't let a bad deploy loose again.
+    #[prost(message, repeated, tag = "21")]
+    pub quarantines: Vec<QuarantineRecord>,
+}
+
+/// One quarantined worker version and why (the figures at the time).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct QuarantineRecord {
+    #[prost(string, tag = "1")]
+    pub worker_version: String,
+    #[prost(uint64, tag = "2")]
+    pub since_ms: u64,
+    #[prost(uint32, tag = "3")]
+    pub failures: u32,
+    #[prost(uint32, tag = "4")]
+    pub deliveries: u32,
+    #[prost(string, tag = "5")]
+    pub baseline_version: String,
+    #[prost(uint32, tag = "6")]
+    pub baseline_failures: u32,
+    #[prost(uint32, tag = "7")]
+    pub baseline_deliveries: u32,
+    #[prost(uint32, tag = "8")]
+    pub returned_leases: u32,
+    #[prost(uint32, tag = "9")]
+    pub refunded_attempts: u32,
 }
 
 /// A tenant's policy in one queue, in the metadata column family.

@@ -161,6 +161,7 @@ impl TestServer {
                 wait: Some(dur(wait)),
                 lease_duration: lease.map(dur),
                 worker_id: "test".into(),
+                worker_version: String::new(),
             })
             .await
             .expect("lease")

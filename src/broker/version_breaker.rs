@@ -1,0 +1,335 @@
+//! The worker-version circuit breaker's bookkeeping: a bounded window of
+//! recent delivery outcomes per worker version of one queue, and the rule
+//! that decides when a version is broken (a bad deploy) rather than the
+//! queue's jobs failing for everyone (a downstream outage).
+//!
+//! Pure and owned by the writer thread: recording an outcome is O(1) and
+//! allocates nothing once a version's window exists (its ring is allocated
+//! once, at the configured size). The decision looks at the other versions
+//! only when the reporting version is over the threshold.
+//!
+//! The rule (also in the README): version V is tripped when
+//! 1. the breaker is on (`failure_percent > 0`) and V is not empty (workers
+//!    that report no version can't be told apart, so they are never fenced);
+//! 2. V's window holds at least `min_deliveries` outcomes and at least
+//!    `failure_percent`% of them are failures (nack or lease expiry);
+//! 3. some other version W, not quarantined, has a healthy baseline: at
+//!    least `min_deliveries` outcomes in its window and a failure rate below
+//!    `failure_percent`%. Windows outlive their workers, so after a rollout
+//!    replaced every v1 worker with v2, v1's window is still the baseline.
+//!    When every version fails (a downstream outage) there is no healthy
+//!    baseline and nothing is quarantined: stopping all processing would be
+//!    the outage itself.
+
+use crate::model::{BreakerConfig, FastMap, JobId};
+use std::sync::Arc;
+
+/// Most versions tracked per queue; beyond it the version heard from least
+/// recently is forgotten, so a fleet of one-off versions can't grow memory.
+pub const MAX_VERSIONS: usize = 32;
+
+/// The last outcomes of deliveries made to one version.
+#[derive(Debug, Clone)]
+pub struct Window {
+    /// Ring of (job, failed); allocated once at the window size.
+    ring: Vec<(JobId, bool)>,
+    /// Next slot to overwrite once the ring is full.
+    head: usize,
+    /// Failures among the outcomes held (kept so a check is O(1)).
+    failures: u32,
+    /// Turn counter of the last outcome, to evict the stalest version.
+    last_seen: u64,
+}
+
+impl Window {
+    fn new(size: usize) -> Window {
+        Window { ring: Vec::with_capacity(size.max(1)), head: 0, failures: 0, last_seen: 0 }
+    }
+
+    /// Adds one outcome, dropping the oldest once the window is full.
+    fn push(&mut self, job: JobId, failed: bool) {
+        if self.ring.len() < self.ring.capacity() {
+            self.ring.push((job, failed));
+        } else {
+            let old = std::mem::replace(&mut self.ring[self.head], (job, failed));
+            self.failures -= u32::from(old.1);
+            self.head = (self.head + 1) % self.ring.len();
+        }
+        self.failures += u32::from(failed);
+    }
+
+    /// Outcomes held.
+    pub fn deliveries(&self) -> u32 {
+        self.ring.len() as u32
+    }
+
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// At least `min_deliveries` outcomes and a failure rate at or over the
+    /// threshold.
+    fn failing(&self, cfg: &BreakerConfig) -> bool {
+        self.deliveries() >= cfg.min_deliveries.max(1) && self.over(cfg)
+    }
+
+    /// A usable baseline: enough outcomes, and under the threshold.
+    fn healthy(&self, cfg: &BreakerConfig) -> bool {
+        self.deliveries() >= cfg.min_deliveries.max(1) && !self.over(cfg)
+    }
+
+    fn over(&self, cfg: &BreakerConfig) -> bool {
+        u64::from(self.failures) * 100 >= u64::from(cfg.failure_percent) * u64::from(self.deliveries())
+    }
+}
+
+/// Why a version was tripped: the figures for the alert and the stats.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trip {
+    pub deliveries: u32,
+    pub failures: u32,
+    /// The healthy version compared against, and its figures.
+    pub baseline_version: String,
+    pub baseline_deliveries: u32,
+    pub baseline_failures: u32,
+    /// Jobs the tripped version failed in its window, with how many times:
+    /// attempts to give back (see the README on refunds).
+    pub refunds: Vec<(JobId, u32)>,
+}
+
+/// One queue's windows, by worker version.
+#[derive(Debug, Default)]
+pub struct VersionBreaker {
+    /// Version -> its recent outcomes. Keyed by the same `Arc<str>` the
+    /// leases carry, so recording an outcome clones no string.
+    windows: FastMap<Arc<str>, Window>,
+    /// Bumped per outcome; orders versions for eviction.
+    clock: u64,
+}
+
+impl VersionBreaker {
+    /// Records the outcome of a delivery to `version` and says whether that
+    /// version must now be quarantined. `quarantined` tells which versions
+    /// already are (they never serve as a baseline).
+    pub fn record(
+        &mut self,
+        cfg: &BreakerConfig,
+        version: &Arc<str>,
+        job: JobId,
+        failed: bool,
+        quarantined: impl Fn(&str) -> bool,
+    ) -> Option<Trip> {
+        if !cfg.enabled() {
+            return None;
+        }
+        self.clock += 1;
+        let clock = self.clock;
+        if !self.windows.contains_key(&**version) {
+            self.evict_if_full();
+            self.windows.insert(version.clone(), Window::new(cfg.window as usize));
+        }
+        let w = self.windows.get_mut(&**version)?;
+        w.push(job, failed);
+        w.last_seen = clock;
+        if version.is_empty() || !failed || !w.failing(cfg) || quarantined(version) {
+            return None;
+        }
+        let (bv, base) = self
+            .windows
+            .iter()
+            .filter(|(v, b)| ***v != **version && !quarantined(v) && b.healthy(cfg))
+            // The baseline with the most evidence, then the lowest rate.
+            .max_by_key(|(_, b)| (b.deliveries(), std::cmp::Reverse(b.failures)))?;
+        let w = &self.windows[&**version];
+        let mut refunds: FastMap<JobId, u32> = FastMap::default();
+        for (job, failed) in &w.ring {
+            if *failed {
+                *refunds.entry(*job).or_default() += 1;
+            }
+        }
+        let mut refunds: Vec<_> = refunds.into_iter().collect();
+        refunds.sort();
+        Some(Trip {
+            deliveries: w.deliveries(),
+            failures: w.failures,
+            baseline_version: bv.to_string(),
+            baseline_deliveries: base.deliveries(),
+            baseline_failures: base.failures,
+            refunds,
+        })
+    }
+
+    /// Forgets a version's outcomes (on quarantine and on lift, so a lifted
+    /// version starts afresh instead of tripping on its old failures).
+    pub fn reset(&mut self, version: &str) {
+        self.windows.remove(version);
+    }
+
+    /// Forgets everything (the window size changed).
+    pub fn clear(&mut self) {
+        self.windows.clear();
+    }
+
+    pub fn window(&self, version: &str) -> Option<&Window> {
+        self.windows.get(version)
+    }
+
+    /// Every tracked version with its window, sorted by version.
+    pub fn versions(&self) -> Vec<(&str, &Window)> {
+        let mut v: Vec<_> = self.windows.iter().map(|(k, w)| (&**k, w)).collect();
+        v.sort_by(|a, b| a.0.cmp(b.0));
+        v
+    }
+
+    fn evict_if_full(&mut self) {
+        if self.windows.len() < MAX_VERSIONS {
+            return;
+        }
+        let stalest = self.windows.iter().min_by_key(|(_, w)| w.last_seen).map(|(k, _)| k.clone());
+        if let Some(k) = stalest {
+            self.windows.remove(&k);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> BreakerConfig {
+        BreakerConfig { failure_percent: 50, min_deliveries: 20, window: 100 }
+    }
+
+    fn v(s: &str) -> Arc<str> {
+        Arc::from(s)
+    }
+
+    /// Records `n` outcomes for `version`; returns the first trip.
+    fn feed(b: &mut VersionBreaker, c: &BreakerConfig, version: &str, n: u64, failed: bool) -> Option<Trip> {
+        let ver = v(version);
+        let mut trip = None;
+        for i in 0..n {
+            let t = b.record(c, &ver, JobId(i % 7), failed, |_| false);
+            trip = trip.or(t);
+        }
+        trip
+    }
+
+    #[test]
+    fn a_bad_deploy_trips_against_the_previous_versions_window() {
+        let mut b = VersionBreaker::default();
+        assert!(feed(&mut b, &cfg(), "v1", 30, false).is_none());
+        // v1's workers are gone; only v2 runs, and fails.
+        assert!(feed(&mut b, &cfg(), "v2", 19, true).is_none(), "fewer than min_deliveries");
+        let t = feed(&mut b, &cfg(), "v2", 1, true).expect("20 failures of 20");
+        assert_eq!((t.deliveries, t.failures), (20, 20));
+        assert_eq!((t.baseline_version.as_str(), t.baseline_deliveries, t.baseline_failures), ("v1", 30, 0));
+        // Jobs 0..6 cycled (i = 0, 7, 14, then 0 again for job 0): the
+        // refunds add up to the failures.
+        assert_eq!(t.refunds.iter().map(|(_, n)| n).sum::<u32>(), 20);
+        assert_eq!(t.refunds[0], (JobId(0), 4));
+    }
+
+    #[test]
+    fn the_threshold_is_inclusive_and_successes_count_against_it() {
+        let c = cfg();
+        let mut b = VersionBreaker::default();
+        feed(&mut b, &c, "v1", 20, false);
+        assert!(feed(&mut b, &c, "v2", 11, false).is_none());
+        // 9 failures of 20: 45%, under 50%.
+        assert!(feed(&mut b, &c, "v2", 9, true).is_none());
+        // 10 of 21 = 47.6%: still under.
+        assert!(feed(&mut b, &c, "v2", 1, true).is_none());
+        // 11 of 22 = 50%: trips.
+        assert!(feed(&mut b, &c, "v2", 1, true).is_some());
+    }
+
+    #[test]
+    fn a_success_never_trips_even_over_the_threshold() {
+        let c = cfg();
+        let mut b = VersionBreaker::default();
+        feed(&mut b, &c, "v1", 20, false);
+        feed(&mut b, &c, "v2", 19, true);
+        assert!(feed(&mut b, &c, "v2", 1, false).is_none(), "19 of 20 failed, but the outcome was an ack");
+    }
+
+    #[test]
+    fn min_deliveries_applies_to_the_baseline_too() {
+        let c = cfg();
+        let mut b = VersionBreaker::default();
+        feed(&mut b, &c, "v1", 19, false);
+        assert!(feed(&mut b, &c, "v2", 40, true).is_none(), "a 19-delivery baseline is no baseline");
+        feed(&mut b, &c, "v1", 1, false);
+        assert!(feed(&mut b, &c, "v2", 1, true).is_some());
+    }
+
+    #[test]
+    fn every_version_failing_is_an_outage_not_a_bad_deploy() {
+        let c = cfg();
+        let mut b = VersionBreaker::default();
+        feed(&mut b, &c, "v1", 20, false);
+        // The downstream goes away: v1 fails too before v2 has its evidence.
+        feed(&mut b, &c, "v1", 20, true);
+        assert!(feed(&mut b, &c, "v2", 50, true).is_none());
+        assert!(feed(&mut b, &c, "v3", 50, true).is_none());
+    }
+
+    #[test]
+    fn a_lone_version_without_history_is_never_quarantined() {
+        let mut b = VersionBreaker::default();
+        assert!(feed(&mut b, &cfg(), "v1", 100, true).is_none());
+    }
+
+    #[test]
+    fn unversioned_workers_are_a_baseline_but_never_fenced() {
+        let c = cfg();
+        let mut b = VersionBreaker::default();
+        feed(&mut b, &c, "", 20, false);
+        assert!(feed(&mut b, &c, "v2", 20, true).is_some());
+        let mut b = VersionBreaker::default();
+        feed(&mut b, &c, "v1", 20, false);
+        assert!(feed(&mut b, &c, "", 40, true).is_none());
+    }
+
+    #[test]
+    fn quarantined_versions_are_no_baseline_and_off_turns_it_all_off() {
+        let c = cfg();
+        let mut b = VersionBreaker::default();
+        feed(&mut b, &c, "v1", 20, false);
+        let v2 = v("v2");
+        let mut tripped = false;
+        for i in 0..20 {
+            tripped |= b.record(&c, &v2, JobId(i), true, |ver| ver == "v1").is_some();
+        }
+        assert!(!tripped, "v1 is quarantined, so it is no baseline");
+        let off = BreakerConfig { failure_percent: 0, ..c };
+        let mut b = VersionBreaker::default();
+        feed(&mut b, &off, "v1", 20, false);
+        assert!(feed(&mut b, &off, "v2", 40, true).is_none());
+        assert!(b.versions().is_empty(), "off records nothing");
+    }
+
+    #[test]
+    fn the_window_slides_and_reset_forgets() {
+        let c = BreakerConfig { failure_percent: 50, min_deliveries: 4, window: 4 };
+        let mut b = VersionBreaker::default();
+        feed(&mut b, &c, "v2", 4, true);
+        feed(&mut b, &c, "v2", 3, false);
+        let w = b.window("v2").unwrap();
+        assert_eq!((w.deliveries(), w.failures()), (4, 1), "the window keeps the last 4");
+        b.reset("v2");
+        assert!(b.window("v2").is_none());
+    }
+
+    #[test]
+    fn versions_are_bounded() {
+        let c = cfg();
+        let mut b = VersionBreaker::default();
+        for i in 0..(MAX_VERSIONS + 5) {
+            feed(&mut b, &c, &format!("v{i}"), 1, false);
+        }
+        assert_eq!(b.versions().len(), MAX_VERSIONS);
+        assert!(b.window("v0").is_none(), "the stalest went first");
+        assert!(b.window(&format!("v{}", MAX_VERSIONS + 4)).is_some());
+    }
+}
