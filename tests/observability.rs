@@ -132,7 +132,8 @@ async fn unattended_fires_without_workers_and_clears_when_one_connects() {
     let s = TestServer::start().await;
     let cfg = pb::QueueConfig { alert_unattended_after: Some(dur(Duration::from_millis(200))), ..quiet() };
     s.create_queue("u", cfg).await;
-    assert_eq!(queue_health(&s, "u").await, Some(ServingStatus::Serving));
+    // A new queue's health entry is published by a mirror task: await it.
+    eventually(WAIT, || async { (queue_health(&s, "u").await == Some(ServingStatus::Serving)).then_some(()) }).await;
     s.enqueue(job("u", "", "", "x")).await;
     let st = expect_alert(&s, "u", "unattended", true).await;
     let a = &st.alerts[0];
