@@ -123,7 +123,8 @@ pub async fn scan_all(channel: &Channel, queue: &str) -> Vec<pb::Job> {
         let page = admin
             .list_jobs(pb::ListJobsRequest {
                 queue: queue.into(),
-                page_size: 1000,
+                // Pages of big payloads must stay under the 64 MiB message limit.
+                page_size: 100,
                 page_token: token,
                 ..Default::default()
             })
