@@ -12,6 +12,15 @@ use tokio::net::TcpStream;
 /// jobs or one job at the largest configurable payload. Bigger ones are
 /// refused by tonic with `OUT_OF_RANGE` before they are decoded.
 pub const MAX_MESSAGE: usize = 64 << 20;
+/// A response that carries jobs (a `ListJobs` page, a unary `Lease` batch)
+/// stops taking more once it holds this many encoded bytes. The job that
+/// crosses it is still included, and one job is at most
+/// [`crate::limits::MAX_PAYLOAD_LIMIT`] plus its headers, so the response
+/// stays under [`MAX_MESSAGE`] whatever the payloads: counts alone (1000 a
+/// page, 10,000 a lease) would let big payloads build a response tonic can't
+/// send, and a leased batch that can't be sent would burn an attempt of
+/// every job in it.
+pub const RESPONSE_SOFT_LIMIT: usize = 16 << 20;
 /// Default for `--max-streams-per-connection`: HTTP/2 streams (calls) open
 /// at once on one connection. Each holds a task and buffers; past this the
 /// client's HTTP/2 layer queues new calls until one ends. tonic leaves it

@@ -151,14 +151,29 @@ pub struct BreakerConfig {
     pub min_deliveries: u32,
     /// Outcomes remembered per version (the sliding window).
     pub window: u32,
+    /// A healthy version serves as the baseline only while its newest
+    /// outcome is at most this old (zero = no limit). Without it, a version
+    /// that was healthy last week would let today's outage of a downstream
+    /// quarantine the version that happens to be running.
+    pub baseline_max_age: Duration,
 }
+
+/// Default [`BreakerConfig::baseline_max_age`]: long enough for a slow
+/// queue's rollout to gather evidence against the new version, short enough
+/// that last week's version is no baseline for today.
+pub const DEFAULT_BASELINE_MAX_AGE: Duration = Duration::from_secs(3600);
 
 /// Largest breaker window: 16 bytes per outcome per version stays small.
 pub const MAX_BREAKER_WINDOW: u32 = 1000;
 
 impl Default for BreakerConfig {
     fn default() -> Self {
-        BreakerConfig { failure_percent: 50, min_deliveries: 20, window: 100 }
+        BreakerConfig {
+            failure_percent: 50,
+            min_deliveries: 20,
+            window: 100,
+            baseline_max_age: DEFAULT_BASELINE_MAX_AGE,
+        }
     }
 }
 
@@ -450,7 +465,15 @@ mod tests {
         assert_eq!(c.backoff_max, Duration::from_secs(3600));
         assert_eq!(c.dedup_window, Duration::ZERO);
         assert_eq!(c.max_payload_bytes, 1 << 20);
-        assert_eq!(c.breaker, BreakerConfig { failure_percent: 50, min_deliveries: 20, window: 100 });
+        assert_eq!(
+            c.breaker,
+            BreakerConfig {
+                failure_percent: 50,
+                min_deliveries: 20,
+                window: 100,
+                baseline_max_age: Duration::from_secs(3600)
+            }
+        );
         assert!(c.validate().is_ok());
     }
 

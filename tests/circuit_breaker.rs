@@ -391,8 +391,8 @@ async fn breaker_settings_are_validated_and_updatable() {
     let q = admin.create_queue(create(Default::default())).await.expect("create").into_inner();
     let c = q.config.expect("config");
     assert_eq!(
-        (c.breaker_failure_percent, c.breaker_min_deliveries, c.breaker_window),
-        (Some(50), Some(20), Some(100))
+        (c.breaker_failure_percent, c.breaker_min_deliveries, c.breaker_window, c.breaker_baseline_max_age),
+        (Some(50), Some(20), Some(100), Some(dur(Duration::from_secs(3600))))
     );
     let update = |config: pb::QueueConfig| pb::UpdateQueueRequest { queue: "q".into(), config: Some(config) };
     let e = admin
@@ -408,9 +408,79 @@ async fn breaker_settings_are_validated_and_updatable() {
     assert!(e.message().contains("breaker_min_deliveries is 20"), "min must fit the window: {}", e.message());
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fairway"));
     cmd.arg("--addr").arg(format!("http://{}", s.addr));
-    cmd.args(["queue", "update", "q", "--breaker-failure-percent", "0"]);
+    cmd.args(["queue", "update", "q", "--breaker-failure-percent", "0", "--breaker-baseline-max-age", "10m"]);
     let out = run(cmd).await;
     assert!(out.contains("breaker=off"), "{out}");
     let c = admin.get_queue(pb::GetQueueRequest { queue: "q".into() }).await.expect("get").into_inner().config;
-    assert_eq!(c.expect("config").breaker_failure_percent, Some(0));
+    let c = c.expect("config");
+    assert_eq!((c.breaker_failure_percent, c.breaker_baseline_max_age), (Some(0), Some(dur(Duration::from_secs(600)))));
+}
+
+fn version<'a>(st: &'a pb::QueueStats, v: &str) -> Option<&'a pb::WorkerVersionStats> {
+    st.worker_versions.iter().find(|w| w.worker_version == v)
+}
+
+/// Leases `n` jobs as `version` and nacks each (none may be fenced).
+async fn fail_n(s: &TestServer, version: &str, n: usize) {
+    let leased = lease_as(s, version, n as u32, WAIT).await;
+    assert_eq!(leased.len(), n);
+    for d in &leased {
+        nack(s, d).await.expect("nack");
+    }
+}
+
+/// The broker restarting (say, along with the deploy that brings the bad
+/// version) must not cost the breaker its baseline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_baseline_survives_a_restart() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let s = TestServer::start_in(tmp.path()).await;
+    s.create_queue("q", config()).await;
+    enqueue_n(&s, 10, "history").await;
+    ack_n(&s, "v1", 10).await;
+    s.stop().await;
+
+    let s = TestServer::start_in(tmp.path()).await;
+    let st = s.stats("q").await;
+    let v1 = version(&st, "v1").expect("v1's window is back from disk");
+    assert_eq!((v1.deliveries, v1.failures, v1.quarantined), (10, 0, false));
+    enqueue_n(&s, 10, "work").await;
+    fail_n(&s, "v2", 10).await;
+    let st = expect_quarantine(&s, "v2", true).await;
+    let q = &st.quarantined_versions[0];
+    assert_eq!((q.baseline_version.as_str(), q.baseline_deliveries, q.failures), ("v1", 10, 10));
+    s.stop().await;
+}
+
+/// A healthy window older than `breaker_baseline_max_age` is no baseline:
+/// what ran fine an hour ago says nothing about a failure now, which may be
+/// a downstream outage that any version would hit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_baseline_quarantines_nobody() {
+    let s = TestServer::start().await;
+    let short = pb::QueueConfig { breaker_baseline_max_age: Some(dur(Duration::from_millis(500))), ..config() };
+    s.create_queue("q", short).await;
+    enqueue_n(&s, 10, "history").await;
+    ack_n(&s, "v1", 10).await;
+    // What is awaited here is time itself: v1's newest outcome growing
+    // older than the limit.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    enqueue_n(&s, 11, "work").await;
+    fail_n(&s, "v2", 10).await;
+    let st = s.stats("q").await;
+    assert!(quarantined(&st).is_empty(), "{:?}", st.quarantined_versions);
+    let v2 = version(&st, "v2").expect("v2 tracked");
+    assert_eq!((v2.deliveries, v2.failures), (10, 10));
+    assert!(!st.alerts.iter().any(|a| a.kind == KIND), "{:?}", st.alerts);
+
+    // The same evidence with the limit off: v1 is a baseline again, and
+    // v2's next failure trips it.
+    let update = pb::UpdateQueueRequest {
+        queue: "q".into(),
+        config: Some(pb::QueueConfig { breaker_baseline_max_age: Some(dur(Duration::ZERO)), ..Default::default() }),
+    };
+    s.admin().update_queue(update).await.expect("update");
+    fail_n(&s, "v2", 1).await;
+    expect_quarantine(&s, "v2", true).await;
+    s.stop().await;
 }

@@ -253,6 +253,7 @@ fn record_seeds() -> Vec<Vec<u8>> {
         breaker_failure_percent: Some(50),
         breaker_min_deliveries: None,
         breaker_window: Some(100),
+        breaker_baseline_max_age_ms: Some(3_600_000),
         quarantines: vec![records::QuarantineRecord {
             worker_version: "v2".into(),
             since_ms: 1_700_000_000_000,
@@ -282,6 +283,12 @@ fn record_seeds() -> Vec<Vec<u8>> {
         meta.encode_to_vec(),
         records::QueueMeta { backoff_max_ms: u64::MAX, backoff_initial_ms: u64::MAX, ..meta }.encode_to_vec(),
         policy.encode_to_vec(),
+        records::BreakerWindowRecord {
+            jobs: vec![1, 2, u64::MAX],
+            failed: vec![0, 1, 1],
+            last_at_ms: 1_700_000_000_000,
+        }
+        .encode_to_vec(),
         Vec::new(),
     ]
 }
@@ -296,6 +303,7 @@ fn key_seeds() -> Vec<Vec<u8>> {
         keys::scheduled(1_700_000_000_000, JobId(7)).to_vec(),
         keys::dead("tenant-1.x_y", "staging", JobId(9)),
         keys::dedup("acme", "prod", "order-42"),
+        keys::breaker_window("2.4.1"),
         keys::dedup_value(JobId(42), 1_700_000_000_000).to_vec(),
         keys::group_count("acme", "prod"),
         keys::TOTALS_KEY.to_vec(),
@@ -364,6 +372,7 @@ fn request_seeds() -> Vec<Vec<u8>> {
         breaker_failure_percent: Some(50),
         breaker_min_deliveries: Some(20),
         breaker_window: Some(100),
+        breaker_baseline_max_age: Some(d(3600)),
     };
     let huge = pb::QueueConfig { backoff_initial: Some(d(i64::MAX)), backoff_max: Some(d(i64::MAX)), ..config };
     vec![

@@ -375,3 +375,70 @@ async fn a_worker_that_never_reads_its_outcomes_is_pushed_back() {
     s.assert_serving().await;
     s.stop().await;
 }
+
+/// Big payloads: a `ListJobs` page or a `Lease` batch counted only in jobs
+/// would build a response over the 64 MiB message limit (tonic could not
+/// send it, and a leased batch that is never sent burns every job's attempt).
+/// Both stop growing at `RESPONSE_SOFT_LIMIT` instead.
+#[tokio::test]
+async fn responses_of_big_jobs_are_cut_by_size_and_stay_under_the_message_limit() {
+    use fairway::conn_limits::RESPONSE_SOFT_LIMIT;
+    use prost::Message;
+    let s = TestServer::start().await;
+    const BIG: usize = 12 << 20;
+    const N: usize = 6;
+    s.create_queue("big", pb::QueueConfig { max_payload_bytes: BIG as u32, ..Default::default() }).await;
+    let mut jobs = s.jobs().max_encoding_message_size(MAX_MESSAGE);
+    for i in 0..N {
+        let mut payload = vec![i as u8; BIG];
+        payload[0] = b'0' + i as u8;
+        jobs.enqueue(pb::EnqueueRequest { payload: payload.into(), ..job("big", "t", "e", "") }).await.unwrap();
+    }
+    // Every page is answered (none fails with OUT_OF_RANGE), is cut by size
+    // and not by page_size, and together the pages list each job once.
+    let mut admin = s.admin().max_decoding_message_size(MAX_MESSAGE);
+    let (mut seen, mut token, mut pages) = (std::collections::HashSet::new(), String::new(), 0);
+    loop {
+        let req = pb::ListJobsRequest { queue: "big".into(), page_size: 1000, page_token: token, ..Default::default() };
+        let page = admin.list_jobs(req).await.expect("a page of big jobs").into_inner();
+        pages += 1;
+        assert!(page.encoded_len() < MAX_MESSAGE, "page of {} bytes", page.encoded_len());
+        assert!(page.jobs.len() < N || pages > 1, "one page of {} jobs", page.jobs.len());
+        for j in &page.jobs {
+            assert_eq!(j.payload.len(), BIG);
+            assert!(seen.insert(j.id.clone()), "job {} listed twice", j.id);
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen.len(), N);
+    assert!(pages >= N * BIG / (RESPONSE_SOFT_LIMIT + BIG), "{pages} pages");
+
+    // A unary lease of all of them gets a batch under the limit; the rest
+    // stay ready for the next call, and no attempt is spent on a batch that
+    // could not be sent.
+    let mut workers = s.workers().max_decoding_message_size(MAX_MESSAGE);
+    let mut leased = std::collections::HashSet::new();
+    while leased.len() < N {
+        let req = pb::LeaseRequest { queues: vec!["big".into()], max_jobs: N as u32, ..Default::default() };
+        let r = workers.lease(req).await.expect("a lease of big jobs").into_inner();
+        assert!(!r.deliveries.is_empty(), "ready jobs remain, so a lease gets one");
+        assert!(
+            r.deliveries.len() < N && r.encoded_len() < MAX_MESSAGE,
+            "{} jobs, {} bytes",
+            r.deliveries.len(),
+            r.encoded_len()
+        );
+        for d in &r.deliveries {
+            let j = d.job.as_ref().unwrap();
+            assert_eq!(j.attempt, 1, "each job leased once: {}", j.id);
+            assert!(leased.insert(j.id.clone()));
+            s.ack("big", d).await.unwrap();
+        }
+    }
+    let st = s.stats("big").await;
+    assert_eq!((st.acked_total, st.ready, st.leased), (N as u64, 0, 0));
+    s.stop().await;
+}

@@ -111,6 +111,7 @@ pub fn config_patch(c: Option<pb::QueueConfig>) -> Result<QueueConfigPatch> {
         breaker_failure_percent: c.breaker_failure_percent,
         breaker_min_deliveries: c.breaker_min_deliveries,
         breaker_window: c.breaker_window,
+        breaker_baseline_max_age: opt_duration("breaker_baseline_max_age", c.breaker_baseline_max_age.as_ref())?,
     })
 }
 

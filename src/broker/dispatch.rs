@@ -9,6 +9,7 @@
 use super::engine::Engine;
 use super::queue_state::ActiveLease;
 use super::{view, LeaseSpec, Reply, StreamTx, Subscription, TenantFilter};
+use crate::conn_limits::RESPONSE_SOFT_LIMIT;
 use crate::error::Result;
 use crate::model::{duration_millis, now_millis, JobId, LeaseId, Millis};
 use crate::pb;
@@ -51,6 +52,9 @@ pub(super) struct Waiter {
     pub reply: Option<Reply<Vec<pb::Delivery>>>,
     /// Leased for it this turn, sent once committed.
     pub got: Vec<pb::Delivery>,
+    /// Encoded size of `got`: the batch stops growing at
+    /// [`RESPONSE_SOFT_LIMIT`] so the response always fits one message.
+    pub got_bytes: usize,
     pub leases: Vec<(String, JobId)>,
     pub rotation: QueueRotation,
     /// Tenants whose jobs it may receive (its token's); `None` = all.
@@ -120,6 +124,7 @@ impl Engine {
             deadline: now_millis().saturating_add(duration_millis(spec.wait)),
             reply: Some(reply),
             got: Vec::new(),
+            got_bytes: 0,
             leases: Vec::new(),
             rotation,
             tenants: spec.tenants,
@@ -141,7 +146,7 @@ impl Engine {
             }
             for i in 0..self.waiters.len() {
                 let w = &self.waiters[i];
-                if w.reply.is_some() && (w.got.len() as u32) < w.max_jobs {
+                if w.reply.is_some() && (w.got.len() as u32) < w.max_jobs && w.got_bytes < RESPONSE_SOFT_LIMIT {
                     progress |= self.lease_for(Target::Waiter(i));
                 }
             }
@@ -206,6 +211,7 @@ impl Engine {
                         }
                         Target::Waiter(i) => {
                             let w = &mut self.waiters[i];
+                            w.got_bytes += delivery.encoded_len();
                             w.got.push(delivery);
                             w.leases.push((queue, job));
                             w.rotation.charge(idx, weight);
@@ -352,6 +358,7 @@ impl Engine {
         self.outbox.clear();
         for w in &mut self.waiters {
             w.got.clear();
+            w.got_bytes = 0;
             w.leases.clear();
         }
     }

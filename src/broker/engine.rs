@@ -13,7 +13,7 @@ use super::{Command, Registry};
 use crate::error::{BrokerError, Result};
 use crate::model::{now_millis, JobId, LeaseId, Millis};
 use crate::storage::keys;
-use crate::storage::records::{JobRecord, LeaseRecord, QueueCounters};
+use crate::storage::records::{BreakerWindowRecord, JobRecord, LeaseRecord, QueueCounters};
 use crate::storage::Store;
 use prost::Message;
 use rocksdb::WriteBatch;
@@ -600,10 +600,21 @@ impl Engine {
     /// Adds changed counters (and the id high-water mark) to the batch, so
     /// counters are always exactly as durable as the changes they count.
     fn stage_counters(&mut self) {
+        // While stopping, every commit saves the breaker's windows in full.
+        let (now, stopping) = (self.now, self.stopping.is_some());
         for q in self.queues.values_mut() {
             if q.totals_dirty {
                 q.totals_dirty = false;
                 self.w.put(&q.name, &keys::TOTALS_KEY, &q.counters.encode_to_vec());
+            }
+            if q.breaker.save_due(now, stopping) {
+                let (saves, deletes) = q.breaker.take_changes(now);
+                for (version, rec) in saves {
+                    self.w.put(&q.name, &keys::breaker_window(&version), &rec.encode_to_vec());
+                }
+                for version in deletes {
+                    self.w.delete(&q.name, &keys::breaker_window(&version));
+                }
             }
             let dirty: Vec<_> = q.dirty_groups.drain().collect();
             for (t, e) in dirty {
@@ -687,6 +698,16 @@ fn load_queue(store: &Store, meta: &crate::storage::records::QueueMeta) -> Resul
                 record,
             },
         );
+    }
+    for (k, v) in scan_prefix(store, &meta.name, &[keys::BREAKER])? {
+        let Some(version) = keys::breaker_version(&k) else { continue };
+        match BreakerWindowRecord::decode(v.as_slice()) {
+            Ok(rec) => q.breaker.restore(&q.config.breaker, version, &rec),
+            // Only evidence for the breaker, never a job: start that
+            // version afresh rather than refuse to start.
+            Err(e) => tracing::warn!(queue = %meta.name, worker_version = version, error = %e,
+                "corrupt breaker window; that version starts without history"),
+        }
     }
     q.next_due = first_scheduled(store, &meta.name, 0)?;
     Ok(q)

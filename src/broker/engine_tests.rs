@@ -176,7 +176,7 @@ fn lease_expiries_trip_the_breaker_and_refunds_skip_dead_jobs() {
     let dir = tempfile::tempdir().unwrap();
     let mut e = engine(dir.path());
     let config = QueueConfig {
-        breaker: BreakerConfig { failure_percent: 50, min_deliveries: 2, window: 4 },
+        breaker: BreakerConfig { failure_percent: 50, min_deliveries: 2, window: 4, ..BreakerConfig::default() },
         ..QueueConfig::default()
     };
     let (tx, _rx) = oneshot::channel();

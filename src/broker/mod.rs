@@ -136,6 +136,7 @@ pub struct QueueConfigPatch {
     pub breaker_failure_percent: Option<u32>,
     pub breaker_min_deliveries: Option<u32>,
     pub breaker_window: Option<u32>,
+    pub breaker_baseline_max_age: Option<Duration>,
 }
 
 impl QueueConfigPatch {
@@ -161,6 +162,7 @@ impl QueueConfigPatch {
                 failure_percent: self.breaker_failure_percent.unwrap_or(base.breaker.failure_percent),
                 min_deliveries: self.breaker_min_deliveries.unwrap_or(base.breaker.min_deliveries),
                 window: self.breaker_window.unwrap_or(base.breaker.window),
+                baseline_max_age: self.breaker_baseline_max_age.unwrap_or(base.breaker.baseline_max_age),
             },
         }
     }

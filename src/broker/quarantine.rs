@@ -37,7 +37,8 @@ impl Engine {
         let Some(q) = self.queues.get_mut(queue) else { return };
         let cfg = q.config.breaker;
         let quarantine = &q.quarantine;
-        let trip = q.breaker.record(&cfg, version, job, failed, |v| quarantine.contains_key(v));
+        let now = self.now;
+        let trip = q.breaker.record(&cfg, (version, job, failed), now, |v| quarantine.contains_key(v));
         if let Some(trip) = trip {
             if let Err(e) = self.quarantine(queue, version, trip) {
                 self.w.poison(e);

@@ -348,6 +348,7 @@ pub fn config_from_meta(m: &QueueMeta) -> QueueConfig {
                 failure_percent: m.breaker_failure_percent.unwrap_or(d.failure_percent),
                 min_deliveries: m.breaker_min_deliveries.unwrap_or(d.min_deliveries),
                 window: m.breaker_window.unwrap_or(d.window),
+                baseline_max_age: m.breaker_baseline_max_age_ms.map_or(d.baseline_max_age, Duration::from_millis),
             }
         },
     }
@@ -376,6 +377,7 @@ pub fn meta_from_config(name: &str, c: &QueueConfig, paused: bool, generation: u
         breaker_failure_percent: Some(c.breaker.failure_percent),
         breaker_min_deliveries: Some(c.breaker.min_deliveries),
         breaker_window: Some(c.breaker.window),
+        breaker_baseline_max_age_ms: Some(ms(c.breaker.baseline_max_age)),
         quarantines: Vec::new(),
     }
 }

@@ -4,6 +4,7 @@
 
 use super::ops::effective_max_attempts;
 use super::view;
+use crate::conn_limits::RESPONSE_SOFT_LIMIT;
 use crate::error::{BrokerError, Result};
 use crate::model::{now_millis, JobId, JobState, QueueConfig};
 use crate::pb;
@@ -94,40 +95,49 @@ pub fn list_jobs(store: &Store, cfg: &QueueConfig, req: &ListJobs) -> Result<(Ve
     let mut ro = ReadOptions::default();
     ro.set_iterate_upper_bound(keys::prefix_end(&prefix));
     let mut jobs = Vec::new();
+    let mut bytes = 0;
     let mut last: Option<Vec<u8>> = None;
     let mut more = false;
     let entries = db.iterator_cf_opt(&cf, ro, IteratorMode::From(&start, Direction::Forward));
     for (scanned, item) in entries.enumerate() {
-        if jobs.len() >= page || scanned >= MAX_SCANNED {
+        if jobs.len() >= page || scanned >= MAX_SCANNED || bytes >= RESPONSE_SOFT_LIMIT {
             more = true;
             break;
         }
         let (k, v) = item?;
+        if let Some(job) = listed(store, cfg, req, tag, &k, &v)? {
+            bytes += job.encoded_len();
+            jobs.push(job);
+        }
         last = Some(k.to_vec());
-        let id = match tag {
-            keys::SCHEDULED => keys::scheduled_parts(&k).map(|(_, id)| id),
-            _ => keys::trailing_id(&k),
-        };
-        let Some(id) = id else { continue };
-        let rec = if tag == keys::JOB {
-            decode_job(id, &v)?
-        } else {
-            match db.get_cf(&cf, keys::job(id))? {
-                Some(raw) => decode_job(id, &raw)?,
-                None => continue,
-            }
-        };
-        if req.tenant.as_ref().is_some_and(|t| *t != rec.tenant)
-            || req.environment.as_ref().is_some_and(|e| *e != rec.environment)
-        {
-            continue;
-        }
-        let job = resolve(store, &req.queue, cfg, id, &rec)?;
-        if req.state.is_some_and(|s| view::state(s) as i32 != job.state) {
-            continue;
-        }
-        jobs.push(job);
     }
     let token = if more { last.map(hex::encode).unwrap_or_default() } else { String::new() };
     Ok((jobs, token))
+}
+
+/// The job an index entry of a listing names, if it passes the filters.
+fn listed(store: &Store, cfg: &QueueConfig, req: &ListJobs, tag: u8, k: &[u8], v: &[u8]) -> Result<Option<pb::Job>> {
+    let id = match tag {
+        keys::SCHEDULED => keys::scheduled_parts(k).map(|(_, id)| id),
+        _ => keys::trailing_id(k),
+    };
+    let Some(id) = id else { return Ok(None) };
+    let rec = if tag == keys::JOB {
+        decode_job(id, v)?
+    } else {
+        match store.db().get_cf(&store.cf(&req.queue)?, keys::job(id))? {
+            Some(raw) => decode_job(id, &raw)?,
+            None => return Ok(None),
+        }
+    };
+    if req.tenant.as_ref().is_some_and(|t| *t != rec.tenant)
+        || req.environment.as_ref().is_some_and(|e| *e != rec.environment)
+    {
+        return Ok(None);
+    }
+    let job = resolve(store, &req.queue, cfg, id, &rec)?;
+    if req.state.is_some_and(|s| view::state(s) as i32 != job.state) {
+        return Ok(None);
+    }
+    Ok(Some(job))
 }

@@ -14,15 +14,29 @@
 //! 2. V's window holds at least `min_deliveries` outcomes and at least
 //!    `failure_percent`% of them are failures (nack or lease expiry);
 //! 3. some other version W, not quarantined, has a healthy baseline: at
-//!    least `min_deliveries` outcomes in its window and a failure rate below
-//!    `failure_percent`%. Windows outlive their workers, so after a rollout
-//!    replaced every v1 worker with v2, v1's window is still the baseline.
-//!    When every version fails (a downstream outage) there is no healthy
-//!    baseline and nothing is quarantined: stopping all processing would be
-//!    the outage itself.
+//!    least `min_deliveries` outcomes in its window, a failure rate below
+//!    `failure_percent`%, and a newest outcome no older than
+//!    `baseline_max_age`. Windows outlive their workers, so after a rollout
+//!    replaced every v1 worker with v2, v1's window is still the baseline
+//!    (for that long). When every version fails (a downstream outage) there
+//!    is no healthy baseline and nothing is quarantined: stopping all
+//!    processing would be the outage itself. The age limit keeps it so when
+//!    the healthy evidence is old: v1 was fine last week, v2 has run fine
+//!    since, and today the downstream fails v2 — v1's window says nothing
+//!    about today.
+//!
+//! Windows are saved in the queue's column family (see [`VersionBreaker::take_changes`])
+//! at most about once a second, so a restart keeps its baselines; a crash
+//! loses at most that last second of outcomes.
 
-use crate::model::{BreakerConfig, FastMap, JobId};
+use crate::model::{duration_millis, BreakerConfig, FastMap, FastSet, JobId, Millis};
+use crate::storage::records::BreakerWindowRecord;
 use std::sync::Arc;
+
+/// Changed windows are saved at most this often (ms): a window is up to a
+/// few KiB, rewritten on every outcome, and a second of outcomes lost to a
+/// crash does not change what the breaker decides.
+pub const SAVE_INTERVAL_MS: Millis = 1000;
 
 /// Most versions tracked per queue; beyond it the version heard from least
 /// recently is forgotten, so a fleet of one-off versions can't grow memory.
@@ -39,11 +53,23 @@ pub struct Window {
     failures: u32,
     /// Turn counter of the last outcome, to evict the stalest version.
     last_seen: u64,
+    /// Wall-clock time of the newest outcome, for the baseline age limit.
+    last_at: Millis,
 }
 
 impl Window {
     fn new(size: usize) -> Window {
-        Window { ring: Vec::with_capacity(size.max(1)), head: 0, failures: 0, last_seen: 0 }
+        Window { ring: Vec::with_capacity(size.max(1)), head: 0, failures: 0, last_seen: 0, last_at: 0 }
+    }
+
+    /// The outcomes held, oldest first.
+    fn in_order(&self) -> impl Iterator<Item = &(JobId, bool)> {
+        self.ring[self.head..].iter().chain(&self.ring[..self.head])
+    }
+
+    fn record(&self) -> BreakerWindowRecord {
+        let (jobs, failed) = self.in_order().map(|(j, f)| (j.0, u8::from(*f))).unzip();
+        BreakerWindowRecord { jobs, failed, last_at_ms: self.last_at }
     }
 
     /// Adds one outcome, dropping the oldest once the window is full.
@@ -73,9 +99,12 @@ impl Window {
         self.deliveries() >= cfg.min_deliveries.max(1) && self.over(cfg)
     }
 
-    /// A usable baseline: enough outcomes, and under the threshold.
-    fn healthy(&self, cfg: &BreakerConfig) -> bool {
-        self.deliveries() >= cfg.min_deliveries.max(1) && !self.over(cfg)
+    /// A usable baseline: enough outcomes, under the threshold, and recent.
+    fn healthy(&self, cfg: &BreakerConfig, now: Millis) -> bool {
+        let max_age = duration_millis(cfg.baseline_max_age);
+        self.deliveries() >= cfg.min_deliveries.max(1)
+            && !self.over(cfg)
+            && (max_age == 0 || now.saturating_sub(self.last_at) <= max_age)
     }
 
     fn over(&self, cfg: &BreakerConfig) -> bool {
@@ -97,6 +126,9 @@ pub struct Trip {
     pub refunds: Vec<(JobId, u32)>,
 }
 
+/// Windows to save (by version), and versions whose saved window must go.
+pub type WindowChanges = (Vec<(Arc<str>, BreakerWindowRecord)>, Vec<Arc<str>>);
+
 /// One queue's windows, by worker version.
 #[derive(Debug, Default)]
 pub struct VersionBreaker {
@@ -105,6 +137,12 @@ pub struct VersionBreaker {
     windows: FastMap<Arc<str>, Window>,
     /// Bumped per outcome; orders versions for eviction.
     clock: u64,
+    /// Versions whose window changed since it was last saved.
+    changed: FastSet<Arc<str>>,
+    /// Versions forgotten since the last save, whose saved window must go.
+    removed: FastSet<Arc<str>>,
+    /// When changes were last taken for saving.
+    saved_at: Millis,
 }
 
 impl VersionBreaker {
@@ -114,9 +152,8 @@ impl VersionBreaker {
     pub fn record(
         &mut self,
         cfg: &BreakerConfig,
-        version: &Arc<str>,
-        job: JobId,
-        failed: bool,
+        (version, job, failed): (&Arc<str>, JobId, bool),
+        now: Millis,
         quarantined: impl Fn(&str) -> bool,
     ) -> Option<Trip> {
         if !cfg.enabled() {
@@ -131,13 +168,17 @@ impl VersionBreaker {
         let w = self.windows.get_mut(&**version)?;
         w.push(job, failed);
         w.last_seen = clock;
+        w.last_at = w.last_at.max(now);
+        if !self.changed.contains(&**version) {
+            self.changed.insert(version.clone());
+        }
         if version.is_empty() || !failed || !w.failing(cfg) || quarantined(version) {
             return None;
         }
         let (bv, base) = self
             .windows
             .iter()
-            .filter(|(v, b)| ***v != **version && !quarantined(v) && b.healthy(cfg))
+            .filter(|(v, b)| ***v != **version && !quarantined(v) && b.healthy(cfg, now))
             // The baseline with the most evidence, then the lowest rate.
             .max_by_key(|(_, b)| (b.deliveries(), std::cmp::Reverse(b.failures)))?;
         let w = &self.windows[&**version];
@@ -162,12 +203,58 @@ impl VersionBreaker {
     /// Forgets a version's outcomes (on quarantine and on lift, so a lifted
     /// version starts afresh instead of tripping on its old failures).
     pub fn reset(&mut self, version: &str) {
-        self.windows.remove(version);
+        if let Some((k, _)) = self.windows.remove_entry(version) {
+            self.forgot(k);
+        }
     }
 
     /// Forgets everything (the window size changed).
     pub fn clear(&mut self) {
-        self.windows.clear();
+        for (k, _) in std::mem::take(&mut self.windows) {
+            self.forgot(k);
+        }
+    }
+
+    fn forgot(&mut self, version: Arc<str>) {
+        self.changed.remove(&version);
+        self.removed.insert(version);
+    }
+
+    /// Puts back a saved window (at startup). Outcomes beyond the window
+    /// size keep the newest; versions past [`MAX_VERSIONS`] are dropped.
+    pub fn restore(&mut self, cfg: &BreakerConfig, version: &str, rec: &BreakerWindowRecord) {
+        if self.windows.len() >= MAX_VERSIONS || rec.jobs.len() != rec.failed.len() {
+            return;
+        }
+        let mut w = Window::new(cfg.window as usize);
+        for (job, failed) in rec.jobs.iter().zip(&rec.failed) {
+            w.push(JobId(*job), *failed != 0);
+        }
+        w.last_at = rec.last_at_ms;
+        self.windows.insert(Arc::from(version), w);
+        // Eviction order follows the saved times: the clock restarts.
+        let mut by_age: Vec<_> = self.windows.values_mut().collect();
+        by_age.sort_by_key(|w| w.last_at);
+        for (i, w) in by_age.into_iter().enumerate() {
+            w.last_seen = i as u64 + 1;
+        }
+        self.clock = self.windows.len() as u64;
+    }
+
+    /// Whether there are changes to save: any, when `force` (shutdown), or
+    /// else once [`SAVE_INTERVAL_MS`] has passed since the last save.
+    pub fn save_due(&self, now: Millis, force: bool) -> bool {
+        (!self.changed.is_empty() || !self.removed.is_empty())
+            && (force || now.saturating_sub(self.saved_at) >= SAVE_INTERVAL_MS)
+    }
+
+    /// The windows to write and the versions whose saved window to delete
+    /// since the last call.
+    pub fn take_changes(&mut self, now: Millis) -> WindowChanges {
+        self.saved_at = now;
+        let changed = std::mem::take(&mut self.changed);
+        let saves = changed.into_iter().filter_map(|v| self.windows.get(&v).map(|w| (v.clone(), w.record()))).collect();
+        (saves, std::mem::take(&mut self.removed).into_iter().collect())
     }
 
     pub fn window(&self, version: &str) -> Option<&Window> {
@@ -188,6 +275,7 @@ impl VersionBreaker {
         let stalest = self.windows.iter().min_by_key(|(_, w)| w.last_seen).map(|(k, _)| k.clone());
         if let Some(k) = stalest {
             self.windows.remove(&k);
+            self.forgot(k);
         }
     }
 }
@@ -195,10 +283,14 @@ impl VersionBreaker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn cfg() -> BreakerConfig {
-        BreakerConfig { failure_percent: 50, min_deliveries: 20, window: 100 }
+        BreakerConfig { failure_percent: 50, min_deliveries: 20, window: 100, ..BreakerConfig::default() }
     }
+
+    /// The wall clock of most tests: outcomes all land at this time.
+    const NOW: Millis = 1_000_000_000;
 
     fn v(s: &str) -> Arc<str> {
         Arc::from(s)
@@ -206,10 +298,21 @@ mod tests {
 
     /// Records `n` outcomes for `version`; returns the first trip.
     fn feed(b: &mut VersionBreaker, c: &BreakerConfig, version: &str, n: u64, failed: bool) -> Option<Trip> {
+        feed_at(b, c, version, n, failed, NOW)
+    }
+
+    fn feed_at(
+        b: &mut VersionBreaker,
+        c: &BreakerConfig,
+        version: &str,
+        n: u64,
+        failed: bool,
+        now: Millis,
+    ) -> Option<Trip> {
         let ver = v(version);
         let mut trip = None;
         for i in 0..n {
-            let t = b.record(c, &ver, JobId(i % 7), failed, |_| false);
+            let t = b.record(c, (&ver, JobId(i % 7), failed), now, |_| false);
             trip = trip.or(t);
         }
         trip
@@ -299,7 +402,7 @@ mod tests {
         let v2 = v("v2");
         let mut tripped = false;
         for i in 0..20 {
-            tripped |= b.record(&c, &v2, JobId(i), true, |ver| ver == "v1").is_some();
+            tripped |= b.record(&c, (&v2, JobId(i), true), NOW, |ver| ver == "v1").is_some();
         }
         assert!(!tripped, "v1 is quarantined, so it is no baseline");
         let off = BreakerConfig { failure_percent: 0, ..c };
@@ -311,7 +414,7 @@ mod tests {
 
     #[test]
     fn the_window_slides_and_reset_forgets() {
-        let c = BreakerConfig { failure_percent: 50, min_deliveries: 4, window: 4 };
+        let c = BreakerConfig { failure_percent: 50, min_deliveries: 4, window: 4, ..BreakerConfig::default() };
         let mut b = VersionBreaker::default();
         feed(&mut b, &c, "v2", 4, true);
         feed(&mut b, &c, "v2", 3, false);
@@ -331,5 +434,84 @@ mod tests {
         assert_eq!(b.versions().len(), MAX_VERSIONS);
         assert!(b.window("v0").is_none(), "the stalest went first");
         assert!(b.window(&format!("v{}", MAX_VERSIONS + 4)).is_some());
+    }
+
+    #[test]
+    fn an_old_baseline_is_no_baseline() {
+        let c = BreakerConfig { baseline_max_age: Duration::from_secs(60), ..cfg() };
+        let mut b = VersionBreaker::default();
+        feed_at(&mut b, &c, "v1", 30, false, NOW);
+        // v2 took over and fails, but v1's evidence is over a minute old:
+        // nothing says v2 is worse than what runs today (an outage).
+        assert!(feed_at(&mut b, &c, "v2", 40, true, NOW + 60_001).is_none());
+        // Within the age it is a baseline.
+        let mut b = VersionBreaker::default();
+        feed_at(&mut b, &c, "v1", 30, false, NOW);
+        assert!(feed_at(&mut b, &c, "v2", 20, true, NOW + 60_000).is_some());
+        // Zero turns the limit off.
+        let c = BreakerConfig { baseline_max_age: Duration::ZERO, ..cfg() };
+        let mut b = VersionBreaker::default();
+        feed_at(&mut b, &c, "v1", 30, false, NOW);
+        assert!(feed_at(&mut b, &c, "v2", 20, true, NOW + 86_400_000 * 30).is_some());
+    }
+
+    #[test]
+    fn saved_windows_restore_with_their_order_and_age() {
+        let c = BreakerConfig { window: 4, min_deliveries: 4, ..cfg() };
+        let mut b = VersionBreaker::default();
+        // v1: 6 outcomes into a window of 4 (the ring has wrapped).
+        for (i, failed) in [true, true, false, false, true].into_iter().enumerate() {
+            b.record(&c, (&v("v1"), JobId(i as u64), failed), NOW + i as u64, |_| false);
+        }
+        assert!(b.save_due(NOW, false), "the first changes are saved at once");
+        b.take_changes(NOW);
+        feed(&mut b, &c, "v2", 1, false);
+        assert!(b.save_due(NOW + 10, true) && !b.save_due(NOW + 10, false), "a second has not passed");
+        assert!(b.save_due(NOW + SAVE_INTERVAL_MS, false));
+        let (saves, _) = b.take_changes(NOW + SAVE_INTERVAL_MS);
+        assert_eq!(saves.iter().map(|(v, _)| &**v).collect::<Vec<_>>(), ["v2"], "only what changed since");
+        b.record(&c, (&v("v1"), JobId(5), false), NOW + 5, |_| false);
+        b.record(&c, (&v("v2"), JobId(9), false), NOW + 5, |_| false);
+        let (mut saves, deletes) = b.take_changes(NOW + 2 * SAVE_INTERVAL_MS);
+        saves.sort_by(|a, b| a.0.cmp(&b.0));
+        assert!(deletes.is_empty() && saves.len() == 2);
+        let v1 = &saves[0].1;
+        assert_eq!(
+            (v1.jobs.as_slice(), v1.failed.as_slice(), v1.last_at_ms),
+            (&[2, 3, 4, 5][..], &[0, 0, 1, 0][..], NOW + 5)
+        );
+        assert!(!b.save_due(NOW + 5 * SAVE_INTERVAL_MS, false), "nothing changed since");
+
+        let mut r = VersionBreaker::default();
+        for (ver, rec) in &saves {
+            r.restore(&c, ver, rec);
+        }
+        let w = r.window("v1").unwrap();
+        assert_eq!((w.deliveries(), w.failures(), w.last_at), (4, 1, NOW + 5));
+        // The restored v1 is the baseline that trips a failing v3.
+        assert!(feed(&mut r, &c, "v3", 4, true).is_some());
+        // Restoring into a smaller window keeps the newest outcomes.
+        let mut small = VersionBreaker::default();
+        small.restore(&BreakerConfig { window: 2, min_deliveries: 2, ..c }, "v1", v1);
+        assert_eq!(small.window("v1").map(|w| (w.deliveries(), w.failures())), Some((2, 1)));
+    }
+
+    #[test]
+    fn forgotten_versions_are_deleted_from_storage() {
+        let c = cfg();
+        let mut b = VersionBreaker::default();
+        feed(&mut b, &c, "v1", 3, false);
+        feed(&mut b, &c, "v2", 3, false);
+        b.take_changes(NOW);
+        b.reset("v1");
+        feed(&mut b, &c, "v2", 1, false);
+        let (saves, deletes) = b.take_changes(NOW);
+        assert_eq!((saves.len(), &*saves[0].0), (1, "v2"));
+        assert_eq!(deletes.iter().map(|v| &**v).collect::<Vec<_>>(), ["v1"]);
+        b.clear();
+        let (saves, mut deletes) = b.take_changes(NOW);
+        deletes.sort();
+        assert!(saves.is_empty());
+        assert_eq!(deletes.iter().map(|v| &**v).collect::<Vec<_>>(), ["v2"]);
     }
 }

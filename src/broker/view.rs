@@ -46,6 +46,7 @@ pub fn queue(name: &str, c: &QueueConfig, paused: bool) -> pb::Queue {
             breaker_failure_percent: Some(c.breaker.failure_percent),
             breaker_min_deliveries: Some(c.breaker.min_deliveries),
             breaker_window: Some(c.breaker.window),
+            breaker_baseline_max_age: Some(duration(c.breaker.baseline_max_age)),
         }),
         paused,
     }

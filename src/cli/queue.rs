@@ -95,6 +95,9 @@ pub struct ConfigArgs {
     /// Recent deliveries remembered per worker version (1-1000; default 100).
     #[arg(long)]
     breaker_window: Option<u32>,
+    /// How recent a healthy version's newest outcome must be to count as the breaker's baseline (0 = no limit; default 1h).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    breaker_baseline_max_age: Option<Duration>,
 }
 
 impl ConfigArgs {
@@ -117,6 +120,7 @@ impl ConfigArgs {
             breaker_failure_percent: self.breaker_failure_percent,
             breaker_min_deliveries: self.breaker_min_deliveries,
             breaker_window: self.breaker_window,
+            breaker_baseline_max_age: self.breaker_baseline_max_age.map(d),
         }
     }
 }

@@ -25,6 +25,9 @@ fn parse_arbitrary(key: &[u8]) {
         assert!(!tenant.contains('\0') && !env.contains('\0'));
         assert!(key.starts_with(&keys::group_prefix(key[0], tenant, env)));
     }
+    if let Some(version) = keys::breaker_version(key) {
+        assert_eq!(keys::breaker_window(version), key);
+    }
     if let Some((id, expires)) = keys::parse_dedup_value(key) {
         assert_eq!(keys::dedup_value(id, expires).as_slice(), key);
     }

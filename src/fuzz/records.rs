@@ -3,9 +3,13 @@
 //! way the broker reads it.
 
 use crate::broker::queue_state::{config_from_meta, meta_from_config};
+use crate::broker::version_breaker::VersionBreaker;
 use crate::broker::view;
+use crate::model::BreakerConfig;
 use crate::model::{JobId, JobState};
-use crate::storage::records::{GroupRef, JobRecord, LeaseRecord, QueueCounters, QueueMeta, TenantPolicyRecord};
+use crate::storage::records::{
+    BreakerWindowRecord, GroupRef, JobRecord, LeaseRecord, QueueCounters, QueueMeta, TenantPolicyRecord,
+};
 use prost::Message;
 
 pub fn fuzz_one(data: &[u8]) {
@@ -16,6 +20,9 @@ pub fn fuzz_one(data: &[u8]) {
     round_trip::<GroupRef>(data);
     round_trip::<QueueCounters>(data);
     round_trip::<TenantPolicyRecord>(data);
+    if let Some(window) = round_trip::<BreakerWindowRecord>(data) {
+        read_window(&window);
+    }
     if let Some(meta) = round_trip::<QueueMeta>(data) {
         read_queue(&meta);
     }
@@ -52,4 +59,19 @@ fn read_queue(meta: &QueueMeta) {
         assert!(d <= config.backoff_max, "retry delay {d:?} past backoff_max");
     }
     let _ = view::queue(&meta.name, &config, meta.paused).encode_to_vec();
+}
+
+/// A stored breaker window as the broker restores it at start: it never
+/// holds more than the window size, and saving it again keeps the newest.
+fn read_window(rec: &BreakerWindowRecord) {
+    let cfg = BreakerConfig { window: 8, min_deliveries: 1, ..BreakerConfig::default() };
+    let mut b = VersionBreaker::default();
+    b.restore(&cfg, "v", rec);
+    let Some(w) = b.window("v") else {
+        assert_ne!(rec.jobs.len(), rec.failed.len(), "a well-formed window is restored");
+        return;
+    };
+    assert!(w.deliveries() as usize == rec.jobs.len().min(8) && w.failures() <= w.deliveries());
+    let (saves, _) = b.take_changes(0);
+    assert!(saves.is_empty(), "a restored window is not a change");
 }

@@ -14,6 +14,7 @@
 //! | `D` | tenant 0 env 0 dedup_key              | id, expires_at     | dedup keys |
 //! | `C` | tenant 0 env 0                        | ready count (u64)  | per-group counters |
 //! | `T` | -                                     | `QueueCounters`    | per-queue counters |
+//! | `B` | worker_version                        | `BreakerWindowRecord` | circuit-breaker window of one version |
 
 use crate::model::{JobId, Millis};
 
@@ -25,6 +26,7 @@ pub const DEAD: u8 = b'X';
 pub const DEDUP: u8 = b'D';
 pub const GROUP_COUNT: u8 = b'C';
 pub const TOTALS: u8 = b'T';
+pub const BREAKER: u8 = b'B';
 
 /// Maps priority so that ascending keys list higher priorities first.
 pub fn inv_priority(priority: i32) -> u32 {
@@ -156,6 +158,20 @@ pub fn group_count(tenant: &str, env: &str) -> Vec<u8> {
 }
 
 pub const TOTALS_KEY: [u8; 1] = [TOTALS];
+
+/// The stored breaker window of one worker version (the version runs to
+/// the end of the key: it is the only variable part).
+pub fn breaker_window(version: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + version.len());
+    k.push(BREAKER);
+    k.extend_from_slice(version.as_bytes());
+    k
+}
+
+/// The version a [`breaker_window`] key names.
+pub fn breaker_version(key: &[u8]) -> Option<&str> {
+    key.strip_prefix(&[BREAKER]).and_then(|v| std::str::from_utf8(v).ok())
+}
 
 /// The smallest key greater than every key starting with `prefix`.
 pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {

@@ -160,6 +160,27 @@ pub struct QueueMeta {
     /// definition so a restart doesn't let a bad deploy loose again.
     #[prost(message, repeated, tag = "21")]
     pub quarantines: Vec<QuarantineRecord>,
+    /// How recent a baseline's newest outcome must be; absent (older
+    /// definitions) = the default, 0 = no limit.
+    #[prost(uint64, optional, tag = "22")]
+    pub breaker_baseline_max_age_ms: Option<u64>,
+}
+
+/// The circuit-breaker window of one worker version, saved about once a
+/// second while it changes so a restart keeps the baselines that tell a bad
+/// deploy from an outage.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BreakerWindowRecord {
+    /// Jobs of the outcomes held, oldest first.
+    #[prost(fixed64, repeated, tag = "1")]
+    pub jobs: Vec<u64>,
+    /// One byte per outcome, in the same order: 1 = failed.
+    #[prost(bytes = "vec", tag = "2")]
+    pub failed: Vec<u8>,
+    /// Wall-clock time of the newest outcome: how old the window is as a
+    /// baseline.
+    #[prost(uint64, tag = "3")]
+    pub last_at_ms: u64,
 }
 
 /// One quarantined worker version and why (the figures at the time).
