@@ -3,8 +3,9 @@
 //!
 //! Scenarios: unary `Enqueue` with many concurrent callers; `EnqueueBatch`;
 //! end to end (producers batch-enqueue while workers on `Work` streams ack);
-//! restart time with a stored backlog. Every enqueue is fsynced unless the
-//! broker runs with `--durability relaxed`.
+//! restart time with a stored backlog; and, only when asked for by name, the
+//! soak (`bench_soak`). Every enqueue is fsynced unless the broker runs with
+//! `--durability relaxed`.
 
 use crate::client::{Client, ClientConfig, Conn, WorkEvent};
 use crate::pb;
@@ -53,7 +54,9 @@ pub struct BenchArgs {
     pub paced_rate: f64,
     /// Scenarios to run, comma separated: unary, stream, batch, e2e, paced, expiry,
     /// flood, weights, hung, tenants, backlog; or `all`. `--peers --scenarios peers` runs
-    /// only the peer comparison.
+    /// only the peer comparison. `soak` (a mixed load on a broker of its own for
+    /// --soak-secs, 10 minutes by default, with a PASS/FAIL verdict) is long, so it is
+    /// not part of `all`: name it.
     #[arg(long, value_delimiter = ',', default_value = "all")]
     pub scenarios: Vec<String>,
     #[command(flatten)]
@@ -62,12 +65,17 @@ pub struct BenchArgs {
     pub backlog: crate::bench_backlog::BacklogArgs,
     #[command(flatten)]
     pub peers: crate::bench_peers::PeerArgs,
+    #[command(flatten)]
+    pub soak: crate::bench_soak::SoakArgs,
 }
+
+/// Scenarios `all` leaves out: they run only when named.
+const NOT_IN_ALL: &[&str] = &["soak"];
 
 impl BenchArgs {
     /// Whether the scenario `name` was asked for.
     pub fn wants(&self, name: &str) -> bool {
-        self.scenarios.iter().any(|s| s == "all" || s == name)
+        self.scenarios.iter().any(|s| s == name || (s == "all" && !NOT_IN_ALL.contains(&name)))
     }
 }
 
@@ -115,13 +123,22 @@ pub(crate) struct BrokerProc {
 
 impl BrokerProc {
     pub(crate) fn start(dir: &std::path::Path, durability: crate::storage::Durability) -> BenchResult<BrokerProc> {
+        BrokerProc::start_logging(dir, durability, "warn")
+    }
+
+    /// Like `start`, with the broker's `RUST_LOG` filter.
+    pub(crate) fn start_logging(
+        dir: &std::path::Path,
+        durability: crate::storage::Durability,
+        rust_log: &str,
+    ) -> BenchResult<BrokerProc> {
         let exe = std::env::current_exe()?;
         let mut child = Command::new(exe)
             .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--durability"])
             .arg(format!("{durability:?}").to_lowercase())
             .arg("--data-dir")
             .arg(dir)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", rust_log)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()?;
@@ -521,9 +538,6 @@ pub async fn run(a: BenchArgs) -> BenchResult<()> {
         let bdir = dir.join("backlog");
         backlog = crate::bench_backlog::run(&bdir, a.durability, a.crash, &a.backlog, a.payload_bytes).await?;
     }
-    if a.data_dir.is_none() {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
 
     if !rows.is_empty() {
         println!("| scenario | jobs | jobs/s | p50 ms | p99 ms | p99.9 ms | latency of | broker CPU µs/job |");
@@ -571,5 +585,51 @@ pub async fn run(a: BenchArgs) -> BenchResult<()> {
         peer_rows.extend(crate::bench_peers::run(&a.peers).await?);
         crate::bench_peers::print_table(&peer_rows);
     }
+    let soaked = if a.wants("soak") { soak(&dir.join("soak"), &a).await } else { Ok(()) };
+    if a.data_dir.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    soaked
+}
+
+/// The soak scenario, on a broker of its own: a line per sample, then the
+/// summary and verdict; a FAIL is an error, so the bench exits non-zero.
+async fn soak(dir: &std::path::Path, a: &BenchArgs) -> BenchResult<()> {
+    // The soak dead-letters jobs on purpose: not a warning line each.
+    let broker = BrokerProc::start_logging(dir, a.durability, "warn,fairway::broker::ops=error")?;
+    let ch = connect(&broker.addr).await?;
+    let secs = a.soak.soak_secs;
+    eprintln!("bench: soak for {secs} s on a broker of its own at {}", broker.addr);
+    println!();
+    let report = crate::bench_soak::run(&ch, broker.pid(), Duration::from_secs(secs)).await?;
+    drop(ch);
+    broker.stop()?;
+    println!("{}", report.summary());
+    let fails = report.check();
+    if !fails.is_empty() {
+        return Err(format!("soak FAILED: {}", fails.join("; ")).into());
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    #[test]
+    fn all_leaves_out_the_soak_which_runs_only_when_named() {
+        let a = Cli::parse_from(["bench"]).bench;
+        assert!(a.wants("unary") && a.wants("backlog") && !a.wants("soak"));
+        assert_eq!(a.soak.soak_secs, 600);
+        let a = Cli::parse_from(["bench", "--scenarios", "soak", "--soak-secs", "60"]).bench;
+        assert!(a.wants("soak") && !a.wants("unary"));
+        assert_eq!(a.soak.soak_secs, 60);
+    }
 }

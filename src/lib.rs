@@ -13,6 +13,7 @@ pub mod bench_backlog;
 pub mod bench_fairness;
 pub mod bench_paced;
 pub mod bench_peers;
+pub mod bench_soak;
 pub mod broker;
 pub mod cli;
 pub mod client;
