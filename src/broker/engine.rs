@@ -7,8 +7,8 @@
 //! answered only after its write is durable.
 
 use super::dispatch::{Consumer, Outgoing, Waiter};
-use super::ops::Task;
 use super::queue_state::{ActiveLease, Group, QueueState};
+use super::tasks::Task;
 use super::{Command, Registry};
 use crate::error::{BrokerError, Result};
 use crate::model::{now_millis, JobId, LeaseId, Millis};

@@ -6,6 +6,7 @@
 //! then answers. Reads that need no in-memory state (`GetJob`, `ListJobs`) go
 //! straight to RocksDB on the blocking pool, never on the async runtime.
 
+mod admin;
 mod dispatch;
 mod engine;
 #[cfg(test)]
@@ -18,6 +19,7 @@ pub(crate) mod queue_state;
 mod rate_limit;
 mod reads;
 mod record_cache;
+mod tasks;
 pub mod version_breaker;
 pub mod view;
 

@@ -1,0 +1,247 @@
+//! Long admin operations (redrive of dead letters, purge), done a chunk per
+//! writer turn so a huge one never stalls enqueues or leases.
+
+use super::engine::Engine;
+use super::ops::reply_after;
+use super::Reply;
+use crate::error::{BrokerError, Result};
+use crate::model::{JobId, JobState};
+use crate::storage::keys;
+use crate::storage::records::stored_state;
+use crate::storage::Entry;
+
+/// Most index entries a redrive or purge handles per turn, so a huge one
+/// never stalls other work.
+const TASK_CHUNK: usize = 2_000;
+
+/// A long admin operation, done a chunk per turn.
+pub(super) enum Task {
+    Redrive {
+        queue: String,
+        generation: u64,
+        prefix: Vec<u8>,
+        env: Option<String>,
+        remaining: u64,
+        done: u64,
+        resume: Option<Vec<u8>>,
+        reply: Reply<u64>,
+    },
+    Purge {
+        queue: String,
+        generation: u64,
+        /// Index tags still to sweep (S, R, X).
+        tags: Vec<u8>,
+        resume: Option<Vec<u8>>,
+        done: u64,
+        reply: Reply<u64>,
+    },
+}
+
+impl Task {
+    pub(super) fn fail(self, e: BrokerError) {
+        let reply = match self {
+            Task::Redrive { reply, .. } | Task::Purge { reply, .. } => reply,
+        };
+        let _ = reply.send(Err(e));
+    }
+}
+
+impl Engine {
+    pub(super) fn start_redrive(
+        &mut self,
+        queue: String,
+        tenant: Option<String>,
+        env: Option<String>,
+        limit: u64,
+        reply: Reply<u64>,
+    ) {
+        let generation = match self.queue_mut(&queue) {
+            Ok(q) => q.generation,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let (prefix, env) = match (&tenant, &env) {
+            (Some(t), Some(e)) => (keys::group_prefix(keys::DEAD, t, e), None),
+            (Some(t), None) => (keys::tenant_prefix(keys::DEAD, t), None),
+            (None, e) => (vec![keys::DEAD], e.clone()),
+        };
+        let remaining = if limit == 0 { u64::MAX } else { limit };
+        self.tasks.push_back(Task::Redrive { queue, generation, prefix, env, remaining, done: 0, resume: None, reply });
+    }
+
+    pub(super) fn start_purge(&mut self, queue: String, state: Option<JobState>, reply: Reply<u64>) {
+        let generation = match self.queue_mut(&queue) {
+            Ok(q) => q.generation,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let tags = match state {
+            None => vec![keys::SCHEDULED, keys::READY, keys::DEAD],
+            Some(JobState::Scheduled) => vec![keys::SCHEDULED],
+            Some(JobState::Ready) => vec![keys::READY],
+            Some(JobState::Dead) => vec![keys::DEAD],
+            Some(JobState::Leased) => {
+                let _ = reply.send(Err(BrokerError::FailedPrecondition(
+                    "leased jobs can't be purged: they end with ack or nack, or when their lease expires".into(),
+                )));
+                return;
+            }
+        };
+        self.tasks.push_back(Task::Purge { queue, generation, tags, resume: None, done: 0, reply });
+    }
+
+    /// One chunk of each long task.
+    pub(super) fn run_tasks(&mut self) {
+        for _ in 0..self.tasks.len() {
+            let Some(task) = self.tasks.pop_front() else { break };
+            if let Some(task) = self.step_task(task) {
+                self.tasks.push_back(task);
+            }
+        }
+    }
+
+    fn step_task(&mut self, task: Task) -> Option<Task> {
+        let (queue, generation) = match &task {
+            Task::Redrive { queue, generation, .. } | Task::Purge { queue, generation, .. } => {
+                (queue.clone(), *generation)
+            }
+        };
+        if self.queues.get(&queue).map(|q| q.generation) != Some(generation) {
+            let reply = match task {
+                Task::Redrive { reply, .. } | Task::Purge { reply, .. } => reply,
+            };
+            let _ = reply.send(Err(BrokerError::QueueNotFound(queue)));
+            return None;
+        }
+        match task {
+            Task::Redrive { queue, generation, prefix, env, mut remaining, mut done, resume, reply } => {
+                let want = (remaining.min(TASK_CHUNK as u64)) as usize;
+                let (entries, more) = match self.scan_index(&queue, &prefix, resume.as_deref(), want) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        return None;
+                    }
+                };
+                let last = entries.last().map(|(k, _)| k.clone());
+                for (k, _) in entries {
+                    let Some((t, e)) = keys::group_of(&k) else { continue };
+                    if env.as_deref().is_some_and(|want| want != e) {
+                        continue;
+                    }
+                    let (t, e) = (t.to_string(), e.to_string());
+                    let Some(id) = keys::trailing_id(&k) else { continue };
+                    match self.redrive_one(&queue, &t, &e, id) {
+                        Ok(true) => {
+                            done += 1;
+                            remaining -= 1;
+                        }
+                        Ok(false) => {}
+                        Err(e) => self.w.poison(e),
+                    }
+                }
+                if more && remaining > 0 {
+                    return Some(Task::Redrive {
+                        queue,
+                        generation,
+                        prefix,
+                        env,
+                        remaining,
+                        done,
+                        resume: last,
+                        reply,
+                    });
+                }
+                if done > 0 {
+                    tracing::info!(queue = %queue, redriven = done, "dead letters redriven");
+                }
+                self.w.after(reply_after(reply, done));
+                None
+            }
+            Task::Purge { queue, generation, mut tags, resume, mut done, reply } => {
+                let Some(&tag) = tags.first() else {
+                    self.w.after(reply_after(reply, done));
+                    return None;
+                };
+                let (entries, more) = match self.scan_index(&queue, &[tag], resume.as_deref(), TASK_CHUNK) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        return None;
+                    }
+                };
+                let last = entries.last().map(|(k, _)| k.clone());
+                for (k, _) in entries {
+                    let id = if tag == keys::SCHEDULED {
+                        keys::scheduled_parts(&k).map(|(_, id)| id)
+                    } else {
+                        keys::trailing_id(&k)
+                    };
+                    let Some(id) = id else { continue };
+                    match self.purge_one(&queue, id) {
+                        Ok(true) => done += 1,
+                        Ok(false) => {}
+                        Err(e) => self.w.poison(e),
+                    }
+                }
+                let resume = if more {
+                    last
+                } else {
+                    tags.remove(0);
+                    None
+                };
+                if tags.is_empty() {
+                    tracing::info!(queue = %queue, purged = done, "queue purged");
+                    self.w.after(reply_after(reply, done));
+                    return None;
+                }
+                Some(Task::Purge { queue, generation, tags, resume, done, reply })
+            }
+        }
+    }
+
+    fn redrive_one(&mut self, queue: &str, _t: &str, _e: &str, id: JobId) -> Result<bool> {
+        let Some(mut rec) = self.w.read_job(queue, id)? else { return Ok(false) };
+        if rec.state != stored_state::DEAD {
+            return Ok(false);
+        }
+        self.w.delete(queue, &keys::dead(&rec.tenant, &rec.environment, id));
+        rec.state = stored_state::READY;
+        rec.attempt = 0;
+        rec.run_at_ms = self.now;
+        let now = self.now;
+        self.stage_ready(queue, id, &rec, now)?;
+        self.w.put_job(queue, id, &rec);
+        let q = self.queue_mut(queue)?;
+        q.counters.dead = q.counters.dead.saturating_sub(1);
+        q.totals_dirty = true;
+        Ok(true)
+    }
+
+    fn purge_one(&mut self, queue: &str, id: JobId) -> Result<bool> {
+        if self.queue_mut(queue)?.leases.contains_key(&id) {
+            return Ok(false);
+        }
+        let Some(rec) = self.w.read_job(queue, id)? else { return Ok(false) };
+        self.remove_stored(queue, id, &rec)?;
+        self.end_job(queue, id, &rec)?;
+        Ok(true)
+    }
+
+    /// Up to `limit` committed index entries under `prefix`, after `resume`.
+    fn scan_index(
+        &self,
+        queue: &str,
+        prefix: &[u8],
+        resume: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<Entry>, bool)> {
+        let start = resume.map(keys::successor).unwrap_or_else(|| prefix.to_vec());
+        let scan = self.w.store.scan(queue, &start, &keys::prefix_end(prefix), limit)?;
+        Ok((scan.entries, scan.more))
+    }
+}
