@@ -2,71 +2,17 @@
 //! acknowledged job, leases survive restarts, and a graceful stop drains.
 
 mod common;
+#[path = "common/process.rs"]
+mod process;
 
 use common::*;
 use fairway::pb;
 use fairway::pb::job_service_client::JobServiceClient;
+use process::{scan_all, BrokerProcess as Broker};
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
-
-/// A broker process started from the built binary.
-struct Broker {
-    child: Child,
-    channel: Channel,
-}
-
-impl Broker {
-    async fn spawn(dir: &std::path::Path) -> Broker {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fairway"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir"])
-            .arg(dir)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn fairway");
-        let stdout = child.stdout.take().unwrap();
-        let line = tokio::task::spawn_blocking(move || {
-            let mut line = String::new();
-            BufReader::new(stdout).read_line(&mut line).expect("read stdout");
-            line
-        })
-        .await
-        .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("fairway listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
-        Broker { child, channel }
-    }
-
-    fn kill9(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        let _ = self.child.wait();
-    }
-
-    async fn wait_serving(&self) {
-        let mut health = tonic_health::pb::health_client::HealthClient::new(self.channel.clone());
-        eventually(Duration::from_secs(10), || {
-            let mut h = health.clone();
-            async move { h.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.ok().map(|_| ()) }
-        })
-        .await;
-        let _ = &mut health;
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[tokio::test]
 async fn kill_9_mid_load_loses_no_acknowledged_job() {
@@ -136,25 +82,7 @@ async fn kill_9_mid_load_loses_no_acknowledged_job() {
     assert!(restart < Duration::from_secs(10), "restart took {restart:?}");
 
     let mut admin = pb::admin_service_client::AdminServiceClient::new(b.channel.clone());
-    let mut stored = HashSet::new();
-    let mut token = String::new();
-    loop {
-        let page = admin
-            .list_jobs(pb::ListJobsRequest {
-                queue: "q".into(),
-                page_size: 1000,
-                page_token: token,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        stored.extend(page.jobs.into_iter().map(|j| j.id));
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        token = page.next_page_token;
-    }
+    let stored: HashSet<String> = scan_all(&b.channel, "q").await.into_iter().map(|j| j.id).collect();
     let lost: Vec<_> = confirmed.difference(&stored).take(5).collect();
     assert!(lost.is_empty(), "acknowledged jobs lost after kill -9: {lost:?}");
     let stats = admin.get_queue_stats(pb::GetQueueStatsRequest { queue: "q".into() }).await.unwrap().into_inner();
