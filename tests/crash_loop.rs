@@ -3,7 +3,8 @@
 //! on the same data dir each time. Afterwards every enqueue the broker
 //! acknowledged was acked by a worker or is still stored, no job was acked
 //! twice, and the queue's counters match a full scan. Also: a second broker
-//! on a data dir in use refuses to start.
+//! on a data dir in use refuses to start, and the circuit breaker's windows
+//! outlive a kill.
 //!
 //! The kill points come from a seeded RNG; the seed is printed, and
 //! `FAIRWAY_CRASH_SEED=N` replays it.
@@ -285,4 +286,45 @@ async fn a_second_broker_on_a_data_dir_in_use_exits_with_a_clear_message() {
     first.wait_serving().await;
     let stats = admin.get_queue_stats(pb::GetQueueStatsRequest { queue: "q".into() }).await.unwrap().into_inner();
     assert_eq!(stats.queue, "q");
+}
+
+/// The circuit breaker's windows are saved about once a second, so a
+/// SIGKILL a moment later still leaves the restarted broker its baseline.
+#[tokio::test]
+async fn breaker_windows_outlive_a_kill_9() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut b = BrokerProcess::spawn(tmp.path()).await;
+    b.wait_serving().await;
+    let mut admin = pb::admin_service_client::AdminServiceClient::new(b.channel.clone());
+    let mut jobs = pb::job_service_client::JobServiceClient::new(b.channel.clone());
+    let mut workers = pb::worker_service_client::WorkerServiceClient::new(b.channel.clone());
+    admin.create_queue(pb::CreateQueueRequest { name: "q".into(), config: None }).await.unwrap();
+    for i in 0..25 {
+        jobs.enqueue(job("q", "t", "e", &format!("j{i}"))).await.unwrap();
+    }
+    let lease =
+        pb::LeaseRequest { queues: vec!["q".into()], max_jobs: 25, worker_version: "v1".into(), ..Default::default() };
+    let leased = workers.lease(lease).await.unwrap().into_inner().deliveries;
+    assert_eq!(leased.len(), 25);
+    for d in &leased {
+        let ack = pb::AckRequest {
+            queue: "q".into(),
+            job_id: d.job.as_ref().unwrap().id.clone(),
+            lease_id: d.lease_id.clone(),
+        };
+        workers.ack(ack).await.unwrap();
+    }
+    // The save can't be observed from outside while the broker runs: wait
+    // out its interval twice over (a loaded CI machine delays the writer's
+    // idle tick) before the kill.
+    let save = fairway::broker::version_breaker::SAVE_INTERVAL_MS;
+    tokio::time::sleep(Duration::from_millis(2 * save + 500)).await;
+    b.kill9();
+
+    let b = BrokerProcess::spawn(tmp.path()).await;
+    b.wait_serving().await;
+    let mut admin = pb::admin_service_client::AdminServiceClient::new(b.channel.clone());
+    let st = admin.get_queue_stats(pb::GetQueueStatsRequest { queue: "q".into() }).await.unwrap().into_inner();
+    let v1 = st.worker_versions.iter().find(|v| v.worker_version == "v1").expect("v1's window survived the kill");
+    assert_eq!((v1.deliveries, v1.failures), (25, 0));
 }
