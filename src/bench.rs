@@ -595,6 +595,10 @@ pub async fn run(a: BenchArgs) -> BenchResult<()> {
 /// The soak scenario, on a broker of its own: a line per sample, then the
 /// summary and verdict; a FAIL is an error, so the bench exits non-zero.
 async fn soak(dir: &std::path::Path, a: &BenchArgs) -> BenchResult<()> {
+    // A `--data-dir` reused from an earlier run: the soak starts empty.
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)?;
+    }
     // The soak dead-letters jobs on purpose: not a warning line each.
     let broker = BrokerProc::start_logging(dir, a.durability, "warn,fairway::broker::ops=error")?;
     let ch = connect(&broker.addr).await?;

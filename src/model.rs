@@ -193,6 +193,12 @@ impl BreakerConfig {
         if self.window == 0 || self.window > MAX_BREAKER_WINDOW {
             return bad(format!("breaker_window is {}; use 1..={MAX_BREAKER_WINDOW}", self.window));
         }
+        if !self.baseline_max_age.is_zero() && self.baseline_max_age < Duration::from_millis(1) {
+            return bad(format!(
+                "breaker_baseline_max_age is {:?}; use at least 1ms, or 0 for no limit",
+                self.baseline_max_age
+            ));
+        }
         if self.min_deliveries == 0 || self.min_deliveries > self.window {
             return bad(format!(
                 "breaker_min_deliveries is {}; use 1..=breaker_window ({})",
@@ -490,5 +496,8 @@ mod tests {
         let e = with(BreakerConfig { min_deliveries: 101, ..d }).unwrap_err();
         assert!(e.to_string().contains("breaker_min_deliveries"), "{e}");
         assert!(with(BreakerConfig { min_deliveries: 0, ..d }).is_err());
+        let e = with(BreakerConfig { baseline_max_age: Duration::from_micros(500), ..d }).unwrap_err();
+        assert!(e.to_string().contains("breaker_baseline_max_age"), "{e}");
+        assert!(with(BreakerConfig { baseline_max_age: Duration::ZERO, ..d }).is_ok(), "0 = no limit");
     }
 }

@@ -317,7 +317,11 @@ impl Engine {
             let mut q = load_queue(&self.w.store, &meta)?;
             if let Some(o) = old.remove(&meta.name).filter(|o| o.generation == q.generation) {
                 q.obs = o.obs;
+                // The windows in memory are newer than what is on disk, but
+                // the failed commit may have held their last save.
+                let on_disk: Vec<_> = q.breaker.held().cloned().collect();
                 q.breaker = o.breaker;
+                q.breaker.resave_all(on_disk);
             }
             // The alert follows the quarantines on disk.
             super::quarantine::sync_alert(&mut q, self.now);
@@ -609,11 +613,12 @@ impl Engine {
             }
             if q.breaker.save_due(now, stopping) {
                 let (saves, deletes) = q.breaker.take_changes(now);
-                for (version, rec) in saves {
-                    self.w.put(&q.name, &keys::breaker_window(&version), &rec.encode_to_vec());
-                }
+                // Deletes first: within a batch the later write of a key wins.
                 for version in deletes {
                     self.w.delete(&q.name, &keys::breaker_window(&version));
+                }
+                for (version, rec) in saves {
+                    self.w.put(&q.name, &keys::breaker_window(&version), &rec.encode_to_vec());
                 }
             }
             let dirty: Vec<_> = q.dirty_groups.drain().collect();

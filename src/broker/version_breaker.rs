@@ -171,6 +171,8 @@ impl VersionBreaker {
         w.last_at = w.last_at.max(now);
         if !self.changed.contains(&**version) {
             self.changed.insert(version.clone());
+            // Forgotten earlier in this interval and back now: save, not delete.
+            self.removed.remove(&**version);
         }
         if version.is_empty() || !failed || !w.failing(cfg) || quarantined(version) {
             return None;
@@ -223,8 +225,22 @@ impl VersionBreaker {
     /// Puts back a saved window (at startup). Outcomes beyond the window
     /// size keep the newest; versions past [`MAX_VERSIONS`] are dropped.
     pub fn restore(&mut self, cfg: &BreakerConfig, version: &str, rec: &BreakerWindowRecord) {
-        if self.windows.len() >= MAX_VERSIONS || rec.jobs.len() != rec.failed.len() {
+        if rec.jobs.len() != rec.failed.len() {
             return;
+        }
+        if self.windows.len() >= MAX_VERSIONS {
+            // Keep the newest: the older of this one and the oldest held goes.
+            let oldest = self.windows.iter().min_by_key(|(_, w)| w.last_at).map(|(k, w)| (k.clone(), w.last_at));
+            match oldest {
+                Some((k, at)) if at < rec.last_at_ms => {
+                    self.windows.remove(&k);
+                    self.forgot(k);
+                }
+                _ => {
+                    self.forgot(Arc::from(version));
+                    return;
+                }
+            }
         }
         let mut w = Window::new(cfg.window as usize);
         for (job, failed) in rec.jobs.iter().zip(&rec.failed) {
@@ -241,11 +257,23 @@ impl VersionBreaker {
         self.clock = self.windows.len() as u64;
     }
 
-    /// Whether there are changes to save: any, when `force` (shutdown), or
-    /// else once [`SAVE_INTERVAL_MS`] has passed since the last save.
+    /// Whether there are changes to save: deletes at once (they follow a
+    /// quarantine, lift or resize, which commit at once: a crash must not
+    /// bring the forgotten window back); changed windows when `force`
+    /// (shutdown) or once [`SAVE_INTERVAL_MS`] has passed since the last
+    /// save (or the clock stepped back past it).
     pub fn save_due(&self, now: Millis, force: bool) -> bool {
-        (!self.changed.is_empty() || !self.removed.is_empty())
-            && (force || now.saturating_sub(self.saved_at) >= SAVE_INTERVAL_MS)
+        !self.removed.is_empty()
+            || (!self.changed.is_empty() && (force || now < self.saved_at || now - self.saved_at >= SAVE_INTERVAL_MS))
+    }
+
+    /// After a failed commit: whatever the last save took may not be on
+    /// disk. Every window is saved again, and every version `on_disk` (what
+    /// a reload found) that is no longer held is deleted.
+    pub fn resave_all(&mut self, on_disk: impl IntoIterator<Item = Arc<str>>) {
+        self.changed = self.windows.keys().cloned().collect();
+        self.removed = on_disk.into_iter().filter(|v| !self.windows.contains_key(v)).collect();
+        self.saved_at = 0;
     }
 
     /// The windows to write and the versions whose saved window to delete
@@ -255,6 +283,11 @@ impl VersionBreaker {
         let changed = std::mem::take(&mut self.changed);
         let saves = changed.into_iter().filter_map(|v| self.windows.get(&v).map(|w| (v.clone(), w.record()))).collect();
         (saves, std::mem::take(&mut self.removed).into_iter().collect())
+    }
+
+    /// The versions whose windows are held.
+    pub fn held(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.windows.keys()
     }
 
     pub fn window(&self, version: &str) -> Option<&Window> {
@@ -513,5 +546,64 @@ mod tests {
         deletes.sort();
         assert!(saves.is_empty());
         assert_eq!(deletes.iter().map(|v| &**v).collect::<Vec<_>>(), ["v2"]);
+    }
+
+    #[test]
+    fn a_version_back_after_a_reset_is_saved_not_deleted() {
+        let c = cfg();
+        let mut b = VersionBreaker::default();
+        feed(&mut b, &c, "v1", 3, false);
+        b.take_changes(NOW);
+        b.reset("v1");
+        assert!(b.save_due(NOW + 1, false), "a delete is due at once");
+        feed(&mut b, &c, "v1", 1, true);
+        let (saves, deletes) = b.take_changes(NOW + 1);
+        assert!(deletes.is_empty(), "{deletes:?}");
+        assert_eq!(saves.len(), 1);
+        assert_eq!((saves[0].1.jobs.len(), saves[0].1.failed.as_slice()), (1, &[1u8][..]));
+    }
+
+    #[test]
+    fn a_clock_stepped_back_does_not_stall_saves() {
+        let c = cfg();
+        let mut b = VersionBreaker::default();
+        feed(&mut b, &c, "v1", 1, false);
+        b.take_changes(NOW);
+        feed(&mut b, &c, "v1", 1, false);
+        assert!(b.save_due(NOW - 3_600_000, false));
+    }
+
+    #[test]
+    fn restoring_past_the_version_cap_keeps_the_newest_and_deletes_the_rest() {
+        let c = cfg();
+        let rec = |at: Millis| BreakerWindowRecord { jobs: vec![1], failed: vec![0], last_at_ms: at };
+        let mut b = VersionBreaker::default();
+        for i in 0..MAX_VERSIONS as u64 {
+            b.restore(&c, &format!("v{i}"), &rec(NOW + 10 + i));
+        }
+        b.restore(&c, "older", &rec(NOW));
+        b.restore(&c, "newer", &rec(NOW + 1000));
+        assert_eq!(b.versions().len(), MAX_VERSIONS);
+        assert!(b.window("older").is_none() && b.window("newer").is_some() && b.window("v0").is_none());
+        let (saves, mut deletes) = b.take_changes(NOW);
+        deletes.sort();
+        assert!(saves.is_empty());
+        assert_eq!(deletes.iter().map(|v| &**v).collect::<Vec<_>>(), ["older", "v0"]);
+    }
+
+    #[test]
+    fn after_a_failed_commit_everything_is_saved_again() {
+        let c = cfg();
+        let mut b = VersionBreaker::default();
+        feed(&mut b, &c, "v1", 2, false);
+        feed(&mut b, &c, "v2", 2, false);
+        // The save that held these was lost; disk still has v3, forgotten since.
+        b.take_changes(NOW);
+        b.resave_all([v("v1"), v("v3")]);
+        assert!(b.save_due(NOW, false));
+        let (mut saves, deletes) = b.take_changes(NOW);
+        saves.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(saves.iter().map(|(v, _)| &**v).collect::<Vec<_>>(), ["v1", "v2"]);
+        assert_eq!(deletes.iter().map(|v| &**v).collect::<Vec<_>>(), ["v3"]);
     }
 }
