@@ -47,6 +47,8 @@ pub const MAX_VERSIONS: usize = 32;
 pub struct Window {
     /// Ring of (job, failed); allocated once at the window size.
     ring: Vec<(JobId, bool)>,
+    /// The window size (`Vec::with_capacity` may give more room than asked).
+    size: usize,
     /// Next slot to overwrite once the ring is full.
     head: usize,
     /// Failures among the outcomes held (kept so a check is O(1)).
@@ -59,7 +61,8 @@ pub struct Window {
 
 impl Window {
     fn new(size: usize) -> Window {
-        Window { ring: Vec::with_capacity(size.max(1)), head: 0, failures: 0, last_seen: 0, last_at: 0 }
+        let size = size.max(1);
+        Window { ring: Vec::with_capacity(size), size, head: 0, failures: 0, last_seen: 0, last_at: 0 }
     }
 
     /// The outcomes held, oldest first.
@@ -74,7 +77,7 @@ impl Window {
 
     /// Adds one outcome, dropping the oldest once the window is full.
     fn push(&mut self, job: JobId, failed: bool) {
-        if self.ring.len() < self.ring.capacity() {
+        if self.ring.len() < self.size {
             self.ring.push((job, failed));
         } else {
             let old = std::mem::replace(&mut self.ring[self.head], (job, failed));
