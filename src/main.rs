@@ -48,35 +48,77 @@ enum Cmd {
 
 /// Resolves on the first SIGINT/SIGTERM; a second one exits at once.
 async fn shutdown_signal() {
-    wait_signal().await;
+    // Registered once, before the first signal: the second can't slip in
+    // between the two waits.
+    let mut signals = Signals::new();
+    signals.recv().await;
     tracing::info!("signal received; draining (send another to force exit)");
-    tokio::spawn(async {
-        wait_signal().await;
+    tokio::spawn(async move {
+        signals.recv().await;
         tracing::warn!("second signal: exiting without draining");
-        std::process::exit(130);
+        force_exit(130);
     });
 }
 
-async fn wait_signal() {
+/// SIGINT and SIGTERM, as one stream.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+    /// `None` when SIGTERM can't be watched; SIGINT still works.
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Signals { term: signal(SignalKind::terminate()).ok(), interrupt: signal(SignalKind::interrupt()).ok() }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
                 }
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+            tokio::select! {
+                _ = next(&mut self.term) => {}
+                _ = next(&mut self.interrupt) => {}
             }
         }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Ends the process now. Not `std::process::exit`: that runs C++ static
+/// destructors while RocksDB is still open (closing it is what draining
+/// does), and its background threads then abort the process ("pthread
+/// lock: Invalid argument") instead of exiting with `code`. Skipping them
+/// loses nothing acknowledged: it is in the WAL, as after a `kill -9`.
+fn force_exit(code: i32) -> ! {
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    #[cfg(unix)]
+    // SAFETY: `_exit` has no preconditions; it ends the process without
+    // running exit handlers, which is the point.
+    unsafe {
+        libc::_exit(code)
     }
     #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+    std::process::exit(code)
 }
 
 #[tokio::main]

@@ -129,6 +129,62 @@ async fn sigterm_drains_and_exits_cleanly() {
     assert_eq!(j.payload.as_ref(), b"x");
 }
 
+/// A second SIGTERM ends a broker still draining at once, with exit code
+/// 130 (not an abort from RocksDB closing during exit), and loses nothing
+/// acknowledged.
+#[tokio::test]
+async fn a_second_sigterm_exits_at_once_and_loses_nothing_acknowledged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut b = Broker::spawn(tmp.path()).await;
+    b.wait_serving().await;
+    let mut admin = pb::admin_service_client::AdminServiceClient::new(b.channel.clone());
+    admin.create_queue(pb::CreateQueueRequest { name: "q".into(), config: None }).await.unwrap();
+    let mut jobs = JobServiceClient::new(b.channel.clone());
+    let mut ids = HashSet::new();
+    for i in 0..50 {
+        ids.insert(jobs.enqueue(job("q", "t", "e", &format!("j{i}"))).await.unwrap().into_inner().job_id);
+    }
+    // A producer stream left open: draining waits for it (up to 5 s).
+    let (held_tx, held_rx) = tokio::sync::mpsc::channel::<pb::EnqueueRequest>(1);
+    held_tx.send(job("q", "t", "e", "streamed")).await.unwrap();
+    let own = tonic::transport::Endpoint::from_shared(format!("http://{}", b.addr)).unwrap().connect().await.unwrap();
+    let mut held = JobServiceClient::new(own)
+        .enqueue_stream(tokio_stream::wrappers::ReceiverStream::new(held_rx))
+        .await
+        .unwrap()
+        .into_inner();
+    ids.insert(held.message().await.unwrap().expect("streamed job acknowledged").job_id);
+
+    let pid = b.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    // The listener closes once the writer has stopped; the held stream
+    // keeps the broker draining.
+    eventually(Duration::from_secs(15), || async { std::net::TcpStream::connect(b.addr).err().map(|_| ()) }).await;
+    assert_eq!(b.child.try_wait().unwrap(), None, "the held stream keeps the broker draining");
+    let signalled = Instant::now();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let exit = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(s) = b.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "broker did not exit after a second SIGTERM");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(exit.code(), Some(130), "forced exit: {exit:?}");
+    assert!(signalled.elapsed() < Duration::from_secs(3), "exit took {:?}", signalled.elapsed());
+    drop((held, held_tx));
+
+    let b = Broker::spawn(tmp.path()).await;
+    b.wait_serving().await;
+    let stored: HashSet<String> = scan_all(&b.channel, "q").await.into_iter().map(|j| j.id).collect();
+    assert_eq!(stored, ids);
+}
+
 #[tokio::test]
 async fn graceful_stop_ends_work_streams_but_keeps_their_leases() {
     let tmp = tempfile::tempdir().unwrap();

@@ -272,7 +272,9 @@ pub struct Broker {
     next_consumer: Arc<std::sync::atomic::AtomicU64>,
     /// Per-tenant enqueue rate limits, checked before the writer.
     limiter: Arc<rate_limit::RateLimiter>,
-    engine: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    /// The writer thread; joined by [`Self::shutdown`], or by the last
+    /// handle's drop so storage is closed when the broker is gone.
+    engine: Arc<WriterThread>,
     /// Queue name -> healthy, published by the writer as alerts change.
     health: tokio::sync::watch::Receiver<monitor::HealthMap>,
     /// False until the writer has rebuilt its state from disk: calls made
@@ -343,7 +345,7 @@ impl Broker {
             registry,
             next_consumer: Arc::new(1.into()),
             limiter: Arc::default(),
-            engine: Arc::new(Mutex::new(Some(handle))),
+            engine: Arc::new(WriterThread(Mutex::new(Some(handle)))),
             health,
             ready,
             storage_fault,
@@ -618,9 +620,31 @@ impl Broker {
         if self.tx.send_async(Command::Shutdown { done }).await.is_ok() {
             let _ = rx.await;
         }
-        let handle = self.engine.lock().ok().and_then(|mut h| h.take());
-        if let Some(h) = handle {
+        if let Some(h) = self.engine.take() {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
+}
+
+/// The writer thread's handle. RocksDB must be closed before the process
+/// exits: a close racing with static destructors aborts it ("pthread lock:
+/// Invalid argument"). So a broker dropped without [`Broker::shutdown`] (a
+/// test's runtime torn down, a start-up error) joins its writer here: once
+/// the last handle, and with it the last command sender, is gone, the
+/// writer commits what it has, syncs the WAL and closes storage, and the
+/// drop returns after that.
+struct WriterThread(Mutex<Option<std::thread::JoinHandle<()>>>);
+
+impl WriterThread {
+    fn take(&self) -> Option<std::thread::JoinHandle<()>> {
+        self.0.lock().ok().and_then(|mut h| h.take())
+    }
+}
+
+impl Drop for WriterThread {
+    fn drop(&mut self) {
+        if let Some(h) = self.take() {
+            let _ = h.join();
         }
     }
 }
@@ -630,3 +654,32 @@ async fn spawn_read<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 's
 }
 
 pub use reads::ListJobs;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn started(dir: &Path) -> Broker {
+        let (broker, recovery) = Broker::start(dir, Durability::Strict).expect("start");
+        recovery.await.expect("writer answers").expect("recovered");
+        broker
+    }
+
+    /// Storage closes when the last handle goes, before the drop returns:
+    /// the data dir can be opened again at once, with what was written.
+    #[tokio::test]
+    async fn dropping_the_last_handle_closes_storage() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let broker = started(dir.path()).await;
+        broker.create_queue("q".into(), QueueConfig::default()).await.expect("create");
+        let other = broker.clone();
+        drop(broker);
+        let err = Broker::start(dir.path(), Durability::Strict).err().expect("a live handle keeps the dir locked");
+        assert!(err.to_string().contains("in use"), "{err}");
+        drop(other);
+        let again = started(dir.path()).await;
+        let names: Vec<String> = again.list_queues().await.expect("list").into_iter().map(|q| q.name).collect();
+        assert_eq!(names, ["q"]);
+        again.shutdown().await;
+    }
+}

@@ -19,9 +19,27 @@ pub struct TestServer {
     pub http_addr: SocketAddr,
     pub channel: Channel,
     pub data_dir: PathBuf,
-    _tmp: Option<tempfile::TempDir>,
+    /// Sent: graceful stop. Dropped unsent: the server is abandoned at once.
     stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    /// The broker's own thread and runtime, like a process of its own. Its
+    /// end means RocksDB is closed: a test binary must not exit while a
+    /// database closes, or RocksDB aborts it ("pthread lock: Invalid
+    /// argument"), so dropping a `TestServer` joins it.
+    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+    /// Removed only after the thread ended, so storage never loses its
+    /// files while still open.
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        // Not stopped: abandon the server (like a crash, minus losing
+        // acknowledged writes) and wait until its storage is closed.
+        self.stop.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl TestServer {
@@ -59,20 +77,20 @@ impl TestServer {
     pub async fn start_config(config: ServeConfig) -> TestServer {
         let dir = config.data_dir.clone();
         let (hold, tls) = (config.recovery_hold, config.tls_cert.is_some());
-        let listeners = fairway::server::Listeners::bind(&config).await.expect("bind");
-        let addr = listeners.grpc.local_addr().expect("addr");
-        let http_addr = listeners.http.as_ref().expect("metrics listener").local_addr().expect("addr");
+        let (bound_tx, bound) = oneshot::channel::<(SocketAddr, SocketAddr)>();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            fairway::server::run(listeners, &config, async {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("server run");
-        });
+        let thread = std::thread::Builder::new()
+            .name("test-broker".into())
+            .spawn(move || serve_on_own_runtime(config, bound_tx, stopped))
+            .expect("server thread");
+        let Ok((addr, http_addr)) = bound.await else {
+            let e = thread.join().expect("server thread").err().unwrap_or_default();
+            panic!("test broker did not start: {e}");
+        };
         let channel =
             tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("endpoint").connect_lazy();
-        let s = TestServer { addr, http_addr, channel, data_dir: dir, _tmp: None, stop: Some(stop), task: Some(task) };
+        let s =
+            TestServer { addr, http_addr, channel, data_dir: dir, _tmp: None, stop: Some(stop), thread: Some(thread) };
         // Health says NOT_SERVING until the writer has recovered; tests
         // that don't hold recovery start from a serving broker.
         if hold.is_zero() && !tls {
@@ -128,8 +146,12 @@ impl TestServer {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
-        if let Some(t) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(20), t).await.expect("server stops in time").expect("join");
+        if let Some(t) = self.thread.take() {
+            let ended = tokio::time::timeout(Duration::from_secs(20), tokio::task::spawn_blocking(move || t.join()))
+                .await
+                .expect("server stops in time")
+                .expect("join task");
+            ended.expect("server thread").expect("server run");
         }
     }
 
@@ -176,6 +198,45 @@ impl TestServer {
             .await
             .map(|_| ())
     }
+}
+
+/// Runs `fairway::server::run` on a runtime of its own until `stopped`:
+/// graceful when it is sent, abandoned when its sender is dropped. Returns
+/// once the runtime, and with it every broker handle, is gone.
+fn serve_on_own_runtime(
+    config: ServeConfig,
+    bound: oneshot::Sender<(SocketAddr, SocketAddr)>,
+    stopped: oneshot::Receiver<()>,
+) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    let result = rt.block_on(async move {
+        // Bound here: a listener is driven by the runtime that made it.
+        let listeners = fairway::server::Listeners::bind(&config).await.map_err(|e| format!("bind: {e}"))?;
+        let addr = listeners.grpc.local_addr().map_err(|e| e.to_string())?;
+        let http = listeners.http.as_ref().ok_or("no metrics listener")?.local_addr().map_err(|e| e.to_string())?;
+        let (graceful_tx, graceful) = oneshot::channel::<()>();
+        let run = fairway::server::run(listeners, &config, async {
+            let _ = graceful.await;
+        });
+        tokio::pin!(run);
+        let _ = bound.send((addr, http));
+        tokio::select! {
+            r = &mut run => r.map_err(|e| e.to_string()),
+            how = stopped => match how {
+                Ok(()) => {
+                    let _ = graceful_tx.send(());
+                    run.await.map_err(|e| e.to_string())
+                }
+                Err(_) => Ok(()),
+            },
+        }
+    });
+    drop(rt);
+    result
 }
 
 pub fn dur(d: Duration) -> prost_types::Duration {
