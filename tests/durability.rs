@@ -10,7 +10,6 @@ use fairway::pb;
 use fairway::pb::job_service_client::JobServiceClient;
 use process::{scan_all, BrokerProcess as Broker};
 use std::collections::HashSet;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -101,26 +100,14 @@ async fn kill_9_mid_load_loses_no_acknowledged_job() {
 #[tokio::test]
 async fn sigterm_drains_and_exits_cleanly() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut b = Broker::spawn(tmp.path()).await;
+    let b = Broker::spawn(tmp.path()).await;
     b.wait_serving().await;
     let mut admin = pb::admin_service_client::AdminServiceClient::new(b.channel.clone());
     admin.create_queue(pb::CreateQueueRequest { name: "q".into(), config: None }).await.unwrap();
     let mut jobs = JobServiceClient::new(b.channel.clone());
     let id = jobs.enqueue(job("q", "t", "e", "x")).await.unwrap().into_inner().job_id;
-    let status = Command::new("kill").args(["-TERM", &b.child.id().to_string()]).status().unwrap();
-    assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(s) = b.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "broker did not exit after SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    })
-    .await
-    .unwrap();
+    b.signal("-TERM");
+    let exit = b.wait_exit(Duration::from_secs(15)).await;
     assert!(exit.success(), "clean exit: {exit:?}");
     let b = Broker::spawn(tmp.path()).await;
     b.wait_serving().await;
@@ -155,26 +142,14 @@ async fn a_second_sigterm_exits_at_once_and_loses_nothing_acknowledged() {
         .into_inner();
     ids.insert(held.message().await.unwrap().expect("streamed job acknowledged").job_id);
 
-    let pid = b.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    b.signal("-TERM");
     // The listener closes once the writer has stopped; the held stream
     // keeps the broker draining.
     eventually(Duration::from_secs(15), || async { std::net::TcpStream::connect(b.addr).err().map(|_| ()) }).await;
     assert_eq!(b.child.try_wait().unwrap(), None, "the held stream keeps the broker draining");
     let signalled = Instant::now();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let exit = tokio::task::spawn_blocking(move || {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(s) = b.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "broker did not exit after a second SIGTERM");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    })
-    .await
-    .unwrap();
+    b.signal("-TERM");
+    let exit = b.wait_exit(Duration::from_secs(15)).await;
     assert_eq!(exit.code(), Some(130), "forced exit: {exit:?}");
     assert!(signalled.elapsed() < Duration::from_secs(3), "exit took {:?}", signalled.elapsed());
     drop((held, held_tx));

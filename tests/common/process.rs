@@ -68,6 +68,28 @@ impl BrokerProcess {
         let _ = self.child.wait();
     }
 
+    /// Sends `signal` (e.g. `-TERM`) through the shell's `kill`.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args([signal, &self.pid().to_string()]).status().expect("run kill");
+        assert!(status.success(), "kill {signal} {}: {status:?}", self.pid());
+    }
+
+    /// Waits up to `within` for the process to end, and reaps it.
+    pub async fn wait_exit(mut self, within: Duration) -> std::process::ExitStatus {
+        tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + within;
+            loop {
+                if let Some(s) = self.child.try_wait().expect("try_wait") {
+                    return s;
+                }
+                assert!(Instant::now() < deadline, "broker did not exit within {within:?}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+        .await
+        .expect("join")
+    }
+
     /// The overall gRPC health status (SERVING = 1, NOT_SERVING = 2).
     pub async fn health(&self) -> Result<i32, tonic::Status> {
         let mut h = tonic_health::pb::health_client::HealthClient::new(self.channel.clone());
