@@ -13,16 +13,21 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Waits until `b` serves, creates queue `q`, and returns a producer.
+async fn serving_with_queue_q(b: &Broker) -> JobServiceClient<tonic::transport::Channel> {
+    b.wait_serving().await;
+    let mut admin = pb::admin_service_client::AdminServiceClient::new(b.channel.clone());
+    admin.create_queue(pb::CreateQueueRequest { name: "q".into(), config: None }).await.unwrap();
+    JobServiceClient::new(b.channel.clone())
+}
+
 #[tokio::test]
 async fn kill_9_mid_load_loses_no_acknowledged_job() {
     let tmp = tempfile::tempdir().unwrap();
     let mut b = Broker::spawn(tmp.path()).await;
-    b.wait_serving().await;
-    let mut admin = pb::admin_service_client::AdminServiceClient::new(b.channel.clone());
-    admin.create_queue(pb::CreateQueueRequest { name: "q".into(), config: None }).await.unwrap();
+    let mut jobs = serving_with_queue_q(&b).await;
 
     // One job leased before the crash, with a long lease.
-    let mut jobs = JobServiceClient::new(b.channel.clone());
     let leased_id = jobs.enqueue(job("q", "t", "e", "leased")).await.unwrap().into_inner().job_id;
     let mut workers = pb::worker_service_client::WorkerServiceClient::new(b.channel.clone());
     let d = workers
@@ -101,10 +106,7 @@ async fn kill_9_mid_load_loses_no_acknowledged_job() {
 async fn sigterm_drains_and_exits_cleanly() {
     let tmp = tempfile::tempdir().unwrap();
     let b = Broker::spawn(tmp.path()).await;
-    b.wait_serving().await;
-    let mut admin = pb::admin_service_client::AdminServiceClient::new(b.channel.clone());
-    admin.create_queue(pb::CreateQueueRequest { name: "q".into(), config: None }).await.unwrap();
-    let mut jobs = JobServiceClient::new(b.channel.clone());
+    let mut jobs = serving_with_queue_q(&b).await;
     let id = jobs.enqueue(job("q", "t", "e", "x")).await.unwrap().into_inner().job_id;
     b.signal("-TERM");
     let exit = b.wait_exit(Duration::from_secs(15)).await;
@@ -123,10 +125,7 @@ async fn sigterm_drains_and_exits_cleanly() {
 async fn a_second_sigterm_exits_at_once_and_loses_nothing_acknowledged() {
     let tmp = tempfile::tempdir().unwrap();
     let mut b = Broker::spawn(tmp.path()).await;
-    b.wait_serving().await;
-    let mut admin = pb::admin_service_client::AdminServiceClient::new(b.channel.clone());
-    admin.create_queue(pb::CreateQueueRequest { name: "q".into(), config: None }).await.unwrap();
-    let mut jobs = JobServiceClient::new(b.channel.clone());
+    let mut jobs = serving_with_queue_q(&b).await;
     let mut ids = HashSet::new();
     for i in 0..50 {
         ids.insert(jobs.enqueue(job("q", "t", "e", &format!("j{i}"))).await.unwrap().into_inner().job_id);
