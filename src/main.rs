@@ -47,10 +47,9 @@ enum Cmd {
 }
 
 /// Resolves on the first SIGINT/SIGTERM; a second one exits at once.
-async fn shutdown_signal() {
-    // Registered once, before the first signal: the second can't slip in
-    // between the two waits.
-    let mut signals = Signals::new();
+/// `signals` was registered before the broker started, so no signal is
+/// lost (before, or between the first and the second).
+async fn shutdown_signal(mut signals: Signals) {
     signals.recv().await;
     tracing::info!("signal received; draining (send another to force exit)");
     tokio::spawn(async move {
@@ -127,6 +126,8 @@ async fn main() -> ExitCode {
     let result: Result<(), Box<dyn std::error::Error>> = match args.cmd {
         Cmd::Serve(config) => {
             telemetry::init(config.log_format);
+            // Before anything starts: a signal during start-up drains too.
+            let signals = Signals::new();
             match server::Listeners::bind(&config).await {
                 Ok(listeners) => {
                     // Stable lines on stdout that scripts and tests read.
@@ -138,7 +139,7 @@ async fn main() -> ExitCode {
                         println!("fairway metrics and dashboard on {scheme}://{addr}");
                     }
                     let _ = std::io::stdout().flush();
-                    server::run(listeners, &config, shutdown_signal()).await.map_err(Into::into)
+                    server::run(listeners, &config, shutdown_signal(signals)).await.map_err(Into::into)
                 }
                 Err(e) => Err(e.into()),
             }

@@ -118,6 +118,19 @@ async fn sigterm_drains_and_exits_cleanly() {
     assert_eq!(j.payload.as_ref(), b"x");
 }
 
+/// A SIGTERM the moment the broker says it listens (RocksDB may still be
+/// opening) is a graceful stop too, not death by the default action.
+#[tokio::test]
+async fn a_sigterm_during_start_up_still_stops_gracefully() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = Broker::spawn(tmp.path()).await;
+    b.signal("-TERM");
+    let exit = b.wait_exit(Duration::from_secs(15)).await;
+    assert!(exit.success(), "clean exit: {exit:?}");
+    let b = Broker::spawn(tmp.path()).await;
+    b.wait_serving().await;
+}
+
 /// A second SIGTERM ends a broker still draining at once, with exit code
 /// 130 (not an abort from RocksDB closing during exit), and loses nothing
 /// acknowledged.

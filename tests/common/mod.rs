@@ -96,6 +96,8 @@ impl TestServer {
         if hold.is_zero() && !tls {
             let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
             eventually(Duration::from_secs(30), || async {
+                let ended = s.thread.as_ref().is_some_and(|t| t.is_finished());
+                assert!(!ended, "test broker stopped while starting (its error is printed above)");
                 let mut h = tonic_health::pb::health_client::HealthClient::new(s.channel.clone());
                 let r = h.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await;
                 r.ok().filter(|r| r.get_ref().status == serving).map(|_| ())
@@ -236,6 +238,9 @@ fn serve_on_own_runtime(
         }
     });
     drop(rt);
+    if let Err(e) = &result {
+        eprintln!("test broker stopped with an error: {e}");
+    }
     result
 }
 
