@@ -41,13 +41,7 @@ impl Engine {
     }
 
     pub(super) fn update_queue(&mut self, name: String, patch: QueueConfigPatch, reply: Reply<pb::Queue>) {
-        let q = match self.queue_mut(&name) {
-            Ok(q) => q,
-            Err(e) => {
-                let _ = reply.send(Err(e));
-                return;
-            }
-        };
+        let q = or_reply!(self.queue_mut(&name), reply);
         let config = patch.apply(&q.config);
         if let Err(e) = config.validate() {
             let _ = reply.send(Err(e));
@@ -64,13 +58,7 @@ impl Engine {
     }
 
     pub(super) fn set_paused(&mut self, name: String, paused: bool, reply: Reply<pb::Queue>) {
-        let q = match self.queue_mut(&name) {
-            Ok(q) => q,
-            Err(e) => {
-                let _ = reply.send(Err(e));
-                return;
-            }
-        };
+        let q = or_reply!(self.queue_mut(&name), reply);
         q.paused = paused;
         let config = q.config.clone();
         self.stage_meta(&name);
@@ -79,13 +67,7 @@ impl Engine {
     }
 
     pub(super) fn delete_queue(&mut self, name: String, force: bool, reply: Reply<bool>) {
-        let q = match self.queue_mut(&name) {
-            Ok(q) => q,
-            Err(e) => {
-                let _ = reply.send(Err(e));
-                return;
-            }
-        };
+        let q = or_reply!(self.queue_mut(&name), reply);
         let total = q.total_jobs();
         if total > 0 && !force {
             let msg = format!(
@@ -207,13 +189,7 @@ impl Engine {
         policy: TenantPolicy,
         reply: Reply<pb::TenantPolicy>,
     ) {
-        let q = match self.queue_mut(&queue) {
-            Ok(q) => q,
-            Err(e) => {
-                let _ = reply.send(Err(e));
-                return;
-            }
-        };
+        let q = or_reply!(self.queue_mut(&queue), reply);
         let mut next = q.policies.get(&tenant).cloned().unwrap_or_default();
         match env {
             Some(env) => {

@@ -6,6 +6,24 @@
 //! then answers. Reads that need no in-memory state (`GetJob`, `ListJobs`) go
 //! straight to RocksDB on the blocking pool, never on the async runtime.
 
+/// The value of a `Result`, or: answer `reply` with its error and return
+/// (`None` when a third argument says so). The engine's commands end this
+/// way whenever a lookup or scan fails.
+macro_rules! or_reply {
+    ($result:expr, $reply:expr) => {
+        or_reply!($result, $reply, ())
+    };
+    ($result:expr, $reply:expr, $ret:expr) => {
+        match $result {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = $reply.send(Err(e));
+                return $ret;
+            }
+        }
+    };
+}
+
 mod admin;
 mod dispatch;
 mod engine;

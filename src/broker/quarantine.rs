@@ -115,13 +115,7 @@ impl Engine {
         reply: Reply<pb::WorkerVersionQuarantine>,
     ) {
         let now = self.now;
-        let q = match self.queue_mut(&queue) {
-            Ok(q) => q,
-            Err(e) => {
-                let _ = reply.send(Err(e));
-                return;
-            }
-        };
+        let q = or_reply!(self.queue_mut(&queue), reply);
         let Some(rec) = q.quarantine.remove(&version) else {
             let listed: Vec<&str> = q.quarantine.keys().map(String::as_str).collect();
             let _ = reply.send(Err(BrokerError::NotFound(format!(

@@ -55,13 +55,7 @@ impl Engine {
         limit: u64,
         reply: Reply<u64>,
     ) {
-        let generation = match self.queue_mut(&queue) {
-            Ok(q) => q.generation,
-            Err(e) => {
-                let _ = reply.send(Err(e));
-                return;
-            }
-        };
+        let generation = or_reply!(self.queue_mut(&queue), reply).generation;
         let (prefix, env) = match (&tenant, &env) {
             (Some(t), Some(e)) => (keys::group_prefix(keys::DEAD, t, e), None),
             (Some(t), None) => (keys::tenant_prefix(keys::DEAD, t), None),
@@ -72,13 +66,7 @@ impl Engine {
     }
 
     pub(super) fn start_purge(&mut self, queue: String, state: Option<JobState>, reply: Reply<u64>) {
-        let generation = match self.queue_mut(&queue) {
-            Ok(q) => q.generation,
-            Err(e) => {
-                let _ = reply.send(Err(e));
-                return;
-            }
-        };
+        let generation = or_reply!(self.queue_mut(&queue), reply).generation;
         let tags = match state {
             None => vec![keys::SCHEDULED, keys::READY, keys::DEAD],
             Some(JobState::Scheduled) => vec![keys::SCHEDULED],
@@ -120,13 +108,7 @@ impl Engine {
         match task {
             Task::Redrive { queue, generation, prefix, env, mut remaining, mut done, resume, reply } => {
                 let want = (remaining.min(TASK_CHUNK as u64)) as usize;
-                let (entries, more) = match self.scan_index(&queue, &prefix, resume.as_deref(), want) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                        return None;
-                    }
-                };
+                let (entries, more) = or_reply!(self.scan_index(&queue, &prefix, resume.as_deref(), want), reply, None);
                 let last = entries.last().map(|(k, _)| k.clone());
                 for (k, _) in entries {
                     let Some((t, e)) = keys::group_of(&k) else { continue };
@@ -167,13 +149,8 @@ impl Engine {
                     self.w.after(reply_after(reply, done));
                     return None;
                 };
-                let (entries, more) = match self.scan_index(&queue, &[tag], resume.as_deref(), TASK_CHUNK) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                        return None;
-                    }
-                };
+                let (entries, more) =
+                    or_reply!(self.scan_index(&queue, &[tag], resume.as_deref(), TASK_CHUNK), reply, None);
                 let last = entries.last().map(|(k, _)| k.clone());
                 for (k, _) in entries {
                     let id = if tag == keys::SCHEDULED {
