@@ -31,11 +31,13 @@ enum Cmd {
     /// List and inspect jobs.
     #[command(subcommand)]
     Jobs(cli::JobsCmd),
-    /// Dead letters: list them, redrive them.
+    /// Dead letters: list, redrive or delete them.
     #[command(subcommand)]
     Dead(cli::DeadCmd),
     /// Enqueue one job.
     Enqueue(cli::EnqueueArgs),
+    /// The workers connected now, and the jobs they hold.
+    Workers(cli::WorkersArgs),
     /// Measure throughput and latency against a broker process started here.
     Bench(fairway::bench::BenchArgs),
     /// Check the broker's gRPC health (exit 0 only when SERVING).
@@ -149,6 +151,7 @@ async fn main() -> ExitCode {
         Cmd::Jobs(cmd) => cli::jobs(&args.remote, cmd).await,
         Cmd::Dead(cmd) => cli::dead(&args.remote, cmd).await,
         Cmd::Enqueue(a) => cli::enqueue(&args.remote, a).await,
+        Cmd::Workers(a) => cli::workers(&args.remote, a).await,
         Cmd::Tenant(cmd) => cli::tenant(&args.remote, cmd).await,
         Cmd::Health { service } => cli::health(&args.remote, service).await,
         Cmd::Bench(a) => fairway::bench::run(a).await.map_err(|e| e.to_string().into()),

@@ -267,6 +267,7 @@ pub async fn run(
     let gate = |need| Gate::new(tokens.clone(), need);
     let serve = builder
         .layer(DeadlineLayer { timeout: config.limits.request_timeout })
+        .layer(crate::api::oversize::OversizeLayer { broker: broker.clone() })
         .add_service(health_service)
         .add_service(InterceptedService::new(reflection_v1, gate(Need::AnyToken)))
         .add_service(InterceptedService::new(reflection_v1alpha, gate(Need::AnyToken)))

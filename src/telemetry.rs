@@ -20,11 +20,19 @@ pub enum LogFormat {
 /// stderr so stdout stays for command output.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let colour = use_colour(std::io::IsTerminal::is_terminal(&std::io::stderr()), std::env::var_os("NO_COLOR"));
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// Colour codes only on a terminal, and not even there when `NO_COLOR` is
+/// set to anything but the empty string (no-color.org): in a file or a pipe
+/// they are noise.
+fn use_colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// How long shutdown waits for the last spans to reach the collector.
@@ -76,5 +84,18 @@ impl TraceExport {
             Ok(Err(e)) => tracing::warn!(error = %e, "trace export did not shut down cleanly"),
             Err(e) => tracing::warn!(error = %e, "trace export shutdown failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(use_colour(true, None));
+        assert!(use_colour(true, Some("".into())), "an empty NO_COLOR does not count");
+        assert!(!use_colour(true, Some("1".into())));
+        assert!(!use_colour(false, None), "a file or a pipe");
     }
 }

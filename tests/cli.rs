@@ -1,4 +1,4 @@
-//! The terminal client (`fairway queue|enqueue|stats|jobs|dead|health`)
+//! The terminal client (`fairway queue|enqueue|stats|jobs|dead|workers|health`)
 //! against a live broker.
 
 mod common;
@@ -19,7 +19,9 @@ async fn fairway(addr: &str, args: &[&str]) -> Output {
 /// is (no `--addr` added: the printed line must carry it).
 async fn run_printed(line: &str) -> Output {
     let words: Vec<String> = line.split_whitespace().map(String::from).collect();
-    assert_eq!(words.first().map(String::as_str), Some("fairway"), "{line}");
+    // It starts with the name the CLI was run by (here its path), so it
+    // runs as pasted.
+    assert_eq!(words.first().map(String::as_str), Some(env!("CARGO_BIN_EXE_fairway")), "{line}");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fairway"));
     cmd.args(&words[1..]).env_remove("FAIRWAY_ADDR");
     tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().expect("run fairway")
@@ -454,4 +456,112 @@ fn bench_help_lists_the_peer_comparison() {
     for flag in ["--peers", "--peer-messages", "--peer-secs"] {
         assert!(text.contains(flag), "{flag} missing from:\n{text}");
     }
+}
+
+/// The commands that delete or move jobs: one job by id, or a filtered set;
+/// bulk deletes refuse to run unasked without a terminal.
+#[tokio::test]
+async fn cli_cancels_purges_redrives_and_deletes_and_lists_workers() {
+    let s = TestServer::start().await;
+    let addr = s.addr.to_string();
+    let cfg = pb::QueueConfig { max_attempts: 1, ..Default::default() };
+    s.create_queue("ops", cfg).await;
+    let id = |o: &Output| stdout(o).trim().to_string();
+    let ready = id(&fairway(&addr, &["enqueue", "ops", "--tenant", "acme", "--payload", "r"]).await);
+    let later = id(&fairway(&addr, &["enqueue", "ops", "--tenant", "acme", "--delay", "1h", "--payload", "s"]).await);
+    // Three dead letters: two of acme, one of globex.
+    for t in ["acme", "acme", "globex"] {
+        fairway(&addr, &["enqueue", "ops", "--tenant", t, "--env", "prod", "--payload", "d"]).await;
+    }
+    let leased = s.lease("ops", 4, Duration::from_secs(5), None).await;
+    let mut dead = Vec::new();
+    for d in &leased {
+        let j = d.job.as_ref().unwrap();
+        if j.environment == "prod" {
+            let nack = pb::NackRequest {
+                queue: "ops".into(),
+                job_id: j.id.clone(),
+                lease_id: d.lease_id.clone(),
+                dead: true,
+                ..Default::default()
+            };
+            s.workers().nack(nack).await.expect("nack");
+            dead.push((j.tenant.clone(), j.id.clone()));
+        } else {
+            s.workers()
+                .release(pb::ReleaseRequest { queue: "ops".into(), job_id: j.id.clone(), lease_id: d.lease_id.clone() })
+                .await
+                .expect("release");
+        }
+    }
+    assert_eq!(s.stats("ops").await.dead, 3);
+
+    // jobs cancel: the ready one goes.
+    assert_eq!(
+        stdout(&fairway(&addr, &["jobs", "cancel", "ops", &ready]).await).trim(),
+        format!("cancelled job {ready} of ops")
+    );
+    // dead redrive ID, then dead delete ID, which refuses a job that is not dead.
+    let (_, acme1) = dead.iter().find(|(t, _)| t == "acme").unwrap().clone();
+    let out = stdout(&fairway(&addr, &["dead", "redrive", "ops", &acme1]).await);
+    assert_eq!(out.trim(), format!("moved dead letter {acme1} of ops back to ready"));
+    let refused = fairway(&addr, &["dead", "delete", "ops", &acme1]).await;
+    assert!(
+        !refused.status.success()
+            && String::from_utf8_lossy(&refused.stderr).contains("is not a dead letter (it is ready)")
+    );
+    let missing = fairway(&addr, &["dead", "redrive", "ops", &ready]).await;
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("NotFound"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+    // Bulk deletes need --yes without a terminal (stdin is not one here).
+    let unasked = fairway(&addr, &["dead", "delete", "ops", "--tenant", "globex"]).await;
+    assert!(!unasked.status.success());
+    assert!(
+        String::from_utf8_lossy(&unasked.stderr).contains("Add --yes"),
+        "{}",
+        String::from_utf8_lossy(&unasked.stderr)
+    );
+    assert_eq!(s.stats("ops").await.dead, 2, "nothing deleted unasked");
+    let out = stdout(&fairway(&addr, &["dead", "delete", "ops", "--tenant", "globex", "--yes"]).await);
+    assert_eq!(out.trim(), "deleted 1 dead letter of ops");
+    let out = stdout(&fairway(&addr, &["dead", "delete", "ops", "--yes"]).await);
+    assert_eq!(out.trim(), "deleted 1 dead letter of ops");
+    // queue purge by state.
+    let unasked = fairway(&addr, &["queue", "purge", "ops", "--state", "scheduled"]).await;
+    assert!(!unasked.status.success());
+    let out = stdout(&fairway(&addr, &["queue", "purge", "ops", "--state", "scheduled", "--yes"]).await);
+    assert_eq!(out.trim(), "purged 1 job of ops");
+    let gone = s.jobs().get_job(pb::GetJobRequest { queue: "ops".into(), job_id: later }).await.unwrap_err();
+    assert_eq!(gone.code(), tonic::Code::NotFound);
+    let st = s.stats("ops").await;
+    assert_eq!((st.ready, st.scheduled, st.dead, st.released_total), (1, 0, 0, 1), "{st:?}");
+
+    // workers: none, then one on a Work stream, with the job it holds.
+    assert_eq!(stdout(&fairway(&addr, &["workers"]).await).trim(), "no workers connected");
+    let client =
+        fairway::client::Client::connect(&fairway::client::ClientConfig::new(format!("http://{addr}"))).await.unwrap();
+    let sub = pb::Subscribe {
+        queues: vec!["ops".into()],
+        worker_id: "cli-worker".into(),
+        worker_version: "1.0".into(),
+        max_in_flight: 2,
+        ..Default::default()
+    };
+    let mut work = client.work(sub).await.unwrap();
+    let d = work.next_delivery().await.unwrap().unwrap();
+    let out = stdout(&fairway(&addr, &["workers", "ops", "--jobs"]).await);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("WORKER") && lines[1].starts_with("cli-worker"), "{out}");
+    assert!(lines[1].contains("1/2") && lines[1].ends_with("working"), "{out}");
+    assert!(out.contains(&d.job.as_ref().unwrap().id), "{out}");
+    work.settler().drain().await.unwrap();
+    eventually(Duration::from_secs(5), || async {
+        stdout(&fairway(&addr, &["workers"]).await).contains("draining").then_some(())
+    })
+    .await;
+    drop(work);
+    s.stop().await;
 }

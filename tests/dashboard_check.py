@@ -1,9 +1,12 @@
-"""Drives the Fairway dashboard in headless Chromium over the DevTools
-protocol: reads the figures shown, clicks "redrive", reads again and saves a
-screenshot. Prints one JSON object for the Rust test (tests/dashboard.rs) to
-check against the broker's own numbers.
+"""Drives the Fairway operator console in headless Chromium over the
+DevTools protocol, as a person would: reads the figures shown, retries one
+dead letter from its row, opens another's page and deletes it there, pauses
+and resumes the queue, redrives the rest, reads the workers page and a
+leased job's page, and deletes every dead letter of a second queue through
+its confirmation page. Saves screenshots along the way and prints one JSON
+object for the Rust test (tests/dashboard.rs) to check against the broker.
 
-usage: dashboard_check.py BASE_URL QUEUE SCREENSHOT_PNG
+usage: dashboard_check.py BASE_URL QUEUE OTHER_QUEUE SCREENSHOT_DIR
 """
 
 import base64
@@ -83,20 +86,32 @@ def start_chromium(profile):
 
 # Figures of the queue page, read by their data-field attributes.
 READ_QUEUE = """(() => {
-  const f = (root, name) => { const e = root.querySelector(`[data-field=${name}]`); return e ? e.textContent.trim() : null; };
+  const f = (root, name) => { const e = root && root.querySelector(`[data-field=${name}]`); return e ? e.textContent.trim() : null; };
   const summary = document.getElementById('summary');
   const totals = document.getElementById('totals');
   return {
     ready: f(summary, 'ready'), leased: f(summary, 'leased'), dead: f(summary, 'dead'),
+    scheduled: f(summary, 'scheduled'), status: f(summary, 'status'),
     enqueued_total: f(totals, 'enqueued_total'), dead_lettered_total: f(totals, 'dead_lettered_total'),
+    acked_total: f(totals, 'acked_total'),
     alerts: [...document.querySelectorAll('[data-alert]')].map(e => e.dataset.alert),
+    alert_messages: [...document.querySelectorAll('[data-alert] [data-field=message]')].map(e => e.textContent),
     groups: [...document.querySelectorAll('#groups tr[data-tenant]')].map(r => ({
       tenant: r.dataset.tenant, environment: r.dataset.environment,
-      ready: f(r, 'ready'), leased: f(r, 'leased') })),
+      ready: f(r, 'ready'), leased: f(r, 'leased'), weight: f(r, 'weight'), cap: f(r, 'cap'), rate: f(r, 'rate') })),
     dead_jobs: [...document.querySelectorAll('#dead tr[data-job]')].map(r => ({
       id: r.dataset.job, error: r.querySelector('td.text').textContent })),
-    flash: f(document, 'redriven'),
+    scheduled_jobs: [...document.querySelectorAll('#scheduled tr[data-job]')].map(r => ({
+      id: r.dataset.job, kind: f(r, 'kind'), next_run: f(r, 'next_run'), error: r.querySelector('td.text').textContent })),
+    latency: [...document.querySelectorAll('#latency tr[data-latency]')].map(r => r.textContent),
+    chart_y: [...document.querySelectorAll('#history [data-tick=y]')].map(e => e.textContent),
+    chart_x: [...document.querySelectorAll('#history [data-tick=x]')].map(e => e.textContent),
+    processed_hour: f(document, 'processed_hour'), failed_hour: f(document, 'failed_hour'),
+    spark_scale: f(summary && summary.nextElementSibling, 'spark_scale'),
+    flash: f(document, 'flash'),
     has_redrive_button: !!document.getElementById('redrive'),
+    has_pause_button: !!document.getElementById('pause'),
+    has_resume_button: !!document.getElementById('resume'),
   };
 })()"""
 
@@ -108,9 +123,41 @@ READ_OVERVIEW = """(() => {
            link: row.querySelector('a').getAttribute('href') };
 })()"""
 
+READ_JOB = """(() => {
+  const f = name => { const e = document.querySelector(`#job [data-field=${name}], [data-field=${name}]`); return e ? e.textContent.trim() : null; };
+  return { state: f('state'), tenant: f('tenant'), attempts: f('attempts'), last_error: f('last_error'),
+           lease_holder: f('lease_holder'), lease_expires_at: f('lease_expires_at'), trace_id: f('trace_id'),
+           payload: f('payload'), payload_kind: f('payload_kind'), flash: f('flash'),
+           headers: [...document.querySelectorAll('#headers tr[data-header]')].map(r => [r.dataset.header, r.children[1].textContent]),
+           has_retry: !!document.getElementById('retry'), has_delete: !!document.getElementById('delete') };
+})()"""
+
+READ_WORKERS = """(() => {
+  const f = (r, name) => r.querySelector(`[data-field=${name}]`).textContent.trim();
+  return {
+    workers: [...document.querySelectorAll('#workers tr[data-worker]')].map(r => ({
+      id: r.dataset.worker, version: f(r, 'version'), queues: f(r, 'queues'), in_flight: f(r, 'in_flight'),
+      connected: f(r, 'connected'), state: f(r, 'state') })),
+    running: [...document.querySelectorAll('#running tr[data-job]')].map(r => r.dataset.job),
+  };
+})()"""
+
+
+def click(page, element_js):
+    """Clicks an element as a person would and waits for the page it leads to."""
+    page.events.clear()
+    page.eval(f"{element_js}.click()")
+    page.wait_event("Page.loadEventFired")
+
+
+def shoot(page, path):
+    with open(path, "wb") as f:
+        f.write(base64.b64decode(page.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)["data"]))
+
 
 def main():
-    base, queue, shot = sys.argv[1], sys.argv[2], sys.argv[3]
+    base, queue, trash, shots = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+    os.makedirs(shots, exist_ok=True)
     profile = tempfile.mkdtemp(prefix="fairway-chromium-")
     proc, port = start_chromium(profile)
     try:
@@ -120,19 +167,44 @@ def main():
         out = {}
         page.open(base + "/")
         out["overview"] = page.eval(READ_OVERVIEW.replace("${QUEUE}", queue))
+        shoot(page, os.path.join(shots, "dashboard-overview.png"))
         page.open(base + out["overview"]["link"])
         out["queue"] = page.eval(READ_QUEUE)
-        shot_before = page.call("Page.captureScreenshot", format="png")["data"]
-        # Click the button as a person would; the form posts and the page
-        # reloads with the result.
-        page.events.clear()
-        page.eval("document.getElementById('redrive').click()")
-        page.wait_event("Page.loadEventFired")
+        shoot(page, os.path.join(shots, "dashboard.png"))
+
+        # Retry the first dead letter from its row.
+        first = out["queue"]["dead_jobs"][0]["id"]
+        click(page, f"document.querySelector('#dead tr[data-job=\"{first}\"] form[action$=\"/retry\"] button')")
+        out["after_retry"] = page.eval(READ_QUEUE)
+        # The second one's own page, then delete it from there.
+        second = out["queue"]["dead_jobs"][1]["id"]
+        click(page, f"document.querySelector('#dead tr[data-job=\"{second}\"] a')")
+        out["dead_job"] = page.eval(READ_JOB)
+        shoot(page, os.path.join(shots, "console-job.png"))
+        click(page, "document.getElementById('delete')")
+        out["after_delete"] = page.eval(READ_QUEUE)
+        # Pause, then resume.
+        click(page, "document.getElementById('pause')")
+        out["paused"] = page.eval(READ_QUEUE)
+        click(page, "document.getElementById('resume')")
+        out["resumed"] = page.eval(READ_QUEUE)
+        # Redrive what is left.
+        click(page, "document.getElementById('redrive')")
         out["after_redrive"] = page.eval(READ_QUEUE)
-        with open(shot, "wb") as f:
-            f.write(base64.b64decode(shot_before))
-        with open(shot.replace(".png", "-after-redrive.png"), "wb") as f:
-            f.write(base64.b64decode(page.call("Page.captureScreenshot", format="png")["data"]))
+        # A leased job's page names its holder.
+        page.open(base + "/workers")
+        out["workers"] = page.eval(READ_WORKERS)
+        shoot(page, os.path.join(shots, "console-workers.png"))
+        held = out["workers"]["running"][0] if out["workers"]["running"] else None
+        if held:
+            click(page, f"document.querySelector('#running tr[data-job=\"{held}\"] a')")
+            out["leased_job"] = page.eval(READ_JOB)
+        # Delete all the dead letters of the other queue, through its confirmation page.
+        page.open(base + f"/queues/{trash}")
+        click(page, "document.getElementById('delete-all')")
+        out["confirm_page"] = page.eval("document.querySelector('[data-field=dead]').textContent")
+        click(page, "document.getElementById('confirm-delete')")
+        out["after_delete_all"] = page.eval(READ_QUEUE)
         print(json.dumps(out))
     finally:
         proc.kill()

@@ -218,6 +218,7 @@ fn record_seeds() -> Vec<Vec<u8>> {
         worker_id: "worker-1".into(),
         duration_ms: 30_000,
         worker_version: "v2".into(),
+        leased_at_ms: 1_700_000_000_000,
     };
     let group = records::GroupRef { tenant: "acme".into(), environment: "prod".into(), priority: -3 };
     let counters = records::QueueCounters {
@@ -231,6 +232,7 @@ fn record_seeds() -> Vec<Vec<u8>> {
         dead_lettered_total: 2,
         leased_total: 97,
         quarantines_total: 1,
+        released_total: 4,
     };
     let meta = records::QueueMeta {
         name: "emails".into(),
@@ -289,6 +291,27 @@ fn record_seeds() -> Vec<Vec<u8>> {
             last_at_ms: 1_700_000_000_000,
         }
         .encode_to_vec(),
+        records::AlertStateRecord {
+            ready_since_ms: Some(1_700_000_000_000),
+            last_progress_ms: 1_700_000_010_000,
+            last_worker_seen_ms: 1_700_000_020_000,
+            last_dead_at_ms: Some(1_700_000_030_000),
+            active: vec![
+                records::AlertRecord {
+                    kind: "dead_lettering".into(),
+                    since_ms: 1_700_000_030_500,
+                    ready: 0,
+                    at_ms: 1_700_000_030_000,
+                },
+                records::AlertRecord {
+                    kind: "stalled".into(),
+                    since_ms: 1_700_000_040_000,
+                    ready: 12,
+                    at_ms: 1_700_000_010_000,
+                },
+            ],
+        }
+        .encode_to_vec(),
         Vec::new(),
     ]
 }
@@ -307,6 +330,7 @@ fn key_seeds() -> Vec<Vec<u8>> {
         keys::dedup_value(JobId(42), 1_700_000_000_000).to_vec(),
         keys::group_count("acme", "prod"),
         keys::TOTALS_KEY.to_vec(),
+        keys::ALERTS_KEY.to_vec(),
         // Structured inputs: name lengths and bytes, priorities, ids.
         (0u8..96).collect(),
         vec![0xff; 40],
@@ -382,6 +406,15 @@ fn request_seeds() -> Vec<Vec<u8>> {
         subscribe(16).encode_to_vec(),
         subscribe(limits_in_flight() + 1).encode_to_vec(),
         nack.encode_to_vec(),
+        pb::WorkRequest {
+            request: Some(pb::work_request::Request::Release(pb::ReleaseRequest {
+                queue: "emails".into(),
+                job_id: "000000000000002a".into(),
+                lease_id: "0123456789abcdef0123456789abcdef".into(),
+            })),
+        }
+        .encode_to_vec(),
+        pb::WorkRequest { request: Some(pb::work_request::Request::Drain(pb::Drain {})) }.encode_to_vec(),
         pb::LeaseRequest {
             queues: vec!["emails".into()],
             max_jobs: 10,

@@ -335,7 +335,10 @@ async fn typed_storm(seed: u64, s: &TestServer, jobs_in_vault: Vec<String>, unti
                 })
                 .await
                 .map(|_| ()),
-            10 => admin.purge_queue(pb::PurgeQueueRequest { queue: other, state: rng.random() }).await.map(|_| ()),
+            10 => admin
+                .purge_queue(pb::PurgeQueueRequest { queue: other, state: rng.random(), ..Default::default() })
+                .await
+                .map(|_| ()),
             11 => {
                 // A producer stream dropped mid-flight.
                 let reqs: Vec<pb::EnqueueRequest> = (0..rng.random_range(1..50))

@@ -350,7 +350,11 @@ async fn queue_admin_create_update_list_delete_purge() {
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains("5 jobs"), "{}", err.message());
     let purged = admin
-        .purge_queue(pb::PurgeQueueRequest { queue: "a".into(), state: pb::JobState::Ready as i32 })
+        .purge_queue(pb::PurgeQueueRequest {
+            queue: "a".into(),
+            state: pb::JobState::Ready as i32,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()

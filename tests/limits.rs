@@ -210,6 +210,9 @@ async fn a_message_over_the_wire_limit_is_refused_before_it_is_decoded() {
     let st = r.expect_err("an oversized message");
     assert!(matches!(st.code(), Code::OutOfRange | Code::ResourceExhausted), "{:?}: {}", st.code(), st.message());
     assert!(st.message().contains(&MAX_MESSAGE.to_string()), "{}", st.message());
+    // Named: the queue's own payload limit, not only the wire's.
+    let want = "queue \"q\" accepts payloads of at most 1048576 bytes (1.0 MiB, QueueConfig.max_payload_bytes";
+    assert!(st.message().contains(want), "{}", st.message());
     s.enqueue(job("q", "", "", "small")).await;
     s.assert_serving().await;
     s.stop().await;

@@ -3,6 +3,8 @@
 //! `grpc.health.v1` as `fairway.queue.<name>`.
 
 mod common;
+#[path = "common/process.rs"]
+mod process;
 
 use common::{dur, eventually, http, job, metric, TestServer};
 use fairway::pb;
@@ -174,7 +176,7 @@ async fn stalled_fires_when_work_stops_moving_and_clears_on_progress() {
     let held = s.lease("st", 1, Duration::from_secs(5), Some(Duration::from_secs(60))).await;
     assert_eq!(held.len(), 1);
     let st = expect_alert(&s, "st", "stalled", true).await;
-    assert!(st.alerts[0].message.contains("1 ready jobs"), "{}", st.alerts[0].message);
+    assert!(st.alerts[0].message.contains("1 ready job and"), "{}", st.alerts[0].message);
     // Progress: the ack frees the slot and the waiting job is leased.
     s.ack("st", &held[0]).await.expect("ack");
     assert_eq!(s.lease("st", 1, Duration::from_secs(5), None).await.len(), 1);
@@ -229,6 +231,84 @@ async fn dead_lettering_fires_and_clears_after_its_window() {
     expect_alert(&s, "dl", "dead_lettering", true).await;
     expect_alert(&s, "dl", "dead_lettering", false).await;
     s.stop().await;
+}
+
+/// The age in a dead-lettering message, in whole seconds ("…dead-lettered
+/// 2s ago…"), or 0 for "…539ms ago…".
+fn age_secs(message: &str) -> Option<u64> {
+    let age = message.split("dead-lettered ").nth(1)?.split(" ago").next()?;
+    if age.ends_with("ms") {
+        return Some(0);
+    }
+    humantime::parse_duration(age).ok().map(|d| d.as_secs())
+}
+
+/// Dead-letters the one job of `queue` (leased from `channel`).
+async fn dead_letter_one(channel: &tonic::transport::Channel, queue: &str) {
+    use fairway::pb::{job_service_client::JobServiceClient, worker_service_client::WorkerServiceClient};
+    let mut jobs = JobServiceClient::new(channel.clone());
+    jobs.enqueue(job(queue, "acme", "", "poison")).await.expect("enqueue");
+    let mut workers = WorkerServiceClient::new(channel.clone());
+    let lease =
+        pb::LeaseRequest { queues: vec![queue.into()], max_jobs: 1, wait: Some(dur(WAIT)), ..Default::default() };
+    let d = workers.lease(lease).await.expect("lease").into_inner().deliveries.pop().expect("a delivery");
+    let nack = pb::NackRequest {
+        queue: queue.into(),
+        job_id: d.job.as_ref().expect("job").id.clone(),
+        lease_id: d.lease_id.clone(),
+        error: "poison".into(),
+        dead: true,
+        ..Default::default()
+    };
+    workers.nack(nack).await.expect("nack");
+}
+
+/// An alert's message is written when it is read: its age grows with time
+/// (it used to say "539ms ago" for as long as the alert lasted). And what
+/// the rule needs is stored: after a graceful restart and after a kill -9
+/// the alert is still in force, with the same start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_stay_true_as_time_passes_and_across_restarts() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = TestServer::start_in(dir.path()).await;
+    let cfg = pb::QueueConfig { alert_dead_letter_window: Some(dur(Duration::from_secs(600))), ..quiet() };
+    s.create_queue("dl", cfg).await;
+    dead_letter_one(&s.channel, "dl").await;
+    let first = expect_alert(&s, "dl", "dead_lettering", true).await;
+    let alert = |st: &pb::QueueStats| st.alerts.iter().find(|a| a.kind == "dead_lettering").cloned();
+    let since = alert(&first).expect("alert").since;
+    // Read again later: the same alert, an older age.
+    let later = eventually(WAIT, || async {
+        let a = alert(&s.stats("dl").await)?;
+        (age_secs(&a.message)? >= 2).then_some(a)
+    })
+    .await;
+    assert_eq!(later.since, since, "the same alert");
+    assert!(later.message.contains("(alert_dead_letter_window 10m)"), "{}", later.message);
+
+    // A graceful restart: in force at once, with its start.
+    s.stop().await;
+    let s = TestServer::start_in(dir.path()).await;
+    let back = alert(&s.stats("dl").await).expect("dead_lettering survives a restart");
+    assert_eq!(back.since, since);
+    assert!(age_secs(&back.message).is_some_and(|a| a >= 2), "{}", back.message);
+    assert_eq!(queue_health(&s, "dl").await, Some(ServingStatus::NotServing));
+    s.stop().await;
+
+    // A crash right after a dead-lettering: the alert was stored with it.
+    let mut p = process::BrokerProcess::spawn(dir.path()).await;
+    p.wait_serving().await;
+    let mut admin = fairway::pb::admin_service_client::AdminServiceClient::new(p.channel.clone());
+    admin.create_queue(pb::CreateQueueRequest { name: "crash".into(), config: Some(cfg) }).await.expect("create");
+    dead_letter_one(&p.channel, "crash").await;
+    p.kill9();
+    let p = process::BrokerProcess::spawn(dir.path()).await;
+    p.wait_serving().await;
+    let mut admin = fairway::pb::admin_service_client::AdminServiceClient::new(p.channel.clone());
+    let st = admin.get_queue_stats(pb::GetQueueStatsRequest { queue: "crash".into() }).await.expect("stats");
+    assert!(alert(st.get_ref()).is_some(), "dead_lettering lost in a kill -9: {:?}", st.get_ref().alerts);
+    let old = admin.get_queue_stats(pb::GetQueueStatsRequest { queue: "dl".into() }).await.expect("stats");
+    assert_eq!(alert(old.get_ref()).map(|a| a.since), Some(since), "and the older one still");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -299,7 +299,10 @@ async fn admin_rpcs_need_an_admin_token() {
             denied_saying(a.create_queue(pb::CreateQueueRequest { name: "x".into(), config: None }).await, &["admin"]);
             denied_saying(a.list_queues(pb::ListQueuesRequest {}).await, &["AdminService"]);
             denied_saying(a.get_queue_stats(pb::GetQueueStatsRequest { queue: "jobs".into() }).await, &["admin"]);
-            denied_saying(a.purge_queue(pb::PurgeQueueRequest { queue: "jobs".into(), state: 0 }).await, &["admin"]);
+            denied_saying(
+                a.purge_queue(pb::PurgeQueueRequest { queue: "jobs".into(), ..Default::default() }).await,
+                &["admin"],
+            );
             let redrive = pb::RedriveDeadLettersRequest { queue: "jobs".into(), ..Default::default() };
             denied_saying(a.redrive_dead_letters(redrive).await, &["admin"]);
             let policy = pb::SetTenantPolicyRequest { queue: "jobs".into(), tenant: "a".into(), ..Default::default() };
@@ -313,7 +316,9 @@ async fn admin_rpcs_need_an_admin_token() {
         }
         let mut root = admin(&s.channel, Some(ADMIN));
         root.create_queue(pb::CreateQueueRequest { name: "x".into(), config: None }).await.expect("admin creates");
-        root.purge_queue(pb::PurgeQueueRequest { queue: "jobs".into(), state: 0 }).await.expect("admin purges");
+        root.purge_queue(pb::PurgeQueueRequest { queue: "jobs".into(), ..Default::default() })
+            .await
+            .expect("admin purges");
         let names: Vec<String> = root
             .list_queues(pb::ListQueuesRequest {})
             .await
@@ -343,7 +348,7 @@ async fn admin_rpcs_need_an_admin_token() {
         let foreign = pb::SetTenantPolicyRequest { queue: "jobs".into(), tenant: "b".into(), ..Default::default() };
         denied_saying(scoped.set_tenant_policy(foreign).await, &["\"b\""]);
         denied_saying(
-            scoped.purge_queue(pb::PurgeQueueRequest { queue: "jobs".into(), state: 0 }).await,
+            scoped.purge_queue(pb::PurgeQueueRequest { queue: "jobs".into(), ..Default::default() }).await,
             &["every tenant"],
         );
         let lift = pb::LiftQuarantineRequest { queue: "jobs".into(), worker_version: "v2".into() };
@@ -392,6 +397,26 @@ async fn the_metrics_port_needs_an_admin_token() {
         use base64::Engine;
         let basic = base64::engine::general_purpose::STANDARD.encode(format!("operator:{ADMIN}"));
         assert_eq!(plain_get(s.http_addr, "/", Some(&format!("Basic {basic}"))).await.0, 200);
+        // Every console page and button: no token 401, a narrow admin 403.
+        let narrow = format!("Bearer {ADMIN_A}");
+        for (method, path) in [
+            ("GET", "/workers"),
+            ("GET", "/queues/jobs/jobs/0000000000000001"),
+            ("GET", "/queues/jobs/dead/delete"),
+            ("POST", "/queues/jobs/pause"),
+            ("POST", "/queues/jobs/resume"),
+            ("POST", "/queues/jobs/redrive"),
+            ("POST", "/queues/jobs/dead/delete"),
+            ("POST", "/queues/jobs/jobs/0000000000000001/retry"),
+            ("POST", "/queues/jobs/jobs/0000000000000001/delete"),
+        ] {
+            assert_eq!(http_with(s.http_addr, method, path, &[]).await.0, 401, "{method} {path}");
+            assert_eq!(
+                http_with(s.http_addr, method, path, &[("authorization", &narrow)]).await.0,
+                403,
+                "{method} {path}"
+            );
+        }
     })
     .await
 }

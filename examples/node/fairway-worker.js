@@ -25,16 +25,35 @@
  * - Failure. A thrown error (or rejected promise) nacks the job with its
  *   message: the broker retries it with backoff and dead-letters it after
  *   the queue's max_attempts. `Retry` picks the delay; `DeadLetter` gives up.
- * - Graceful shutdown. On SIGINT/SIGTERM (or stop()) the worker starts no
- *   new job, lets the running ones finish, waits until the broker has
- *   confirmed their acks, then closes the stream. Closing earlier would hand
- *   the running jobs back (the broker returns a closed stream's leases at
- *   once). A second signal closes at once.
+ * - Graceful shutdown. On SIGINT/SIGTERM (or stop()) the worker
+ *   1. sends `drain` on its stream at once, so the broker sends it no more
+ *      jobs (its answer, an Outcome of kind 'drain', is the last word on
+ *      deliveries: none follows it);
+ *   2. gives back with `release` every job it was sent but has not
+ *      started, including any that arrives before the drain is answered;
+ *   3. lets the running jobs finish and sends their acks and nacks;
+ *   4. waits for the broker's Outcomes of those settles and releases;
+ *   5. then half-closes the stream and run() resolves.
+ *   The attempt rule is why: a delivery counts as an attempt unless it is
+ *   released, and when a stream ends every delivery it still holds counts
+ *   as one, started or not (the broker cannot tell an unstarted job from
+ *   one whose handler crashed the worker). So a job this worker never ran
+ *   spends none of its attempts, and closing before the acks are confirmed
+ *   would hand the running jobs back as spent attempts. If the stream
+ *   breaks while stopping, the acks, nacks and releases still owed go out
+ *   again on the next stream (or, with no broker to reach, those leases
+ *   simply expire). A second signal closes at once: what is still held
+ *   goes back to ready, each counted as an attempt.
  * - Reconnect. If the broker goes away the worker reconnects with jittered
  *   exponential backoff. Running jobs carry on; their acks and heartbeats go
  *   out on the new stream (a broker that shut down gracefully keeps leases).
  *   The new stream has a full window, so jobs it delivers while old ones
- *   still run wait for a free slot, their leases extended meanwhile.
+ *   still run wait for a free slot, their leases extended meanwhile; a stop
+ *   releases those too, whichever stream delivered them.
+ * - Logs. "connected to ADDR as WORKER_ID (version V)" once a stream is
+ *   established (the broker's response headers arrived: the subscribe was
+ *   accepted), and a warning "dead-lettered job ID after N attempts" when a
+ *   nack's Outcome says the job went to the dead letters.
  *
  * The proto is loaded from proto/ at start with @grpc/proto-loader, so the
  * worker always speaks the contract of the checkout it lives in.
@@ -138,7 +157,11 @@ class Job {
 const WAITING = 'waiting'; // delivered, waiting for a free slot
 const RUNNING = 'running'; // its handler is running
 const DONE = 'done'; // handler settled; its ack or nack awaits the broker's Outcome
-const HELD_BACK = 'held back'; // delivered during shutdown: never started, returned when the stream closes
+const RELEASING = 'releasing'; // never started (the worker is stopping): its release awaits the broker's Outcome
+
+// While stopping, how long to wait for the broker to answer `drain` before
+// closing anyway (a broker without drain ignores it).
+const DRAIN_WAIT_MS = 5000;
 
 function millisOf(ts) {
   return Number(ts.seconds) * 1000 + Math.floor(ts.nanos / 1e6);
@@ -163,7 +186,14 @@ class Stream {
     this.gen = gen;
     this.call = call;
     this.halfClosedAt = null;
+    this.drainSentAt = null; // when `drain` went out on this stream
+    this.drained = false; // its Outcome came: no delivery follows
     this.pending = new Map(); // job id -> [[kind, held]] in the order sent
+  }
+
+  /** Sent `drain`, and it was answered (or the broker is taking too long). */
+  drainSettled(now) {
+    return this.drainSentAt !== null && (this.drained || now - this.drainSentAt > DRAIN_WAIT_MS);
   }
 
   send(msg, kind, held) {
@@ -206,9 +236,13 @@ class Stream {
  *   handleSignals     stop on SIGINT/SIGTERM, close on a second one (default true)
  *   logger            { info(msg), warn(msg) } (default: stderr)
  *
- * Emits 'settled' (job, kind, ok, error) once the broker answered a settle;
- * kind is 'ack' or 'nack', or 'lost' when the lease was lost and nothing
- * was sent. A listener may call stop().
+ * Emits 'settled' (job, kind, ok, error) once the broker answered a settle
+ * or a release. kind is 'ack'; 'nack' (the job will run again); 'dead' for
+ * a nack after which the job was dead-lettered (its attempts ran out, or
+ * DeadLetter); 'release' for a job given back unstarted during a stop (not
+ * an attempt); or 'lost' when the lease was lost and nothing was sent. ok
+ * is false (and error says why) when the broker refused the request. A
+ * listener may call stop().
  */
 class Worker extends EventEmitter {
   constructor(handler, opts = {}) {
@@ -253,7 +287,7 @@ class Worker extends EventEmitter {
   async run() {
     const onSignal = (sig) => {
       if (!this._stopping) {
-        this.log.info(`${sig}: finishing running jobs (again to quit now)`);
+        this.log.info(`${sig}: draining; finishing running jobs (again to quit now)`);
         this.stop();
       } else {
         this.log.warn(`${sig} again: closing now; unfinished jobs go back to the queue`);
@@ -277,14 +311,22 @@ class Worker extends EventEmitter {
   }
 
   /**
-   * Starts a graceful shutdown: no new jobs; running ones finish and are
-   * acked. Returns at once; run() resolves when the shutdown is complete.
+   * Starts a graceful shutdown: sends `drain` on the stream (no more
+   * deliveries), gives back every job delivered but not started with
+   * `release` (a release is not an attempt), lets the running jobs finish,
+   * waits for the broker to answer their acks/nacks and the releases, then
+   * closes the stream. Returns at once; run() resolves when the shutdown is
+   * complete.
    */
   stop() {
     if (this._stopping) return;
     this._stopping = true;
-    this.log.info(`stopping: ${this._running} job(s) running will finish first`);
-    for (const h of this._waiting) if (h.state === WAITING) this._holdBack(h);
+    // Drain before the releases: the broker applies a stream's requests in
+    // order, so a released job cannot come back here.
+    if (this._stream) this._sendDrain(this._stream);
+    const waiting = this._waiting.filter((h) => h.state === WAITING && this._held.get(h.job.id) === h);
+    this.log.info(`stopping: ${this._running} job(s) running will finish first; releasing ${waiting.length} not started`);
+    for (const h of waiting) this._release(h);
     this._waiting = [];
     if (this.shutdownTimeoutMs !== undefined) {
       this._shutdownTimer = setTimeout(() => {
@@ -360,33 +402,36 @@ class Worker extends EventEmitter {
 
   // ---------------------------------------------------------------- state
 
-  _holdBack(h) {
-    h.state = HELD_BACK;
-    if (!this._stream || h.gen !== this._stream.gen) {
-      // Its stream is gone, so closing the current one will not return it
-      // (a broker that restarted keeps leases): hand it back explicitly
-      // rather than leave it leased until it expires.
-      const { job } = h;
-      h.settle = {
-        nack: {
-          queue: job.queue, job_id: job.id, lease_id: job.leaseId,
-          error: 'worker shut down before starting the job', retry_after: duration(0),
-        },
-      };
-      this._sendSettle(h);
+  /**
+   * Gives back a job that never started: ready again at once, and not an
+   * attempt. Whichever stream delivered it: a broker that restarted keeps
+   * leases, so one from an older stream is released on the current one
+   * too. Left to the stream's end instead, it would count as an attempt.
+   */
+  _release(h) {
+    h.state = RELEASING;
+    const { job } = h;
+    h.settle = { release: { queue: job.queue, job_id: job.id, lease_id: job.leaseId } };
+    this._sendSettle(h);
+  }
+
+  _sendDrain(s) {
+    if (s.drainSentAt === null && s.halfClosedAt === null) {
+      s.drainSentAt = Date.now();
+      s.send({ drain: {} });
     }
   }
 
   _sendSettle(h) {
     const s = this._stream;
-    if (s && s.halfClosedAt === null) s.send(h.settle, h.settle.ack ? 'ack' : 'nack', h);
+    if (s && s.halfClosedAt === null) s.send(h.settle, Object.keys(h.settle)[0], h);
   }
 
   _forget(h) {
     if (this._held.get(h.job.id) === h) this._held.delete(h.job.id);
   }
 
-  /** While stopping: does any job still need the stream (heartbeats or a settle)? */
+  /** While stopping: does any job still need the stream (heartbeats, a settle or a release)? */
   _needsBroker() {
     const now = Date.now();
     for (const h of this._held.values()) {
@@ -401,10 +446,14 @@ class Worker extends EventEmitter {
   /** Re-checks everything that waits on state: run once after every change. */
   _changed() {
     this._pump();
-    if (this._stopping && this._stream && !this._needsBroker()) {
+    const s = this._stream;
+    // Only once `drain` is answered: a delivery still on its way would
+    // otherwise arrive on a closing stream, too late to release, and count
+    // as an attempt when the stream ends.
+    if (this._stopping && s && s.halfClosedAt === null && s.drainSettled(Date.now()) && !this._needsBroker()) {
       // Ending our side makes the broker end the stream once it has applied
       // everything sent before, so the acks are never lost.
-      this._stream.halfClose();
+      s.halfClose();
     }
     if (this._wakeReconnect && (this._forced || (this._stopping && !this._needsBroker()))) {
       this._wakeReconnect();
@@ -431,8 +480,12 @@ class Worker extends EventEmitter {
     // A stream that half-closed without ending would stall the shutdown:
     // give it a few seconds, then cut it.
     if (s && s.halfClosedAt !== null && now - s.halfClosedAt > 5000) s.call.cancel();
-    if (this._held.size > 0 || (s && s.halfClosedAt !== null)) {
-      this._timer = setTimeout(() => this._heartbeat(), Math.max(1, wake - now));
+    // While stopping, leases run out and an unanswered drain times out with
+    // no message to wake anyone: look again soon.
+    const stopping = this._stopping && s && s.halfClosedAt === null;
+    if (stopping) wake = Math.min(wake, now + 500);
+    if (this._held.size > 0 || (s && s.halfClosedAt !== null) || stopping) {
+      this._timer = setTimeout(() => this._changed(), Math.max(1, wake - now));
     }
   }
 
@@ -483,8 +536,11 @@ class Worker extends EventEmitter {
     if (this.leaseMs !== undefined) subscribe.lease_duration = duration(this.leaseMs);
     s.send({ subscribe });
     this._stream = s;
-    // Settles decided while disconnected (or sent on a stream that broke
-    // before its Outcome came) go out first on the new one.
+    // Reconnected while stopping (to settle what still runs): this stream
+    // must deliver nothing new either.
+    if (this._stopping) this._sendDrain(s);
+    // Settles and releases decided while disconnected (or sent on a stream
+    // that broke before its Outcome came) go out first on the new one.
     for (const h of this._held.values()) if (h.settle) this._sendSettle(h);
     return new Promise((resolve) => {
       let heard = false;
@@ -501,6 +557,16 @@ class Worker extends EventEmitter {
         this._changed();
         resolve({ heard, err });
       };
+      // Established once the broker's response headers arrive: it sends
+      // them only after accepting the subscribe (a refusal comes as
+      // trailers only, without this event).
+      call.on('metadata', () => {
+        heard = true;
+        this.log.info(`connected to ${this.addr} as ${this.workerId} (version ${this.workerVersion || 'none'})`);
+        // The wait for the drain's answer starts now that the broker reads
+        // this stream.
+        if (s.drainSentAt !== null && !s.drained) s.drainSentAt = Date.now();
+      });
       call.on('data', (resp) => {
         heard = true;
         if (resp.response === 'delivery') this._onDelivery(s, resp.delivery);
@@ -536,12 +602,18 @@ class Worker extends EventEmitter {
       old.job._abort.abort(new Error('lease lost'));
     }
     this._held.set(job.id, h);
-    if (this._stopping) this._holdBack(h); // not started: the broker returns it when the stream closes
+    if (this._stopping) this._release(h); // sent before the broker saw our drain: give it back unstarted
     else this._waiting.push(h);
     this._changed();
   }
 
   _onOutcome(s, o) {
+    if (o.kind === 'drain') {
+      if (!o.ok) this.log.warn(`drain refused (${o.code}: ${o.error})`);
+      s.drained = true; // either way: no delivery follows it
+      this._changed();
+      return;
+    }
     const h = s.answered(o.job_id, o.kind);
     if (!h) return;
     const current = this._held.get(o.job_id) === h;
@@ -561,14 +633,18 @@ class Worker extends EventEmitter {
         this.log.warn(`job ${o.job_id}: extend failed (${o.code}: ${o.error}); trying again`);
         h.nextBeat = now + Math.min(1000, (h.leaseMs * (1 - this.heartbeatFraction)) / 2);
       }
-    } else if (o.kind === 'ack' || o.kind === 'nack') {
+    } else if (o.kind === 'ack' || o.kind === 'nack' || o.kind === 'release') {
       this._forget(h);
+      let kind = o.kind;
       if (!o.ok) {
         // After a reconnect this can be an ack the broker already applied on
         // the old stream, or a lease that expired.
         this.log.warn(`job ${o.job_id}: ${o.kind} refused (${o.code}: ${o.error})`);
+      } else if (kind === 'nack' && o.state === 'JOB_STATE_DEAD') {
+        this.log.warn(`dead-lettered job ${o.job_id} after ${h.job.attempt} attempts`);
+        kind = 'dead';
       }
-      this._report(h.job, o.kind, o.ok, o.error);
+      this._report(h.job, kind, o.ok, o.error);
     }
     this._changed();
   }

@@ -14,10 +14,14 @@
  *   "retry..."                  asks to be retried in 0.2 s on its first attempt
  *   anything else               acked, with the text as its result
  *
- * It prints one JSON line per event on stdout (started and done around each
- * run of the handler; acked, nacked or lost once the broker has answered)
- * and a summary line when it exits; logs go to stderr. SIGINT or SIGTERM
- * finishes the running jobs, then exits.
+ * It prints one JSON line per event on stdout: started and done around each
+ * run of the handler; then, once the broker has answered, acked, nacked (to
+ * be retried), dead (nacked and dead-lettered), released (given back
+ * unstarted during a stop: not an attempt) or lost (the lease was lost, or
+ * the broker refused the settle). When it exits it prints a summary line,
+ * {"acked": N, "nacked": N, "dead": N, "released": N, "jobs": [the acked
+ * jobs]}; logs go to stderr. SIGINT or SIGTERM drains: jobs not started are
+ * released, the running ones finish and are acked, then it exits.
  */
 const { parseArgs } = require('node:util');
 const { setTimeout: sleep } = require('node:timers/promises');
@@ -59,6 +63,8 @@ async function main() {
   const results = new Map(); // job id -> handler result, for the acked jobs' summary
   const acked = [];
   const nacked = [];
+  const dead = [];
+  const released = [];
 
   const handler = async (job) => {
     try {
@@ -81,14 +87,22 @@ async function main() {
     } else if (kind === 'nack' && ok) {
       nacked.push(job.id);
       emit('nacked', { id: job.id, attempt: job.attempt });
+    } else if (kind === 'dead' && ok) {
+      dead.push(job.id);
+      emit('dead', { id: job.id, attempt: job.attempt });
+    } else if (kind === 'release' && ok) {
+      released.push(job.id);
+      emit('released', { id: job.id, attempt: job.attempt });
     } else {
       emit('lost', { id: job.id, kind, error });
     }
     results.delete(job.id);
-    if (count && acked.length + nacked.length >= count) worker.stop();
+    // Released jobs never ran: they do not count.
+    if (count && acked.length + nacked.length + dead.length >= count) worker.stop();
   });
   await worker.run();
-  process.stdout.write(`${JSON.stringify({ acked: acked.length, nacked: nacked.length, jobs: acked })}\n`);
+  const summary = { acked: acked.length, nacked: nacked.length, dead: dead.length, released: released.length, jobs: acked };
+  process.stdout.write(`${JSON.stringify(summary)}\n`);
   // A forced stop can leave handlers running: they must not keep the
   // process alive.
   process.exit(0);

@@ -23,17 +23,36 @@ What it does, and why:
 * Failure. An exception nacks the job with its message: the broker retries
   it with backoff and dead-letters it after the queue's max_attempts.
   `Retry(after=...)` picks the delay instead; `DeadLetter` gives up now.
-* Graceful shutdown. On SIGINT/SIGTERM (or `stop()`) the worker starts no
-  new job, lets the running ones finish, waits until the broker has
-  confirmed their acks, then closes the stream. Closing it earlier would
-  hand the running jobs back (the broker returns a closed stream's leases
-  at once). A second signal closes at once.
+* Graceful shutdown. On SIGINT/SIGTERM (or `stop()`) the worker
+  1. sends `drain` on its stream at once, so the broker sends it no more
+     jobs (its answer, an Outcome of kind "drain", is the last word on
+     deliveries: none follows it);
+  2. gives back with `release` every job it was sent but has not started,
+     including any that arrives before the drain is answered;
+  3. lets the running jobs finish and sends their acks and nacks;
+  4. waits for the broker's Outcomes of those settles and releases;
+  5. then half-closes the stream and exits.
+  The attempt rule is why: a delivery counts as an attempt unless it is
+  released, and when a stream ends every delivery it still holds counts as
+  one, started or not (the broker cannot tell an unstarted job from one
+  whose handler crashed the worker). So a job this worker never ran spends
+  none of its attempts, and closing before the acks are confirmed would
+  hand the running jobs back as spent attempts. If the stream breaks while
+  stopping, the acks, nacks and releases still owed go out again on the
+  next stream (or, with no broker to reach, those leases simply expire). A
+  second signal closes at once: what is still held goes back to ready,
+  each counted as an attempt.
 * Reconnect. If the broker goes away the worker reconnects with jittered
   exponential backoff. Running jobs carry on; their acks and heartbeats
   go out on the new stream (a broker that shut down gracefully keeps
   leases, so those acks still count). The new stream has a full window,
   so jobs it delivers while old ones still run wait for a free thread,
-  their leases extended meanwhile.
+  their leases extended meanwhile; a stop releases those too, whichever
+  stream delivered them.
+* Logs. "connected to ADDR as WORKER_ID (version V)" at INFO once a stream
+  is established (the broker's response headers arrived: the subscribe was
+  accepted), and "dead-lettered job ID after N attempts" at WARNING when a
+  nack's Outcome says the job went to the dead letters.
 
 Needs grpcio and grpcio-tools. The stubs are generated from proto/ on first
 use, into a cache dir named after the proto's hash, so the worker always
@@ -172,7 +191,11 @@ class Job:
 _WAITING = "waiting"    # delivered, waiting for a free handler thread
 _RUNNING = "running"    # its handler is running
 _DONE = "done"          # handler returned; its ack or nack awaits the broker's Outcome
-_HELD_BACK = "held back"  # delivered during shutdown: never started, returned when the stream closes
+_RELEASING = "releasing"  # never started (the worker is stopping): its release awaits the broker's Outcome
+
+# While stopping, how long to wait for the broker to answer `drain` before
+# closing anyway (a broker without drain ignores it).
+_DRAIN_WAIT = 5.0
 
 
 class _Held:
@@ -205,6 +228,8 @@ class _Stream:
         self.outbox = queue_mod.Queue()
         self.call = None
         self.half_closed_at = None
+        self.drain_sent_at = None  # when `drain` went out on this stream
+        self.drained = False  # its Outcome came: no delivery follows
         self.pending = {}  # job id -> [(kind, _Held)] in the order sent
 
     def send(self, msg, kind=None, held=None):
@@ -223,6 +248,10 @@ class _Stream:
                     del self.pending[job_id]
                 return held
         return None
+
+    def drain_settled(self, now):
+        """Sent `drain`, and it was answered (or the broker is taking too long)."""
+        return self.drain_sent_at is not None and (self.drained or now - self.drain_sent_at > _DRAIN_WAIT)
 
     def half_close(self):
         if self.half_closed_at is None:
@@ -253,9 +282,14 @@ class Worker:
     shutdown_timeout: seconds to wait for running jobs after stop() before
                closing anyway (None = wait for them).
     on_settled: called as on_settled(job, kind, ok, error) once the broker
-               answered a settle; kind is "ack" or "nack", or "lost" when the
-               lease was lost and nothing was sent. Runs on one of the
-               library's threads: keep it short. It may call stop().
+               answered a settle or a release. kind is "ack"; "nack" (the
+               job will run again); "dead" for a nack after which the job
+               was dead-lettered (its attempts ran out, or DeadLetter);
+               "release" for a job given back unstarted during a stop (not
+               an attempt); or "lost" when the lease was lost and nothing
+               was sent. ok is False (and error says why) when the broker
+               refused the request. Runs on one of the library's threads:
+               keep it short. It may call stop().
     """
 
     def __init__(self, handler, queues, addr=None, *, concurrency=4, worker_id=None, worker_version="",
@@ -328,20 +362,29 @@ class Worker:
                 self._tasks.put(None)
 
     def stop(self):
-        """Starts a graceful shutdown: no new jobs; running ones finish and are acked.
+        """Starts a graceful shutdown: drain, release unstarted jobs, finish and ack running ones.
 
-        Safe from any thread, a signal handler or on_settled. Returns at once;
-        run() returns when the shutdown is complete.
+        Sends `drain` on the stream (no more deliveries), gives back every
+        job delivered but not started with `release` (a release is not an
+        attempt), lets the running jobs finish, waits for the broker to
+        answer their acks/nacks and the releases, then closes the stream.
+        Safe from any thread, a signal handler or on_settled. Returns at
+        once; run() returns when the shutdown is complete.
         """
         with self._cond:
             if self._stop_requested_at is not None:
                 return
             self._stop_requested_at = time.monotonic()
+            # Drain before the releases: the broker applies a stream's
+            # requests in order, so a released job cannot come back here.
+            if self._stream is not None:
+                self._send_drain(self._stream)
             running = sum(1 for h in self._held.values() if h.state == _RUNNING)
-            log.info("stopping: %d job(s) running will finish first", running)
-            for h in self._held.values():
-                if h.state == _WAITING:
-                    self._hold_back(h)
+            waiting = [h for h in self._held.values() if h.state == _WAITING]
+            log.info("stopping: %d job(s) running will finish first; releasing %d not started",
+                     running, len(waiting))
+            for h in waiting:
+                self._release(h)
             self._maybe_half_close()
             self._cond.notify_all()
 
@@ -356,7 +399,7 @@ class Worker:
 
     def _on_signal(self, signum, _frame):
         if self._stop_requested_at is None:
-            log.info("%s: finishing running jobs (again to quit now)", signal.Signals(signum).name)
+            log.info("%s: draining; finishing running jobs (again to quit now)", signal.Signals(signum).name)
             # Not stop() directly: the signal may interrupt this very thread
             # inside a locked section, and the lock is not safe to re-enter
             # from there in every case.
@@ -423,17 +466,22 @@ class Worker:
 
     # ------------------------------------------------------------ state (callers hold _cond)
 
-    def _hold_back(self, h):
-        h.state = _HELD_BACK
-        if self._stream is None or h.gen != self._stream.gen:
-            # Its stream is gone, so closing the current one will not return
-            # it (a broker that restarted keeps leases): hand it back
-            # explicitly rather than leave it leased until it expires.
-            pb, job = self.pb, h.job
-            h.settle = pb.WorkRequest(nack=pb.NackRequest(
-                queue=job.queue, job_id=job.id, lease_id=job.lease_id,
-                error="worker shut down before starting the job", retry_after=_duration(0)))
-            self._send_settle(h)
+    def _release(self, h):
+        """Gives back a job that never started: ready again at once, and not an attempt.
+
+        Whichever stream delivered it: a broker that restarted keeps leases,
+        so one from an older stream is released on the current one too.
+        Left to the stream's end instead, it would count as an attempt.
+        """
+        h.state = _RELEASING
+        pb, job = self.pb, h.job
+        h.settle = pb.WorkRequest(release=pb.ReleaseRequest(queue=job.queue, job_id=job.id, lease_id=job.lease_id))
+        self._send_settle(h)
+
+    def _send_drain(self, s):
+        if s.drain_sent_at is None and s.half_closed_at is None:
+            s.drain_sent_at = time.monotonic()
+            s.send(self.pb.WorkRequest(drain=self.pb.Drain()))
 
     def _send_settle(self, h):
         s = self._stream
@@ -445,7 +493,7 @@ class Worker:
             del self._held[h.job.id]
 
     def _needs_broker(self):
-        """While stopping: does any job still need the stream (heartbeats or a settle)?"""
+        """While stopping: does any job still need the stream (heartbeats, a settle or a release)?"""
         now = time.monotonic()
         for h in self._held.values():
             if h.state == _RUNNING:
@@ -457,10 +505,16 @@ class Worker:
         return False
 
     def _maybe_half_close(self):
-        if self._stop_requested_at is not None and self._stream is not None and not self._needs_broker():
+        s = self._stream
+        if self._stop_requested_at is None or s is None or s.half_closed_at is not None:
+            return
+        # Only once `drain` is answered: a delivery still on its way would
+        # otherwise arrive on a closing stream, too late to release, and
+        # count as an attempt when the stream ends.
+        if s.drain_settled(time.monotonic()) and not self._needs_broker():
             # Ending our side makes the broker end the stream once it has
             # applied everything sent before, so the acks are never lost.
-            self._stream.half_close()
+            s.half_close()
 
     def _schedule_beat(self, h, now):
         h.next_beat = now + h.lease_len * self.heartbeat_fraction
@@ -484,6 +538,11 @@ class Worker:
                         h.beat_gen = s.gen
                     if h.beat_gen is None:
                         wake = min(wake, h.next_beat)
+                # While stopping: leases run out and an unanswered drain
+                # times out with no message to wake anyone.
+                self._maybe_half_close()
+                if s is not None and self._stop_requested_at is not None and s.half_closed_at is None:
+                    wake = min(wake, now + 0.5)
                 # A stream that half-closed without ending would stall the
                 # shutdown: give it a few seconds, then cut it.
                 if s is not None and s.half_closed_at is not None and now - s.half_closed_at > 5:
@@ -537,8 +596,13 @@ class Worker:
             s.send(pb.WorkRequest(subscribe=sub))
             s.call = self.pb_grpc.WorkerServiceStub(channel).Work(iter(s.outbox.get, None))
             self._stream = s
-            # Settles decided while disconnected (or sent on a stream that
-            # broke before its Outcome came) go out first on the new one.
+            if self._stop_requested_at is not None:
+                # Reconnected while stopping (to settle what still runs):
+                # this stream must deliver nothing new either.
+                self._send_drain(s)
+            # Settles and releases decided while disconnected (or sent on a
+            # stream that broke before its Outcome came) go out first on the
+            # new one.
             for h in self._held.values():
                 if h.settle is not None:
                     self._send_settle(h)
@@ -546,6 +610,19 @@ class Worker:
             self._cond.notify_all()
         heard, err = False, "closed by the broker"
         try:
+            # Established once the broker's response headers arrive: it
+            # answers them only after accepting the subscribe. Blocks until
+            # then, or until the call fails (then it returns at once).
+            s.call.initial_metadata()
+            if not s.call.done():
+                heard = True
+                log.info("connected to %s as %s (version %s)", self.addr, self.worker_id,
+                         self.worker_version or "none")
+                with self._cond:
+                    if s.drain_sent_at is not None and not s.drained:
+                        # The wait for the drain's answer starts now that the
+                        # broker reads this stream.
+                        s.drain_sent_at = time.monotonic()
             for resp in s.call:
                 heard = True
                 self._on_response(s, resp)
@@ -595,8 +672,8 @@ class Worker:
                 old.job.lease_lost.set()
             self._held[job.id] = h
             if self._stop_requested_at is not None:
-                # Not started: the broker returns it when the stream closes.
-                self._hold_back(h)
+                # Sent before the broker saw our drain: give it back unstarted.
+                self._release(h)
             else:
                 self._tasks.put(h)
             self._cond.notify_all()
@@ -604,6 +681,13 @@ class Worker:
     def _on_outcome(self, s, o):
         report = None
         with self._cond:
+            if o.kind == "drain":
+                if not o.ok:
+                    log.warning("drain refused (%s: %s)", o.code, o.error)
+                s.drained = True  # either way: no delivery follows it
+                self._maybe_half_close()
+                self._cond.notify_all()
+                return
             h = s.answered(o.job_id, o.kind)
             if h is None:
                 return
@@ -625,13 +709,17 @@ class Worker:
                 else:
                     log.warning("job %s: extend failed (%s: %s); trying again", o.job_id, o.code, o.error)
                     h.next_beat = now + min(1.0, h.lease_len * (1 - self.heartbeat_fraction) / 2)
-            elif o.kind in ("ack", "nack"):
+            elif o.kind in ("ack", "nack", "release"):
                 self._forget(h)
+                kind = o.kind
                 if not o.ok:
                     # After a reconnect this can be an ack the broker already
                     # applied on the old stream, or a lease that expired.
                     log.warning("job %s: %s refused (%s: %s)", o.job_id, o.kind, o.code, o.error)
-                report = (h.job, o.kind, o.ok, o.error)
+                elif kind == "nack" and o.state == self.pb.JOB_STATE_DEAD:
+                    log.warning("dead-lettered job %s after %d attempts", o.job_id, h.job.attempt)
+                    kind = "dead"
+                report = (h.job, kind, o.ok, o.error)
             self._maybe_half_close()
             self._cond.notify_all()
         if report is not None:

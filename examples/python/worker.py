@@ -12,10 +12,14 @@ tried from the command line (and the tests drive it this way):
     "retry..."                  asks to be retried in 0.2 s on its first attempt
     anything else               acked, with the text as its result
 
-It prints one JSON line per event on stdout (started and done around each
-run of the handler; acked, nacked or lost once the broker has answered)
-and a summary line when it exits; logs go to stderr. SIGINT or SIGTERM
-finishes the running jobs, then exits.
+It prints one JSON line per event on stdout: started and done around each
+run of the handler; then, once the broker has answered, acked, nacked (to
+be retried), dead (nacked and dead-lettered), released (given back
+unstarted during a stop: not an attempt) or lost (the lease was lost, or
+the broker refused the settle). When it exits it prints a summary line,
+{"acked": N, "nacked": N, "dead": N, "released": N, "jobs": [the acked
+jobs]}; logs go to stderr. SIGINT or SIGTERM drains: jobs not started are
+released, the running ones finish and are acked, then it exits.
 """
 import argparse
 import json
@@ -63,7 +67,7 @@ def main():
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     results = {}  # job id -> handler result, for the acked jobs' summary
-    acked, nacked = [], []
+    acked, nacked, dead, released = [], [], [], []
     worker = None
 
     def handler(job):
@@ -79,16 +83,24 @@ def main():
         elif kind == "nack" and ok:
             nacked.append(job.id)
             emit("nacked", id=job.id, attempt=job.attempt)
+        elif kind == "dead" and ok:
+            dead.append(job.id)
+            emit("dead", id=job.id, attempt=job.attempt)
+        elif kind == "release" and ok:
+            released.append(job.id)
+            emit("released", id=job.id, attempt=job.attempt)
         else:
             results.pop(job.id, None)
             emit("lost", id=job.id, kind=kind, error=error)
-        if args.count and len(acked) + len(nacked) >= args.count:
+        # Released jobs never ran: they do not count.
+        if args.count and len(acked) + len(nacked) + len(dead) >= args.count:
             worker.stop()
 
     worker = Worker(handler, args.queue, args.addr, concurrency=args.concurrency, lease_duration=args.lease,
                     worker_version="example-1", on_settled=on_settled)
     worker.run()
-    print(json.dumps({"acked": len(acked), "nacked": len(nacked), "jobs": acked}), flush=True)
+    print(json.dumps({"acked": len(acked), "nacked": len(nacked), "dead": len(dead), "released": len(released),
+                      "jobs": acked}), flush=True)
 
 
 if __name__ == "__main__":

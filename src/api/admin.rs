@@ -6,7 +6,7 @@
 
 use super::convert;
 use crate::auth;
-use crate::broker::Broker;
+use crate::broker::{Broker, GroupScope, Redrive};
 use crate::pb;
 use crate::pb::admin_service_server::AdminService;
 use tonic::{Request, Response, Status};
@@ -104,9 +104,24 @@ impl AdminService for AdminApi {
         let access = auth::access(&req)?;
         let r = req.into_inner();
         let name = convert::queue_name(&r.queue)?;
-        let (tenant, env) = convert::scope_filter(&r.tenant, &r.environment)?;
-        access.admin_tenant("redrive dead letters of", &name, tenant.as_deref())?;
-        let redriven = self.broker.redrive(name, tenant, env, r.limit).await?;
+        let (tenant, environment) = convert::scope_filter(&r.tenant, &r.environment)?;
+        let which = if r.job_id.is_empty() {
+            access.admin_tenant("redrive dead letters of", &name, tenant.as_deref())?;
+            Redrive::Matching { scope: GroupScope { tenant, environment }, limit: r.limit }
+        } else {
+            if tenant.is_some() || environment.is_some() || r.limit != 0 {
+                return Err(Status::invalid_argument(
+                    "job_id names one dead letter: leave tenant, environment and limit empty",
+                ));
+            }
+            let id = convert::job_id(&r.job_id)?;
+            access.admin_queue(&name)?;
+            // A job's tenant never changes, so reading it first is safe.
+            let job = self.broker.get_job(name.clone(), id).await?;
+            access.admin_tenant("redrive dead letters of", &name, Some(&job.tenant))?;
+            Redrive::Job(id)
+        };
+        let redriven = self.broker.redrive(name, which).await?;
         Ok(Response::new(pb::RedriveDeadLettersResponse { redriven }))
     }
 
@@ -139,9 +154,29 @@ impl AdminService for AdminApi {
         let access = auth::access(&req)?;
         let r = req.into_inner();
         let name = convert::queue_name(&r.queue)?;
-        access.admin_whole_queue("purge", &name)?;
+        let (tenant, environment) = convert::scope_filter(&r.tenant, &r.environment)?;
+        match &tenant {
+            Some(t) => access.admin_tenant("purge", &name, Some(t))?,
+            None => access.admin_whole_queue("purge", &name)?,
+        }
         let state = convert::job_state(r.state)?;
-        let purged = self.broker.purge(name, state).await?;
+        let purged = self.broker.purge(name, state, GroupScope { tenant, environment }).await?;
         Ok(Response::new(pb::PurgeQueueResponse { purged }))
+    }
+
+    async fn list_workers(
+        &self,
+        req: Request<pb::ListWorkersRequest>,
+    ) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        let access = auth::access(&req)?;
+        let r = req.into_inner();
+        let queue = if r.queue.is_empty() { None } else { Some(convert::queue_name(&r.queue)?) };
+        // Workers hold jobs of every tenant.
+        match &queue {
+            Some(q) => access.admin_whole_queue("list the workers of", q)?,
+            None => access.admin_all("list the workers of")?,
+        }
+        let workers = self.broker.list_workers(queue).await?;
+        Ok(Response::new(pb::ListWorkersResponse { workers }))
     }
 }

@@ -8,6 +8,7 @@ pub(crate) mod convert;
 mod enqueue_stream;
 pub mod jobs;
 mod outcome_window;
+pub mod oversize;
 mod settle_scope;
 pub mod trace;
 pub mod traceparent;

@@ -105,6 +105,10 @@ impl WorkTraces {
                     e.expires_at = e.expires_at.max(now_millis().saturating_add(d));
                 }
             }
+            // Given back unstarted: no settle span, nothing more to follow.
+            SettleAction::Release => {
+                self.delivered.remove(&lease);
+            }
             SettleAction::Ack | SettleAction::Nack { .. } => {
                 let Some(e) = self.delivered.remove(&lease) else { return };
                 let kind = action.kind();

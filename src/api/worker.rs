@@ -57,11 +57,12 @@ fn target(queue: &str, job: &str, lease: &str) -> Result<(String, JobId, LeaseId
     Ok((convert::queue_name(queue)?, convert::job_id(job)?, convert::lease_id(lease)?))
 }
 
-/// Applies one ack/nack/extend sent on a Work stream; the outcome goes back
-/// on the stream.
+/// Applies one message sent on a Work stream after its subscribe (an
+/// ack, nack, extend, release or drain); the outcome goes back on the
+/// stream.
 async fn settle_from_stream(
     broker: &Broker,
-    tx: &StreamTx,
+    (consumer, tx): (u64, &StreamTx),
     msg: WorkMsg,
     traces: Option<&SharedWorkTraces>,
     scope: &SettleScope,
@@ -70,6 +71,13 @@ async fn settle_from_stream(
         WorkMsg::Ack(a) => (target(&a.queue, &a.job_id, &a.lease_id), Ok(SettleAction::Ack), "ack"),
         WorkMsg::Nack(n) => (target(&n.queue, &n.job_id, &n.lease_id), nack_action(n), "nack"),
         WorkMsg::Extend(e) => (target(&e.queue, &e.job_id, &e.lease_id), extend_action(e), "extend"),
+        WorkMsg::Release(r) => (target(&r.queue, &r.job_id, &r.lease_id), Ok(SettleAction::Release), "release"),
+        WorkMsg::Drain(_) => {
+            if broker.drain(consumer, tx.clone()).await.is_err() {
+                let _ = tx.send(Ok(view::outcome(String::new(), "drain", Err(&BrokerError::ShuttingDown))));
+            }
+            return;
+        }
         WorkMsg::Subscribe(_) => {
             let e = BrokerError::FailedPrecondition(
                 "this stream is already subscribed; open a new stream to change queues".into(),
@@ -82,14 +90,12 @@ async fn settle_from_stream(
         WorkMsg::Ack(a) => a.job_id.clone(),
         WorkMsg::Nack(n) => n.job_id.clone(),
         WorkMsg::Extend(e) => e.job_id.clone(),
-        WorkMsg::Subscribe(_) => String::new(),
+        WorkMsg::Release(r) => r.job_id.clone(),
+        WorkMsg::Subscribe(_) | WorkMsg::Drain(_) => String::new(),
     };
     let mut checked = ids.and_then(|ids| action.map(|a| (ids, a)));
     let refused = match &checked {
-        Ok(((queue, job, _), action)) => {
-            let finishes = !matches!(action, SettleAction::Extend { .. });
-            scope.check(broker, queue, *job, finishes).await.err()
-        }
+        Ok(((queue, job, _), action)) => scope.check(broker, queue, *job, action.finishes()).await.err(),
         Err(_) => None,
     };
     if let Some(e) = refused {
@@ -169,7 +175,8 @@ impl WorkerService for WorkerApi {
                 };
                 match next {
                     Ok(Some(pb::WorkRequest { request: Some(msg) })) => {
-                        settle_from_stream(&guard.broker, &tx, msg, reader_traces.as_ref(), &reader_scope).await
+                        let stream = (guard.id, &tx);
+                        settle_from_stream(&guard.broker, stream, msg, reader_traces.as_ref(), &reader_scope).await
                     }
                     Ok(Some(_)) => reader_window.release(),
                     Ok(None) | Err(_) => break,
@@ -268,5 +275,14 @@ impl WorkerService for WorkerApi {
             }
             other => Err(Status::internal(format!("extend answered with {other:?}"))),
         }
+    }
+
+    async fn release(&self, req: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let scope = SettleScope::unary(auth::access(&req)?);
+        let r = req.into_inner();
+        let (queue, job, lease) = target(&r.queue, &r.job_id, &r.lease_id)?;
+        scope.check(&self.broker, &queue, job, true).await?;
+        self.broker.settle(queue, job, lease, SettleAction::Release).await?;
+        Ok(Response::new(pb::ReleaseResponse {}))
     }
 }

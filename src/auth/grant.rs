@@ -288,6 +288,20 @@ impl Access {
         self.grant().is_none_or(|g| g.queues.allows(queue))
     }
 
+    /// An admin action over every queue and tenant (listing every worker).
+    pub fn admin_all(&self, action: &str) -> Result<(), BrokerError> {
+        let Some(g) = self.grant() else { return Ok(()) };
+        g.meets(Need::Admin)?;
+        if g.queues == Scope::All && g.tenants == Scope::All {
+            return Ok(());
+        }
+        Err(denied(format!(
+            "to {action} every queue needs an admin token with queues and tenants [\"*\"]; {} is not one: \
+             name one queue it covers instead",
+            g.who()
+        )))
+    }
+
     /// The HTTP port (metrics and dashboard show every queue and tenant):
     /// an admin token covering everything.
     pub fn operator(&self) -> Result<(), BrokerError> {

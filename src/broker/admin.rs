@@ -159,7 +159,7 @@ impl Engine {
                 .map(|(k, a)| pb::QueueAlert {
                     kind: k.as_str().to_string(),
                     since: Some(view::timestamp(a.since)),
-                    message: a.message.clone(),
+                    message: a.message(*k, &q.config.alerts, self.now),
                 })
                 .collect(),
             leased_total: c.leased_total,
@@ -176,6 +176,7 @@ impl Engine {
                 })
                 .collect(),
             quarantines_total: c.quarantines_total,
+            released_total: c.released_total,
         })
     }
 

@@ -38,7 +38,15 @@ pub(super) struct Consumer {
     pub rotation: QueueRotation,
     /// Tenants whose jobs it may receive (its token's); `None` = all.
     pub tenants: TenantFilter,
+    /// It sent `drain` (it is stopping): it gets no more deliveries, while
+    /// its settles and releases still apply.
+    pub draining: bool,
+    /// When it subscribed, for the operators' list of workers.
+    pub connected_at: Millis,
 }
+
+/// Most leases listed per worker by `ListWorkers`.
+const WORKER_LEASES_SHOWN: usize = 100;
 
 /// A unary `Lease` call waiting for jobs.
 pub(super) struct Waiter {
@@ -93,8 +101,65 @@ impl Engine {
                 leases: Default::default(),
                 rotation,
                 tenants: sub.tenants,
+                draining: false,
+                connected_at: now_millis(),
             },
         );
+    }
+
+    /// A Work stream asks for no more deliveries. The answer, an Outcome of
+    /// kind "drain", goes out in request order (after settles of this turn
+    /// that wait for the commit), and no delivery follows it: dispatch
+    /// skips the stream from now on.
+    pub(super) fn drain(&mut self, id: u64, tx: StreamTx) {
+        if let Some(c) = self.consumers.get_mut(&id).filter(|c| !c.draining) {
+            c.draining = true;
+            tracing::info!(consumer = id, worker_id = %c.worker_id, held = c.leases.len(),
+                "worker draining: no more deliveries to it");
+        }
+        let answer = move || {
+            let _ = tx.send(Ok(view::drained()));
+        };
+        if self.w.has_waiting() {
+            self.w.after(Box::new(move |_| answer()));
+        } else {
+            answer();
+        }
+    }
+
+    /// The Work streams connected now (to `queue`, or to any), longest
+    /// connected first, each with the jobs it holds.
+    pub(super) fn list_workers(&self, queue: Option<&str>) -> Vec<pb::WorkerInfo> {
+        let mut out: Vec<(Millis, pb::WorkerInfo)> = self
+            .consumers
+            .values()
+            .filter(|c| queue.is_none_or(|q| c.queues.iter().any(|n| n == q)))
+            .map(|c| {
+                let mut held: Vec<(Millis, pb::WorkerLease)> = c
+                    .leases
+                    .iter()
+                    .filter_map(|(q, job)| {
+                        let l = self.queues.get(q)?.leases.get(job)?;
+                        Some((l.leased_at, view::worker_lease(q, *job, l)))
+                    })
+                    .collect();
+                held.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.job_id.cmp(&b.1.job_id)));
+                held.truncate(WORKER_LEASES_SHOWN);
+                let info = pb::WorkerInfo {
+                    worker_id: c.worker_id.clone(),
+                    worker_version: c.worker_version.to_string(),
+                    queues: c.queues.clone(),
+                    in_flight: c.in_flight,
+                    max_in_flight: c.max_in_flight,
+                    connected_at: Some(view::timestamp(c.connected_at)),
+                    draining: c.draining,
+                    leases: held.into_iter().map(|(_, l)| l).collect(),
+                };
+                (c.connected_at, info)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.worker_id.cmp(&b.1.worker_id)));
+        out.into_iter().map(|(_, w)| w).collect()
     }
 
     /// A Work stream ended: its leases go back to ready now (each delivery
@@ -139,8 +204,12 @@ impl Engine {
         }
         loop {
             let mut progress = false;
-            let consumers: Vec<u64> =
-                self.consumers.iter().filter(|(_, c)| c.in_flight < c.max_in_flight).map(|(id, _)| *id).collect();
+            let consumers: Vec<u64> = self
+                .consumers
+                .iter()
+                .filter(|(_, c)| c.in_flight < c.max_in_flight && !c.draining)
+                .map(|(id, _)| *id)
+                .collect();
             for id in consumers {
                 progress |= self.lease_for(Target::Consumer(id));
             }
@@ -338,13 +407,7 @@ impl Engine {
                 tracing::debug!(queue = %o.queue, tenant = %tenant, environment = %env, job_id = %o.job,
                     "delivery not sent: worker stream closed");
                 // Nobody received it: revert the lease without an attempt.
-                if let Some(c) = self.consumers.get_mut(&o.consumer) {
-                    c.leases.remove(&(o.queue.clone(), o.job));
-                    c.in_flight = c.in_flight.saturating_sub(1);
-                }
-                if let Err(e) = self.undeliver(&o.queue, o.job) {
-                    self.w.poison(e);
-                }
+                self.undeliver(&o.queue, o.job);
                 gone.push(o.consumer);
             }
         }
@@ -386,25 +449,19 @@ impl Engine {
         }
         self.waiters = keep;
         for (queue, job) in undelivered {
-            if let Err(e) = self.undeliver(&queue, job) {
-                self.w.poison(e);
-            }
+            self.undeliver(&queue, job);
         }
     }
 
-    /// Reverts a lease whose delivery never reached anyone.
-    fn undeliver(&mut self, queue: &str, job: JobId) -> Result<()> {
-        let Some(q) = self.queues.get_mut(queue) else { return Ok(()) };
-        let Some(l) = q.leases.remove(&job) else { return Ok(()) };
-        q.lease_expiry.remove(&(l.expires_at, job));
-        let (t, e) = (l.record.tenant.clone(), l.record.environment.clone());
-        q.lease_ended(&t, &e);
-        let pos = (keys::inv_priority(l.record.priority), job.0);
-        let now = self.now;
-        q.add_ready(&t, &e, pos, now);
-        self.w.delete(queue, &keys::lease(job));
-        self.w.put(queue, &keys::ready(&t, &e, pos), &now.to_be_bytes());
-        Ok(())
+    /// Reverts a lease whose delivery never reached anyone (if it is still
+    /// there: the queue may be gone).
+    fn undeliver(&mut self, queue: &str, job: JobId) {
+        if !self.queues.get(queue).is_some_and(|q| q.leases.contains_key(&job)) {
+            return;
+        }
+        if let Err(e) = self.give_back(queue, job) {
+            self.w.poison(e);
+        }
     }
 }
 

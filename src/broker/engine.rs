@@ -13,7 +13,7 @@ use super::{Command, Registry};
 use crate::error::{BrokerError, Result};
 use crate::model::{now_millis, JobId, LeaseId, Millis};
 use crate::storage::keys;
-use crate::storage::records::{BreakerWindowRecord, JobRecord, LeaseRecord, QueueCounters};
+use crate::storage::records::{AlertStateRecord, BreakerWindowRecord, JobRecord, LeaseRecord, QueueCounters};
 use crate::storage::Store;
 use prost::Message;
 use rocksdb::WriteBatch;
@@ -509,6 +509,10 @@ impl Engine {
             Command::Cancel { queue, job, reply } => self.cancel(queue, job, reply),
             Command::Subscribe { id, sub, tx } => self.subscribe(id, sub, tx),
             Command::Unsubscribe { id } => self.unsubscribe(id, "worker disconnected"),
+            Command::Drain { id, tx } => self.drain(id, tx),
+            Command::ListWorkers { queue, reply } => {
+                let _ = reply.send(Ok(self.list_workers(queue.as_deref())));
+            }
             Command::Lease { spec, reply } => self.add_waiter(spec, reply),
             Command::CreateQueue { name, config, reply } => self.create_queue(name, config, reply),
             Command::UpdateQueue { name, patch, reply } => self.update_queue(name, patch, reply),
@@ -520,10 +524,8 @@ impl Engine {
             Command::Metrics { reply } => {
                 let _ = reply.send(Ok(self.metrics()));
             }
-            Command::Redrive { queue, tenant, env, limit, reply } => {
-                self.start_redrive(queue, tenant, env, limit, reply)
-            }
-            Command::Purge { queue, state, reply } => self.start_purge(queue, state, reply),
+            Command::Redrive { queue, which, reply } => self.start_redrive(queue, which, reply),
+            Command::Purge { queue, state, scope, reply } => self.start_purge(queue, state, scope, reply),
             Command::SetTenantPolicy { queue, tenant, env, policy, reply } => {
                 self.set_tenant_policy(queue, tenant, env, policy, reply)
             }
@@ -611,6 +613,10 @@ impl Engine {
                 q.totals_dirty = false;
                 self.w.put(&q.name, &keys::TOTALS_KEY, &q.counters.encode_to_vec());
             }
+            if q.alerts_dirty {
+                q.alerts_dirty = false;
+                self.w.put(&q.name, &keys::ALERTS_KEY, &q.obs.take_record().encode_to_vec());
+            }
             if q.breaker.save_due(now, stopping) {
                 let (saves, deletes) = q.breaker.take_changes(now);
                 // Deletes first: within a batch the later write of a key wins.
@@ -652,6 +658,13 @@ fn load_queue(store: &Store, meta: &crate::storage::records::QueueMeta) -> Resul
         None => QueueCounters::default(),
     };
     let mut q = QueueState::new(meta, counters);
+    if let Some(v) = db.get_cf(&cf, keys::ALERTS_KEY)? {
+        match AlertStateRecord::decode(v.as_slice()) {
+            Ok(rec) => q.obs = super::observe::QueueObs::restore(&rec, now_millis()),
+            // Only what the alerts watch, never a job: start watching afresh.
+            Err(e) => tracing::warn!(queue = %meta.name, error = %e, "corrupt alert state; alerts start afresh"),
+        }
+    }
     for p in store.load_policies(&meta.name)? {
         let policy = crate::model::TenantPolicy {
             weight: p.weight.max(1),
@@ -693,7 +706,7 @@ fn load_queue(store: &Store, meta: &crate::storage::records::QueueMeta) -> Resul
             id,
             ActiveLease {
                 lease_id: LeaseId(lease_id),
-                leased_at: lr.expires_at_ms.saturating_sub(lr.duration_ms),
+                leased_at: lr.leased_at(),
                 expires_at: lr.expires_at_ms,
                 attempt: lr.attempt,
                 duration_ms: lr.duration_ms,

@@ -214,3 +214,114 @@ fn lease_expiries_trip_the_breaker_and_refunds_skip_dead_jobs() {
     assert!(lease_as(&mut e, "v2", 5, Duration::from_secs(60)).is_empty());
     assert_eq!(lease_as(&mut e, "v1", 5, Duration::from_secs(60)).len(), 1);
 }
+
+/// A Work stream for engine tests: its id, and what the engine sends it.
+fn stream(
+    e: &mut Engine,
+    id: u64,
+    max_in_flight: u32,
+) -> tokio::sync::mpsc::UnboundedReceiver<Result<crate::pb::WorkResponse, tonic::Status>> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let sub = super::Subscription {
+        queues: vec!["q".into()],
+        worker_id: format!("w{id}"),
+        worker_version: "v1".into(),
+        max_in_flight,
+        lease_duration: None,
+        tenants: None,
+    };
+    e.subscribe(id, sub, tx);
+    rx
+}
+
+/// One engine turn after commands: commit, dispatch, commit.
+fn turn(e: &mut Engine) {
+    e.commit();
+    e.dispatch();
+    e.commit();
+}
+
+/// What arrived on a stream so far: deliveries as (job, lease id), outcomes
+/// as their kind.
+fn received(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Result<crate::pb::WorkResponse, tonic::Status>>,
+) -> Vec<(String, String)> {
+    use crate::pb::work_response::Response;
+    let mut out = Vec::new();
+    while let Ok(Ok(r)) = rx.try_recv() {
+        match r.response {
+            Some(Response::Delivery(d)) => out.push((d.job.unwrap().id, d.lease_id)),
+            Some(Response::Outcome(o)) => out.push((format!("{}:{}", o.kind, o.ok), o.job_id)),
+            None => {}
+        }
+    }
+    out
+}
+
+#[test]
+fn a_released_delivery_is_ready_again_without_an_attempt() {
+    use super::{SettleAction, SettleReply};
+    use crate::model::{JobId, LeaseId};
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = engine(dir.path());
+    setup(&mut e);
+    enqueue(&mut e, None);
+    let mut rx = stream(&mut e, 1, 1);
+    turn(&mut e);
+    let got = received(&mut rx);
+    assert_eq!(got.len(), 1);
+    let (job, lease) = (JobId::parse(&got[0].0).unwrap(), LeaseId::parse(&got[0].1).unwrap());
+    let stream_tx = e.consumers[&1].tx.clone();
+    let reply = SettleReply::Stream { tx: stream_tx, job_id: job.to_string(), kind: "release" };
+    e.settle("q".into(), job, lease, SettleAction::Release, reply);
+    // Released in the same turn: the job is ready, the slot free, and the
+    // next delivery (to the same stream) is still its first attempt.
+    turn(&mut e);
+    let got = received(&mut rx);
+    assert_eq!(got[0], ("release:true".to_string(), job.to_string()));
+    let q = &e.queues["q"];
+    assert_eq!((q.counters.released_total, q.counters.leased_total, q.leases.len()), (1, 2, 1));
+    let attempt = q.leases[&job].attempt;
+    assert_eq!(attempt, 1, "a release is not an attempt");
+    assert_eq!(e.w.read_job("q", job).unwrap().unwrap().attempt, 0);
+    // The old lease id is fenced.
+    let (tx, rx2) = oneshot::channel();
+    e.settle("q".into(), job, lease, SettleAction::Ack, SettleReply::Unary(tx));
+    assert_eq!(rx2.blocking_recv().unwrap().unwrap_err().code(), tonic::Code::FailedPrecondition);
+}
+
+#[test]
+fn a_draining_stream_gets_nothing_more_and_its_answer_keeps_request_order() {
+    use super::{SettleAction, SettleReply};
+    use crate::model::{JobId, LeaseId};
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = engine(dir.path());
+    setup(&mut e);
+    for _ in 0..4 {
+        enqueue(&mut e, None);
+    }
+    let mut rx = stream(&mut e, 1, 2);
+    turn(&mut e);
+    let got = received(&mut rx);
+    assert_eq!(got.len(), 2, "a window of 2");
+    // In one turn: ack the first, then drain.
+    let tx = e.consumers[&1].tx.clone();
+    let (job, lease) = (JobId::parse(&got[0].0).unwrap(), LeaseId::parse(&got[0].1).unwrap());
+    let reply = SettleReply::Stream { tx: tx.clone(), job_id: job.to_string(), kind: "ack" };
+    e.settle("q".into(), job, lease, SettleAction::Ack, reply);
+    e.drain(1, tx.clone());
+    turn(&mut e);
+    let got2 = received(&mut rx);
+    assert_eq!(got2, [("ack:true".to_string(), job.to_string()), ("drain:true".to_string(), String::new())]);
+    // The freed slot stays empty while it drains; another stream takes the rest.
+    let mut other = stream(&mut e, 2, 10);
+    turn(&mut e);
+    assert!(received(&mut rx).is_empty(), "no delivery after the drain");
+    assert_eq!(received(&mut other).len(), 2);
+    assert!(e.list_workers(Some("q")).iter().any(|w| w.worker_id == "w1" && w.draining && w.in_flight == 1));
+    // Leaving with the second delivery unsettled: that one counts.
+    let held = JobId::parse(&got[1].0).unwrap();
+    e.unsubscribe(1, "worker disconnected");
+    e.commit();
+    assert_eq!(e.w.read_job("q", held).unwrap().unwrap().attempt, 1, "an unreleased delivery is an attempt");
+}

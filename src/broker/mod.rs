@@ -77,8 +77,16 @@ pub struct EnqueueOutcome {
 #[derive(Debug, Clone)]
 pub enum SettleAction {
     Ack,
-    Nack { error: String, retry_after: Option<Duration>, dead: bool },
-    Extend { duration: Option<Duration> },
+    Nack {
+        error: String,
+        retry_after: Option<Duration>,
+        dead: bool,
+    },
+    Extend {
+        duration: Option<Duration>,
+    },
+    /// Given back unstarted: ready again, and not an attempt.
+    Release,
 }
 
 impl SettleAction {
@@ -87,7 +95,13 @@ impl SettleAction {
             SettleAction::Ack => "ack",
             SettleAction::Nack { .. } => "nack",
             SettleAction::Extend { .. } => "extend",
+            SettleAction::Release => "release",
         }
+    }
+
+    /// True when the action ends the lease (everything but an extend).
+    pub fn finishes(&self) -> bool {
+        !matches!(self, SettleAction::Extend { .. })
     }
 }
 
@@ -96,6 +110,7 @@ pub enum SettleOutcome {
     Acked,
     Nacked { state: JobState, run_at: Option<Millis> },
     Extended { expires_at: Millis },
+    Released,
 }
 
 /// Who hears about a settle: a unary caller, or a Work stream.
@@ -134,6 +149,31 @@ pub struct LeaseSpec {
     pub worker_version: String,
     /// As [`Subscription::tenants`].
     pub tenants: TenantFilter,
+}
+
+/// Which jobs an admin operation covers: every tenant, one tenant, or one
+/// tenant's environment; `environment` alone means that environment of
+/// every tenant.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupScope {
+    pub tenant: Option<String>,
+    pub environment: Option<String>,
+}
+
+impl GroupScope {
+    pub fn covers(&self, tenant: &str, environment: &str) -> bool {
+        self.tenant.as_deref().is_none_or(|t| t == tenant)
+            && self.environment.as_deref().is_none_or(|e| e == environment)
+    }
+}
+
+/// Which dead letters a redrive moves back to ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redrive {
+    /// Those in scope, at most `limit` (0 = all).
+    Matching { scope: GroupScope, limit: u64 },
+    /// One job, by id.
+    Job(JobId),
 }
 
 /// Fields of `UpdateQueue` that were set.
@@ -217,6 +257,15 @@ pub(crate) enum Command {
     Unsubscribe {
         id: u64,
     },
+    /// A Work stream asks for no more deliveries; answered on `tx`.
+    Drain {
+        id: u64,
+        tx: StreamTx,
+    },
+    ListWorkers {
+        queue: Option<String>,
+        reply: Reply<Vec<pb::WorkerInfo>>,
+    },
     Lease {
         spec: LeaseSpec,
         reply: Reply<Vec<pb::Delivery>>,
@@ -250,14 +299,13 @@ pub(crate) enum Command {
     },
     Redrive {
         queue: String,
-        tenant: Option<String>,
-        env: Option<String>,
-        limit: u64,
+        which: Redrive,
         reply: Reply<u64>,
     },
     Purge {
         queue: String,
         state: Option<JobState>,
+        scope: GroupScope,
         reply: Reply<u64>,
     },
     SetTenantPolicy {
@@ -518,6 +566,12 @@ impl Broker {
         Ok(id)
     }
 
+    /// A Work stream asks for no more deliveries; the broker answers on
+    /// `tx` with an Outcome of kind "drain", after which none follow.
+    pub async fn drain(&self, id: u64, tx: StreamTx) -> Result<()> {
+        self.tx.send_async(Command::Drain { id, tx }).await.map_err(|_| BrokerError::ShuttingDown)
+    }
+
     /// Ends a Work stream: its leases go back to ready at once.
     pub fn unsubscribe(&self, id: u64) {
         // Must not be lost even if the caller is being dropped: a blocking
@@ -593,8 +647,8 @@ impl Broker {
         &self.store
     }
 
-    pub async fn redrive(&self, queue: String, tenant: Option<String>, env: Option<String>, limit: u64) -> Result<u64> {
-        self.call(|reply| Command::Redrive { queue, tenant, env, limit, reply }).await
+    pub async fn redrive(&self, queue: String, which: Redrive) -> Result<u64> {
+        self.call(|reply| Command::Redrive { queue, which, reply }).await
     }
 
     /// Replaces a tenant's policy; with `env`, only that environment's weight.
@@ -613,8 +667,17 @@ impl Broker {
         self.call(|reply| Command::LiftQuarantine { queue, version, reply }).await
     }
 
-    pub async fn purge(&self, queue: String, state: Option<JobState>) -> Result<u64> {
-        self.call(|reply| Command::Purge { queue, state, reply }).await
+    pub async fn purge(&self, queue: String, state: Option<JobState>, scope: GroupScope) -> Result<u64> {
+        self.call(|reply| Command::Purge { queue, state, scope, reply }).await
+    }
+
+    /// The workers connected on Work streams (to `queue`, or to any).
+    pub async fn list_workers(&self, queue: Option<String>) -> Result<Vec<pb::WorkerInfo>> {
+        if let Some(q) = &queue {
+            self.until_ready().await?;
+            self.queue_info(q)?;
+        }
+        self.call(|reply| Command::ListWorkers { queue, reply }).await
     }
 
     pub async fn get_job(&self, queue: String, job: JobId) -> Result<pb::Job> {

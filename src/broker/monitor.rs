@@ -3,7 +3,7 @@
 //! read from memory the writer already keeps; nothing here scans jobs.
 
 use super::engine::Engine;
-use super::observe::{ActiveAlert, AlertKind, Histogram, QueueReading, COMMIT_LATENCY_US};
+use super::observe::{AlertKind, Histogram, Percentiles, QueueReading, COMMIT_LATENCY_US};
 use crate::model::Millis;
 use crate::storage::records::QueueCounters;
 use std::collections::BTreeMap;
@@ -64,6 +64,14 @@ pub struct TenantLoad {
     pub leased: u64,
 }
 
+/// An alert in force, with its message as of the snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShownAlert {
+    pub kind: AlertKind,
+    pub since: Millis,
+    pub message: String,
+}
+
 /// A queue's figures at one moment.
 #[derive(Debug, Clone)]
 pub struct QueueMetrics {
@@ -79,7 +87,10 @@ pub struct QueueMetrics {
     pub workers: u32,
     pub delivery: Histogram,
     pub ack: Histogram,
-    pub alerts: Vec<(AlertKind, ActiveAlert)>,
+    /// Percentiles of the last deliveries and acks, as measured (ms).
+    pub delivery_recent: Option<Percentiles>,
+    pub ack_recent: Option<Percentiles>,
+    pub alerts: Vec<ShownAlert>,
     /// The [`TOP_TENANTS`] largest by ready + leased, then `other`.
     pub tenants: Vec<TenantLoad>,
     /// Worker versions quarantined by the circuit breaker.
@@ -112,7 +123,9 @@ impl Engine {
                 oldest_ready_at: self.oldest_ready_at(&name, &mut budget),
             };
             let Some(q) = self.queues.get_mut(&name) else { continue };
-            for c in q.obs.evaluate(&q.config.alerts, &reading) {
+            let changes = q.obs.evaluate(&q.config.alerts, &reading);
+            q.alerts_dirty |= q.obs.save_due();
+            for c in changes {
                 if c.active {
                     tracing::warn!(queue = %name, alert = c.kind.as_str(), "queue alert started: {}", c.message);
                 } else {
@@ -198,9 +211,20 @@ impl Engine {
                 oldest_ready_age_ms: oldest.map(|o| self.now.saturating_sub(o)),
                 counters: q.counters,
                 workers,
-                delivery: q.obs.delivery.clone(),
-                ack: q.obs.ack.clone(),
-                alerts: q.obs.active.iter().map(|(k, a)| (*k, a.clone())).collect(),
+                delivery: q.obs.delivery.hist.clone(),
+                ack: q.obs.ack.hist.clone(),
+                delivery_recent: q.obs.delivery.recent.percentiles(),
+                ack_recent: q.obs.ack.recent.percentiles(),
+                alerts: q
+                    .obs
+                    .active
+                    .iter()
+                    .map(|(k, a)| ShownAlert {
+                        kind: *k,
+                        since: a.since,
+                        message: a.message(*k, &q.config.alerts, self.now),
+                    })
+                    .collect(),
                 tenants: top_tenants(q),
                 quarantined: q.quarantine.keys().cloned().collect(),
             });

@@ -181,8 +181,12 @@ impl Engine {
         let q = self.queue_mut(queue)?;
         q.counters.dead += 1;
         q.counters.dead_lettered_total += 1;
-        q.obs.last_dead_at = Some(now);
+        let started = q.obs.dead_lettered(&q.config.alerts, now);
         q.totals_dirty = true;
+        q.alerts_dirty = true;
+        if let Some(c) = started {
+            tracing::warn!(queue, alert = c.kind.as_str(), "queue alert started: {}", c.message);
+        }
         tracing::warn!(queue, tenant = %rec.tenant, environment = %rec.environment, job_id = %id,
             attempt = rec.attempt, last_error = %rec.last_error, "job dead-lettered");
         Ok(())
@@ -319,7 +323,29 @@ impl Engine {
                 self.w.put(queue, &keys::lease(job), &rec.encode_to_vec());
                 Ok(SettleOutcome::Extended { expires_at: expires })
             }
+            SettleAction::Release => {
+                let l = self.give_back(queue, job)?;
+                tracing::debug!(queue, tenant = %l.record.tenant, environment = %l.record.environment, job_id = %job,
+                    worker_id = %l.worker_id, "job released unstarted");
+                let q = self.queue_mut(queue)?;
+                q.counters.released_total += 1;
+                q.totals_dirty = true;
+                Ok(SettleOutcome::Released)
+            }
         }
+    }
+
+    /// Ends a lease that was no attempt: the worker gave the job back
+    /// unstarted, its delivery never reached anyone, or its worker version
+    /// was quarantined. The job record still holds the attempts made before
+    /// this lease (a lease becomes an attempt in the record only when it
+    /// ends in a nack or an expiry), so the job goes back to ready at its
+    /// place in its group, ready since it first was.
+    pub(super) fn give_back(&mut self, queue: &str, job: JobId) -> Result<ActiveLease> {
+        let l = self.take_lease(queue, job)?;
+        let ready_at = l.record.run_at_ms.min(self.now);
+        self.stage_ready(queue, job, &l.record, ready_at)?;
+        Ok(l)
     }
 
     /// Removes a lease from memory and disk, freeing its worker's slot.
@@ -553,5 +579,6 @@ pub(super) fn lease_record(l: &ActiveLease) -> LeaseRecord {
         worker_id: l.worker_id.clone(),
         duration_ms: l.duration_ms,
         worker_version: l.worker_version.to_string(),
+        leased_at_ms: l.leased_at,
     }
 }

@@ -52,10 +52,7 @@ impl Engine {
             q.leases.iter().filter(|(_, l)| &*l.worker_version == version).map(|(id, _)| *id).collect();
         held.sort();
         for &job in &held {
-            let l = self.take_lease(queue, job)?;
-            let now = self.now;
-            // The record still holds the attempts made before this lease.
-            self.stage_ready(queue, job, &l.record, now)?;
+            self.give_back(queue, job)?;
         }
         let mut refunded = 0u32;
         for &(job, n) in &trip.refunds {

@@ -145,6 +145,9 @@ pub struct QueueState {
     pub breaker: super::version_breaker::VersionBreaker,
     /// Counters changed since the last commit.
     pub totals_dirty: bool,
+    /// What the alert rules need across a restart changed (see
+    /// `QueueObs::save_due`): saved with the next commit.
+    pub alerts_dirty: bool,
     pub dirty_groups: FastSet<(String, String)>,
 }
 
@@ -169,6 +172,7 @@ impl QueueState {
             quarantine: meta.quarantines.iter().map(|r| (r.worker_version.clone(), r.clone())).collect(),
             breaker: Default::default(),
             totals_dirty: false,
+            alerts_dirty: false,
             dirty_groups: FastSet::default(),
         }
     }

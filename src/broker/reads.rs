@@ -45,7 +45,7 @@ fn resolve(store: &Store, queue: &str, cfg: &QueueConfig, id: JobId, rec: &JobRe
     if let Some(raw) = db.get_cf(&cf, keys::lease(id))? {
         let l = LeaseRecord::decode(raw.as_slice())
             .map_err(|e| BrokerError::Storage(format!("corrupt lease of job {id}: {e}")))?;
-        return Ok(view::job(queue, id, rec, JobState::Leased, l.attempt, max, Some(l.expires_at_ms)));
+        return Ok(view::job(queue, id, rec, JobState::Leased, l.attempt, max, Some(view::LeaseShown::stored(&l))));
     }
     let state = match rec.state {
         stored_state::DEAD => JobState::Dead,

@@ -3,7 +3,7 @@
 
 use super::engine::Engine;
 use super::ops::reply_after;
-use super::Reply;
+use super::{GroupScope, Redrive, Reply};
 use crate::error::{BrokerError, Result};
 use crate::model::{JobId, JobState};
 use crate::storage::keys;
@@ -31,6 +31,8 @@ pub(super) enum Task {
         generation: u64,
         /// Index tags still to sweep (S, R, X).
         tags: Vec<u8>,
+        /// Only jobs of these tenants and environments.
+        scope: GroupScope,
         resume: Option<Vec<u8>>,
         done: u64,
         reply: Reply<u64>,
@@ -47,15 +49,12 @@ impl Task {
 }
 
 impl Engine {
-    pub(super) fn start_redrive(
-        &mut self,
-        queue: String,
-        tenant: Option<String>,
-        env: Option<String>,
-        limit: u64,
-        reply: Reply<u64>,
-    ) {
+    pub(super) fn start_redrive(&mut self, queue: String, which: Redrive, reply: Reply<u64>) {
         let generation = or_reply!(self.queue_mut(&queue), reply).generation;
+        let (GroupScope { tenant, environment: env }, limit) = match which {
+            Redrive::Matching { scope, limit } => (scope, limit),
+            Redrive::Job(id) => return self.redrive_job(&queue, id, reply),
+        };
         let (prefix, env) = match (&tenant, &env) {
             (Some(t), Some(e)) => (keys::group_prefix(keys::DEAD, t, e), None),
             (Some(t), None) => (keys::tenant_prefix(keys::DEAD, t), None),
@@ -65,7 +64,39 @@ impl Engine {
         self.tasks.push_back(Task::Redrive { queue, generation, prefix, env, remaining, done: 0, resume: None, reply });
     }
 
-    pub(super) fn start_purge(&mut self, queue: String, state: Option<JobState>, reply: Reply<u64>) {
+    /// Redrives one dead job, answered after the commit.
+    fn redrive_job(&mut self, queue: &str, id: JobId, reply: Reply<u64>) {
+        let rec = or_reply!(self.w.read_job(queue, id), reply);
+        let state = match &rec {
+            None => None,
+            Some(_) if self.queues.get(queue).is_some_and(|q| q.leases.contains_key(&id)) => Some("leased"),
+            Some(r) if r.state == stored_state::DEAD => Some("dead"),
+            Some(r) if r.state == stored_state::SCHEDULED => Some("scheduled"),
+            Some(_) => Some("ready"),
+        };
+        match state {
+            None => {
+                let _ = reply.send(Err(BrokerError::JobNotFound { queue: queue.to_string(), job: id.to_string() }));
+            }
+            Some("dead") => match self.redrive_one(queue, id) {
+                Ok(_) => {
+                    tracing::info!(queue, job_id = %id, "dead letter redriven");
+                    self.w.after(reply_after(reply, 1));
+                }
+                Err(e) => {
+                    self.w.poison(e.clone());
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Some(other) => {
+                let _ = reply.send(Err(BrokerError::NotFound(format!(
+                    "job {id} in queue {queue:?} is not a dead letter (it is {other}); only dead jobs can be redriven"
+                ))));
+            }
+        }
+    }
+
+    pub(super) fn start_purge(&mut self, queue: String, state: Option<JobState>, scope: GroupScope, reply: Reply<u64>) {
         let generation = or_reply!(self.queue_mut(&queue), reply).generation;
         let tags = match state {
             None => vec![keys::SCHEDULED, keys::READY, keys::DEAD],
@@ -79,7 +110,7 @@ impl Engine {
                 return;
             }
         };
-        self.tasks.push_back(Task::Purge { queue, generation, tags, resume: None, done: 0, reply });
+        self.tasks.push_back(Task::Purge { queue, generation, tags, scope, resume: None, done: 0, reply });
     }
 
     /// One chunk of each long task.
@@ -111,13 +142,12 @@ impl Engine {
                 let (entries, more) = or_reply!(self.scan_index(&queue, &prefix, resume.as_deref(), want), reply, None);
                 let last = entries.last().map(|(k, _)| k.clone());
                 for (k, _) in entries {
-                    let Some((t, e)) = keys::group_of(&k) else { continue };
+                    let Some((_, e)) = keys::group_of(&k) else { continue };
                     if env.as_deref().is_some_and(|want| want != e) {
                         continue;
                     }
-                    let (t, e) = (t.to_string(), e.to_string());
                     let Some(id) = keys::trailing_id(&k) else { continue };
-                    match self.redrive_one(&queue, &t, &e, id) {
+                    match self.redrive_one(&queue, id) {
                         Ok(true) => {
                             done += 1;
                             remaining -= 1;
@@ -144,13 +174,14 @@ impl Engine {
                 self.w.after(reply_after(reply, done));
                 None
             }
-            Task::Purge { queue, generation, mut tags, resume, mut done, reply } => {
+            Task::Purge { queue, generation, mut tags, scope, resume, mut done, reply } => {
                 let Some(&tag) = tags.first() else {
                     self.w.after(reply_after(reply, done));
                     return None;
                 };
+                let prefix = purge_prefix(tag, &scope);
                 let (entries, more) =
-                    or_reply!(self.scan_index(&queue, &[tag], resume.as_deref(), TASK_CHUNK), reply, None);
+                    or_reply!(self.scan_index(&queue, &prefix, resume.as_deref(), TASK_CHUNK), reply, None);
                 let last = entries.last().map(|(k, _)| k.clone());
                 for (k, _) in entries {
                     let id = if tag == keys::SCHEDULED {
@@ -159,7 +190,7 @@ impl Engine {
                         keys::trailing_id(&k)
                     };
                     let Some(id) = id else { continue };
-                    match self.purge_one(&queue, id) {
+                    match self.purge_one(&queue, id, &scope) {
                         Ok(true) => done += 1,
                         Ok(false) => {}
                         Err(e) => self.w.poison(e),
@@ -176,12 +207,12 @@ impl Engine {
                     self.w.after(reply_after(reply, done));
                     return None;
                 }
-                Some(Task::Purge { queue, generation, tags, resume, done, reply })
+                Some(Task::Purge { queue, generation, tags, scope, resume, done, reply })
             }
         }
     }
 
-    fn redrive_one(&mut self, queue: &str, _t: &str, _e: &str, id: JobId) -> Result<bool> {
+    fn redrive_one(&mut self, queue: &str, id: JobId) -> Result<bool> {
         let Some(mut rec) = self.w.read_job(queue, id)? else { return Ok(false) };
         if rec.state != stored_state::DEAD {
             return Ok(false);
@@ -199,11 +230,14 @@ impl Engine {
         Ok(true)
     }
 
-    fn purge_one(&mut self, queue: &str, id: JobId) -> Result<bool> {
+    fn purge_one(&mut self, queue: &str, id: JobId, scope: &GroupScope) -> Result<bool> {
         if self.queue_mut(queue)?.leases.contains_key(&id) {
             return Ok(false);
         }
         let Some(rec) = self.w.read_job(queue, id)? else { return Ok(false) };
+        if !scope.covers(&rec.tenant, &rec.environment) {
+            return Ok(false);
+        }
         self.remove_stored(queue, id, &rec)?;
         self.end_job(queue, id, &rec)?;
         Ok(true)
@@ -220,5 +254,17 @@ impl Engine {
         let start = resume.map(keys::successor).unwrap_or_else(|| prefix.to_vec());
         let scan = self.w.store.scan(queue, &start, &keys::prefix_end(prefix), limit)?;
         Ok((scan.entries, scan.more))
+    }
+}
+
+/// The part of index `tag` a purge of `scope` sweeps: the ready and dead
+/// indexes are keyed by tenant and environment, so a tenant's share is one
+/// key range; the schedule is keyed by time, so it is swept whole and each
+/// job checked.
+fn purge_prefix(tag: u8, scope: &GroupScope) -> Vec<u8> {
+    match (tag, &scope.tenant, &scope.environment) {
+        (keys::READY | keys::DEAD, Some(t), Some(e)) => keys::group_prefix(tag, t, e),
+        (keys::READY | keys::DEAD, Some(t), None) => keys::tenant_prefix(tag, t),
+        _ => vec![tag],
     }
 }

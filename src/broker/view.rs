@@ -78,8 +78,37 @@ pub fn tenant_policy(tenant: &str, p: &crate::model::TenantPolicy, leased: u64) 
     }
 }
 
-/// A job as clients see it. `attempt` and `lease_expires` come from the
-/// lease when the job is leased.
+/// What a job shows of its lease while it is leased.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseShown<'a> {
+    pub leased_at: Millis,
+    pub expires_at: Millis,
+    pub worker_id: &'a str,
+    pub worker_version: &'a str,
+}
+
+impl<'a> LeaseShown<'a> {
+    pub fn of(l: &'a ActiveLease) -> LeaseShown<'a> {
+        LeaseShown {
+            leased_at: l.leased_at,
+            expires_at: l.expires_at,
+            worker_id: &l.worker_id,
+            worker_version: &l.worker_version,
+        }
+    }
+
+    pub fn stored(l: &'a crate::storage::records::LeaseRecord) -> LeaseShown<'a> {
+        LeaseShown {
+            leased_at: l.leased_at(),
+            expires_at: l.expires_at_ms,
+            worker_id: &l.worker_id,
+            worker_version: &l.worker_version,
+        }
+    }
+}
+
+/// A job as clients see it. `attempt` and `lease` come from the lease when
+/// the job is leased.
 pub fn job(
     queue: &str,
     id: JobId,
@@ -87,7 +116,7 @@ pub fn job(
     st: JobState,
     attempt: u32,
     max_attempts: u32,
-    lease_expires: Option<Millis>,
+    lease: Option<LeaseShown>,
 ) -> pb::Job {
     pb::Job {
         id: id.to_string(),
@@ -105,25 +134,51 @@ pub fn job(
         run_at: Some(timestamp(rec.run_at_ms)),
         dedup_key: rec.dedup_key.clone(),
         lease_duration: (rec.lease_duration_ms > 0).then(|| duration(Duration::from_millis(rec.lease_duration_ms))),
-        lease_expires_at: lease_expires.map(timestamp),
+        lease_expires_at: lease.map(|l| timestamp(l.expires_at)),
         traceparent: rec.traceparent.clone(),
+        lease_worker_id: lease.map(|l| l.worker_id.to_string()).unwrap_or_default(),
+        lease_worker_version: lease.map(|l| l.worker_version.to_string()).unwrap_or_default(),
+        leased_at: lease.map(|l| timestamp(l.leased_at)),
     }
 }
 
 pub fn delivery(queue: &str, id: JobId, l: &ActiveLease, max_attempts: u32) -> pb::Delivery {
     pb::Delivery {
-        job: Some(job(queue, id, &l.record, JobState::Leased, l.attempt, max_attempts, Some(l.expires_at))),
+        job: Some(job(queue, id, &l.record, JobState::Leased, l.attempt, max_attempts, Some(LeaseShown::of(l)))),
         lease_id: l.lease_id.to_string(),
         lease_expires_at: Some(timestamp(l.expires_at)),
     }
 }
 
-/// The answer to an ack/nack/extend sent on a Work stream.
+/// What `ListWorkers` shows of one lease.
+pub fn worker_lease(queue: &str, id: JobId, l: &ActiveLease) -> pb::WorkerLease {
+    pb::WorkerLease {
+        queue: queue.to_string(),
+        job_id: id.to_string(),
+        tenant: l.record.tenant.clone(),
+        environment: l.record.environment.clone(),
+        attempt: l.attempt,
+        leased_at: Some(timestamp(l.leased_at)),
+        lease_expires_at: Some(timestamp(l.expires_at)),
+    }
+}
+
+/// The answer to a `drain` on a Work stream: no delivery follows it.
+pub fn drained() -> pb::WorkResponse {
+    let o = pb::Outcome { ok: true, kind: "drain".into(), ..Default::default() };
+    pb::WorkResponse { response: Some(pb::work_response::Response::Outcome(o)) }
+}
+
+/// The answer to an ack/nack/extend/release sent on a Work stream.
 pub fn outcome(job_id: String, kind: &str, res: Result<SettleOutcome, &BrokerError>) -> pb::WorkResponse {
     let mut o = pb::Outcome { job_id, ok: res.is_ok(), kind: kind.to_string(), ..Default::default() };
     match res {
         Ok(SettleOutcome::Extended { expires_at }) => o.lease_expires_at = Some(timestamp(expires_at)),
-        Ok(_) => {}
+        Ok(SettleOutcome::Nacked { state: s, run_at }) => {
+            o.state = state(s) as i32;
+            o.run_at = run_at.map(timestamp);
+        }
+        Ok(SettleOutcome::Acked | SettleOutcome::Released) => {}
         Err(e) => {
             o.error = e.to_string();
             o.code = code_name(e);

@@ -1,6 +1,7 @@
-//! `fairway dead list|redrive`: the dead letters of a queue, and moving
-//! them back to ready.
+//! `fairway dead list|redrive|delete`: the dead letters of a queue, moving
+//! them back to ready, and deleting them.
 
+use super::confirm::{confirm, count, declined};
 use super::format::{fmt_attempts, fmt_time, leading_width, one_line, render_table, truncate, Column};
 use super::listing::{self, ListArgs, Listing};
 use super::{ok_if_closed, CliResult, Remote, Screen};
@@ -16,10 +17,14 @@ const MIN_ERROR_WIDTH: usize = 20;
 pub enum DeadCmd {
     /// List dead-lettered jobs with their last error, a page at a time.
     List(ListArgs),
-    /// Move dead letters back to ready with a fresh attempt budget.
+    /// Move dead letters back to ready with a fresh attempt budget: one
+    /// job, or every one matching the filters.
     Redrive {
         /// The queue whose dead letters to redrive.
         queue: String,
+        /// Only this dead job.
+        #[arg(conflicts_with_all = ["tenant", "environment", "limit"])]
+        job: Option<String>,
         /// Only this tenant's dead letters.
         #[arg(long)]
         tenant: Option<String>,
@@ -29,6 +34,24 @@ pub enum DeadCmd {
         /// Move at most this many (0 = all).
         #[arg(long, default_value_t = 0)]
         limit: u64,
+    },
+    /// Delete dead letters for good: one job, or every one matching the
+    /// filters (asks first unless --yes).
+    Delete {
+        /// The queue whose dead letters to delete.
+        queue: String,
+        /// Only this dead job (no confirmation asked).
+        #[arg(conflicts_with_all = ["tenant", "environment", "yes"])]
+        job: Option<String>,
+        /// Only this tenant's dead letters.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only this environment's dead letters.
+        #[arg(long = "env")]
+        environment: Option<String>,
+        /// Don't ask: delete at once (for scripts).
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -44,7 +67,7 @@ pub async fn dead(remote: &Remote, cmd: DeadCmd) -> CliResult {
             };
             ok_if_closed(listing::run(remote, &a, l).await)
         }
-        DeadCmd::Redrive { queue, tenant, environment, limit } => {
+        DeadCmd::Redrive { queue, job, tenant, environment, limit } => {
             let mut admin = remote.connect().await?.admin();
             let r = admin
                 .redrive_dead_letters(pb::RedriveDeadLettersRequest {
@@ -52,11 +75,72 @@ pub async fn dead(remote: &Remote, cmd: DeadCmd) -> CliResult {
                     tenant: tenant.unwrap_or_default(),
                     environment: environment.unwrap_or_default(),
                     limit,
+                    job_id: job.clone().unwrap_or_default(),
                 })
                 .await?
                 .into_inner();
-            let noun = if r.redriven == 1 { "dead letter" } else { "dead letters" };
-            println!("moved {} {noun} of {queue} back to ready", r.redriven);
+            match job {
+                Some(id) => println!("moved dead letter {id} of {queue} back to ready"),
+                None => {
+                    println!("moved {} of {queue} back to ready", count(r.redriven, "dead letter", "dead letters"))
+                }
+            }
+            Ok(())
+        }
+        DeadCmd::Delete { queue, job: Some(id), .. } => {
+            let client = remote.connect().await?;
+            // CancelJob removes a job in any state but leased: make sure
+            // this one is a dead letter before it goes.
+            let j = client.jobs().get_job(pb::GetJobRequest { queue: queue.clone(), job_id: id.clone() }).await?;
+            if j.get_ref().state() != pb::JobState::Dead {
+                let state = super::format::state_name(j.get_ref().state);
+                return Err(format!(
+                    "job {id} of {queue} is not a dead letter (it is {state}); nothing deleted \
+                     (`jobs cancel` removes a job in any state but leased)"
+                )
+                .into());
+            }
+            client.jobs().cancel_job(pb::CancelJobRequest { queue: queue.clone(), job_id: id.clone() }).await?;
+            println!("deleted dead letter {id} of {queue}");
+            Ok(())
+        }
+        DeadCmd::Delete { queue, job: None, tenant, environment, yes } => {
+            let mut admin = remote.connect().await?.admin();
+            let filtered = tenant.is_some() || environment.is_some();
+            let question = if filtered {
+                let mut which = String::new();
+                if let Some(t) = &tenant {
+                    which.push_str(&format!(" of tenant {t}"));
+                }
+                if let Some(e) = &environment {
+                    which.push_str(&format!(" in environment {e}"));
+                }
+                format!("Delete the dead letters{which} in {queue} for good?")
+            } else {
+                let dead = admin.get_queue_stats(pb::GetQueueStatsRequest { queue: queue.clone() }).await?;
+                let n = dead.get_ref().dead;
+                if n == 0 {
+                    println!("no dead letters in {queue}");
+                    return Ok(());
+                }
+                format!(
+                    "Delete {} of {queue} for good?",
+                    if n == 1 { "the 1 dead letter".into() } else { format!("all {n} dead letters") }
+                )
+            };
+            if !confirm(&question, yes)? {
+                return declined();
+            }
+            let r = admin
+                .purge_queue(pb::PurgeQueueRequest {
+                    queue: queue.clone(),
+                    state: pb::JobState::Dead as i32,
+                    tenant: tenant.unwrap_or_default(),
+                    environment: environment.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            println!("deleted {} of {queue}", count(r.purged, "dead letter", "dead letters"));
             Ok(())
         }
     }

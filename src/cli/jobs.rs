@@ -1,5 +1,5 @@
-//! `fairway jobs list|get`: the jobs of a queue page by page, and one job
-//! with every field.
+//! `fairway jobs list|get|cancel`: the jobs of a queue page by page, one
+//! job with every field, and removing one.
 
 use super::format::{fmt_attempts, fmt_time, payload_text, render_table, state_name, Column};
 use super::listing::{self, job_json, ListArgs, Listing};
@@ -54,6 +54,14 @@ pub enum JobsCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Remove a scheduled, ready or dead job (a leased one is refused: it
+    /// ends with its worker's ack or nack, or when its lease expires).
+    Cancel {
+        /// The job's queue.
+        queue: String,
+        /// The job id.
+        id: String,
+    },
 }
 
 pub async fn jobs(remote: &Remote, cmd: JobsCmd) -> CliResult {
@@ -78,6 +86,12 @@ pub async fn jobs(remote: &Remote, cmd: JobsCmd) -> CliResult {
             let j = client.get_job(pb::GetJobRequest { queue, job_id: id }).await?.into_inner();
             let text = if json { format!("{}\n", job_json(&j)) } else { render_job(&j) };
             ok_if_closed(emit(&text).map_err(Into::into))
+        }
+        JobsCmd::Cancel { queue, id } => {
+            let mut client = remote.connect().await?.jobs();
+            client.cancel_job(pb::CancelJobRequest { queue: queue.clone(), job_id: id.clone() }).await?;
+            println!("cancelled job {id} of {queue}");
+            Ok(())
         }
     }
 }
@@ -139,6 +153,18 @@ pub fn render_job(j: &pb::Job) -> String {
     field(&mut out, "created_at", &fmt_time(j.created_at.as_ref()));
     field(&mut out, "run_at", &fmt_time(j.run_at.as_ref()));
     field(&mut out, "lease_expires_at", &fmt_time(j.lease_expires_at.as_ref()));
+    if !j.lease_worker_id.is_empty() {
+        let version = if j.lease_worker_version.is_empty() {
+            String::new()
+        } else {
+            format!(" (version {})", j.lease_worker_version)
+        };
+        field(
+            &mut out,
+            "leased_by",
+            &format!("{}{version} since {}", j.lease_worker_id, fmt_time(j.leased_at.as_ref())),
+        );
+    }
     let lease = j.lease_duration.as_ref().map(|d| humantime::format_duration(super::format::duration(d)).to_string());
     field(&mut out, "lease_duration", &lease.unwrap_or_else(|| "queue default".into()));
     field(&mut out, "dedup_key", &or_dash(&j.dedup_key));

@@ -97,7 +97,7 @@ pub async fn run(remote: &Remote, a: &ListArgs, l: Listing<'_>) -> CliResult {
         }
     }
     if !token.is_empty() {
-        let cmd = next_page_command(remote, a, &l, &token);
+        let cmd = next_page_command(&super::confirm::program(), remote, a, &l, &token);
         let hint = format!("{listed} listed; next page token: {token}\nnext page: {cmd}\n");
         if a.json {
             eprint!("{hint}");
@@ -109,8 +109,9 @@ pub async fn run(remote: &Remote, a: &ListArgs, l: Listing<'_>) -> CliResult {
 }
 
 /// The command that lists the page after this one, with the same filters.
-fn next_page_command(remote: &Remote, a: &ListArgs, l: &Listing<'_>, token: &str) -> String {
-    let mut words: Vec<String> = vec!["fairway".into()];
+/// `program` is the name to start it with (see `confirm::program`).
+fn next_page_command(program: &str, remote: &Remote, a: &ListArgs, l: &Listing<'_>, token: &str) -> String {
+    let mut words: Vec<String> = vec![program.to_string()];
     words.extend(remote.flags());
     words.extend(l.command.iter().map(|w| w.to_string()));
     words.push(a.queue.clone());
@@ -194,13 +195,13 @@ mod tests {
             render: &no_table,
         };
         assert_eq!(
-            next_page_command(&Remote::plain(super::super::DEFAULT_ADDR), &args(), &l, "0a0b"),
+            next_page_command("fairway", &Remote::plain(super::super::DEFAULT_ADDR), &args(), &l, "0a0b"),
             "fairway jobs list emails --state ready --tenant 'acme corp' --limit 2 --page-token 0a0b"
         );
         let json = ListArgs { json: true, ..args() };
         assert_eq!(
-            next_page_command(&Remote::plain("http://h:1"), &json, &l, "ff"),
-            "fairway --addr http://h:1 jobs list emails --state ready --tenant 'acme corp' --limit 2 --page-token ff \
+            next_page_command("scripts/fairway", &Remote::plain("http://h:1"), &json, &l, "ff"),
+            "scripts/fairway --addr http://h:1 jobs list emails --state ready --tenant 'acme corp' --limit 2 --page-token ff \
              --json"
         );
     }

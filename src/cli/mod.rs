@@ -5,6 +5,7 @@
 //! (tables, ages, times) they share, so layout is unit-tested without a
 //! broker.
 
+mod confirm;
 mod dead;
 mod enqueue;
 mod format;
@@ -16,6 +17,7 @@ mod queue;
 mod remote;
 mod stats;
 mod tenant;
+mod workers;
 
 pub use crate::client::{Conn, DEFAULT_ADDR};
 pub use dead::{dead, DeadCmd};
@@ -26,6 +28,7 @@ pub use queue::{queue, QueueCmd};
 pub use remote::Remote;
 pub use stats::{stats, StatsArgs};
 pub use tenant::{tenant, TenantCmd};
+pub use workers::{workers, WorkersArgs};
 
 use std::io::IsTerminal;
 use std::time::Duration;

@@ -33,11 +33,68 @@ pub enum QueueCmd {
         #[arg(long)]
         force: bool,
     },
+    /// Delete the jobs of a queue in one state, or in every state but
+    /// leased (asks first unless --yes). Leased jobs are never purged.
+    Purge {
+        name: String,
+        /// Which jobs: ready, scheduled, dead, or all (every state but leased).
+        #[arg(long, value_enum)]
+        state: PurgeState,
+        /// Only this tenant's jobs.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only this environment's jobs.
+        #[arg(long = "env")]
+        environment: Option<String>,
+        /// Don't ask: delete at once (for scripts).
+        #[arg(long)]
+        yes: bool,
+    },
     /// Worker versions the circuit breaker quarantined: list or lift.
     Quarantine {
         #[command(subcommand)]
         cmd: super::quarantine::QuarantineCmd,
     },
+}
+
+/// What `queue purge` deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PurgeState {
+    Ready,
+    Scheduled,
+    Dead,
+    /// Ready, scheduled and dead.
+    All,
+}
+
+impl PurgeState {
+    fn proto(self) -> pb::JobState {
+        match self {
+            PurgeState::Ready => pb::JobState::Ready,
+            PurgeState::Scheduled => pb::JobState::Scheduled,
+            PurgeState::Dead => pb::JobState::Dead,
+            PurgeState::All => pb::JobState::Unspecified,
+        }
+    }
+
+    /// How many jobs the stats say are in this state (before filters).
+    fn count(self, s: &pb::QueueStats) -> u64 {
+        match self {
+            PurgeState::Ready => s.ready,
+            PurgeState::Scheduled => s.scheduled,
+            PurgeState::Dead => s.dead,
+            PurgeState::All => s.ready + s.scheduled + s.dead,
+        }
+    }
+
+    fn noun(self) -> &'static str {
+        match self {
+            PurgeState::Ready => "ready",
+            PurgeState::Scheduled => "scheduled",
+            PurgeState::Dead => "dead",
+            PurgeState::All => "ready, scheduled and dead",
+        }
+    }
 }
 
 /// Queue settings; each unset one takes the default (create) or stays as
@@ -172,7 +229,7 @@ pub async fn queue(remote: &Remote, cmd: QueueCmd) -> CliResult {
         QueueCmd::List => {
             let qs = admin.list_queues(pb::ListQueuesRequest {}).await?.into_inner().queues;
             if qs.is_empty() {
-                println!("no queues; create one with `fairway queue create NAME`");
+                println!("no queues; create one with `{} queue create NAME`", super::confirm::program());
             }
             for q in &qs {
                 print_queue(q);
@@ -237,6 +294,35 @@ pub async fn queue(remote: &Remote, cmd: QueueCmd) -> CliResult {
         QueueCmd::Delete { name, force } => {
             admin.delete_queue(pb::DeleteQueueRequest { queue: name.clone(), force }).await?;
             println!("deleted {name}");
+        }
+        QueueCmd::Purge { name, state, tenant, environment, yes } => {
+            let stats = admin.get_queue_stats(pb::GetQueueStatsRequest { queue: name.clone() }).await?.into_inner();
+            let n = state.count(&stats);
+            let mut which = String::new();
+            if let Some(t) = &tenant {
+                which.push_str(&format!(" of tenant {t}"));
+            }
+            if let Some(e) = &environment {
+                which.push_str(&format!(" in environment {e}"));
+            }
+            let question = if which.is_empty() {
+                format!("Delete the {} jobs of {name} ({n} now) for good?", state.noun())
+            } else {
+                format!("Delete the {} jobs{which} in {name} ({n} in the whole queue now) for good?", state.noun())
+            };
+            if !super::confirm::confirm(&question, yes)? {
+                return super::confirm::declined();
+            }
+            let r = admin
+                .purge_queue(pb::PurgeQueueRequest {
+                    queue: name.clone(),
+                    state: state.proto() as i32,
+                    tenant: tenant.unwrap_or_default(),
+                    environment: environment.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            println!("purged {} of {name}", super::confirm::count(r.purged, "job", "jobs"));
         }
         QueueCmd::Quarantine { .. } => {}
     }

@@ -185,7 +185,8 @@ pub fn render_queue_detail(s: &pb::QueueStats, rates: Rates, max_groups: usize, 
         [Column::left("TENANT"), Column::left("ENVIRONMENT"), Column::right("READY"), Column::right("IN FLIGHT")];
     out.push_str(&render_table(&cols, &cells));
     if groups.len() > shown {
-        let _ = writeln!(out, "… {} more groups", groups.len() - shown);
+        let more = groups.len() - shown;
+        let _ = writeln!(out, "… {more} more {}", if more == 1 { "group" } else { "groups" });
     }
     out
 }

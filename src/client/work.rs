@@ -1,5 +1,6 @@
 //! A Work stream from the worker's side: deliveries and outcomes in; acks,
-//! nacks and extends out through a [`Settler`] that any task may hold.
+//! nacks, extends, releases and the drain out through a [`Settler`] that
+//! any task may hold.
 
 use super::Conn;
 use crate::pb;
@@ -132,5 +133,18 @@ impl Settler {
         let (queue, job_id, lease_id) = target(d);
         let lease_duration = lease_duration.map(crate::broker::view::duration);
         self.send(Request::Extend(pb::ExtendLeaseRequest { queue, job_id, lease_id, lease_duration })).await
+    }
+
+    /// Not started, and not going to be: the job goes back to ready at
+    /// once, and this delivery does not count as an attempt.
+    pub async fn release(&self, d: &pb::Delivery) -> Result<(), Status> {
+        let (queue, job_id, lease_id) = target(d);
+        self.send(Request::Release(pb::ReleaseRequest { queue, job_id, lease_id })).await
+    }
+
+    /// This stream is stopping: the broker sends no more deliveries after
+    /// its Outcome of kind "drain". Settles and releases still apply.
+    pub async fn drain(&self) -> Result<(), Status> {
+        self.send(Request::Drain(pb::Drain {})).await
     }
 }

@@ -8,7 +8,8 @@ use crate::broker::view;
 use crate::model::BreakerConfig;
 use crate::model::{JobId, JobState};
 use crate::storage::records::{
-    BreakerWindowRecord, GroupRef, JobRecord, LeaseRecord, QueueCounters, QueueMeta, TenantPolicyRecord,
+    AlertStateRecord, BreakerWindowRecord, GroupRef, JobRecord, LeaseRecord, QueueCounters, QueueMeta,
+    TenantPolicyRecord,
 };
 use prost::Message;
 
@@ -26,6 +27,24 @@ pub fn fuzz_one(data: &[u8]) {
     if let Some(meta) = round_trip::<QueueMeta>(data) {
         read_queue(&meta);
     }
+    if let Some(alerts) = round_trip::<AlertStateRecord>(data) {
+        read_alerts(&alerts);
+    }
+}
+
+/// Stored alert state as the broker restores it at start: whatever it
+/// holds, the alerts come back with messages that render, and saving them
+/// again keeps the alerts in force.
+fn read_alerts(rec: &AlertStateRecord) {
+    use crate::broker::observe::QueueObs;
+    let mut obs = QueueObs::restore(rec, 1_000);
+    let cfg = crate::model::AlertConfig::default();
+    for (kind, a) in &obs.active {
+        let _ = a.message(*kind, &cfg, u64::MAX);
+    }
+    let kinds: Vec<_> = obs.active.keys().copied().collect();
+    let again = QueueObs::restore(&obs.take_record(), 2_000);
+    assert_eq!(again.active.keys().copied().collect::<Vec<_>>(), kinds, "alerts in force survive a second restart");
 }
 
 /// Decodes `data` as `M`; whatever decodes re-encodes to bytes that decode

@@ -117,7 +117,8 @@ fn work(r: pb::WorkRequest) {
             settle_target(&e.queue, &e.job_id, &e.lease_id);
             checked(convert::opt_duration("lease_duration", e.lease_duration.as_ref()));
         }
-        None => {}
+        Some(Request::Release(r)) => settle_target(&r.queue, &r.job_id, &r.lease_id),
+        Some(Request::Drain(_)) | None => {}
     }
 }
 

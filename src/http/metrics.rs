@@ -81,7 +81,7 @@ pub fn render(s: &MetricsSnapshot, f: &StoreFigures) -> String {
     for q in &s.queues {
         o.sample("fairway_queue_connected_workers", &[("queue", &q.name)], q.workers);
     }
-    let counters: [Family<crate::storage::records::QueueCounters>; 8] = [
+    let counters: [Family<crate::storage::records::QueueCounters>; 9] = [
         ("fairway_jobs_enqueued_total", "Jobs enqueued (dedup hits excluded).", |c| c.enqueued_total),
         ("fairway_jobs_leased_total", "Deliveries (leases), redeliveries included.", |c| c.leased_total),
         ("fairway_jobs_acked_total", "Jobs acknowledged as done.", |c| c.acked_total),
@@ -91,6 +91,7 @@ pub fn render(s: &MetricsSnapshot, f: &StoreFigures) -> String {
             c.deduplicated_total
         }),
         ("fairway_jobs_dead_lettered_total", "Jobs moved to the dead letters.", |c| c.dead_lettered_total),
+        ("fairway_jobs_released_total", "Deliveries given back unstarted (not attempts).", |c| c.released_total),
         ("fairway_worker_version_quarantines_total", "Worker versions quarantined by the circuit breaker.", |c| {
             c.quarantines_total
         }),
@@ -104,7 +105,7 @@ pub fn render(s: &MetricsSnapshot, f: &StoreFigures) -> String {
     o.family("fairway_queue_alert", "gauge", "1 while a built-in alert is active (QueueConfig.alert_*).");
     for q in &s.queues {
         for kind in AlertKind::ALL {
-            let on = q.alerts.iter().any(|(k, _)| *k == kind);
+            let on = q.alerts.iter().any(|a| a.kind == kind);
             o.sample("fairway_queue_alert", &[("queue", &q.name), ("kind", kind.as_str())], u8::from(on));
         }
     }

@@ -4,28 +4,26 @@
 //! `--tls-cert` it serves HTTPS; with `--auth-file` it needs an admin token
 //! ([`auth`]).
 
+mod actions;
 mod auth;
 pub mod dashboard;
 pub mod history;
 pub mod metrics;
+mod pages;
 mod tls_listener;
 
 use crate::auth::Tokens;
 use crate::broker::Broker;
 use crate::error::BrokerError;
-use crate::model::JobState;
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use history::History;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-
-/// Dead letters listed on a queue's page.
-const DEAD_SHOWN: usize = 50;
 
 /// What every handler needs.
 #[derive(Clone)]
@@ -76,7 +74,9 @@ pub struct Security {
     pub tokens: Option<Arc<Tokens>>,
 }
 
-/// Serves until `shutdown` resolves.
+/// Serves until `shutdown` resolves. Every route, the buttons' posts
+/// included, sits behind the admin-token check when `security.tokens` is
+/// set; every post also refuses cross-site requests (see `actions`).
 pub async fn serve(
     listener: TcpListener,
     broker: Broker,
@@ -86,10 +86,17 @@ pub async fn serve(
     let history = History::default();
     let sampler = tokio::spawn(history::sample(broker.clone(), history.clone()));
     let mut app = Router::new()
-        .route("/", get(overview))
+        .route("/", get(pages::overview))
         .route("/metrics", get(prometheus))
-        .route("/queues/{name}", get(queue_page))
-        .route("/queues/{name}/redrive", post(redrive))
+        .route("/workers", get(pages::workers))
+        .route("/queues/{name}", get(pages::queue))
+        .route("/queues/{name}/jobs/{id}", get(pages::job))
+        .route("/queues/{name}/dead/delete", get(pages::confirm_delete_dead).post(actions::delete_dead))
+        .route("/queues/{name}/redrive", post(actions::redrive))
+        .route("/queues/{name}/pause", post(actions::pause))
+        .route("/queues/{name}/resume", post(actions::resume))
+        .route("/queues/{name}/jobs/{id}/retry", post(actions::retry))
+        .route("/queues/{name}/jobs/{id}/delete", post(actions::delete_job))
         .with_state(App { broker, history });
     if let Some(tokens) = security.tokens {
         // On every route, unknown paths too: nothing answers without a token.
@@ -115,84 +122,4 @@ async fn prometheus(State(app): State<App>) -> HttpResult<Response> {
         .map_err(|e| BrokerError::Storage(format!("reading RocksDB figures: {e}")))?;
     let body = metrics::render(&snapshot, &figures);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response())
-}
-
-async fn overview(State(app): State<App>) -> HttpResult<Html<String>> {
-    let snapshot = app.broker.metrics().await?;
-    Ok(Html(dashboard::overview(&snapshot, &app.history)))
-}
-
-async fn queue_page(
-    State(app): State<App>,
-    Path(name): Path<String>,
-    Query(query): Query<std::collections::HashMap<String, String>>,
-) -> HttpResult<Html<String>> {
-    let stats = app.broker.stats(name.clone()).await?;
-    let snapshot = app.broker.metrics().await?;
-    let metrics =
-        snapshot.queues.iter().find(|q| q.name == name).ok_or_else(|| BrokerError::QueueNotFound(name.clone()))?;
-    let (dead, next) = app
-        .broker
-        .list_jobs(crate::broker::ListJobs {
-            queue: name.clone(),
-            state: Some(JobState::Dead),
-            tenant: None,
-            environment: None,
-            page_size: DEAD_SHOWN,
-            page_token: None,
-        })
-        .await?;
-    let detail = dashboard::QueueDetail {
-        metrics,
-        stats: &stats,
-        dead: &dead,
-        more_dead: !next.is_empty(),
-        redriven: query.get("redriven").and_then(|v| v.parse().ok()),
-    };
-    Ok(Html(dashboard::queue(&detail, &app.history)))
-}
-
-/// Moves every dead letter of the queue back to ready, then shows the page.
-async fn redrive(State(app): State<App>, Path(name): Path<String>, headers: HeaderMap) -> HttpResult<Response> {
-    // A page on another site must not be able to make an operator's
-    // browser post here.
-    if !same_origin(&headers) {
-        return Ok((StatusCode::FORBIDDEN, "cross-site request refused").into_response());
-    }
-    let moved = app.broker.redrive(name.clone(), None, None, 0).await?;
-    tracing::info!(queue = %name, moved, "dead letters redriven from the dashboard");
-    Ok(Redirect::to(&format!("/queues/{}?redriven={moved}", dashboard::path_segment(&name))).into_response())
-}
-
-/// True unless the browser says the request comes from another origin.
-fn same_origin(h: &HeaderMap) -> bool {
-    if let Some(site) = h.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
-        return matches!(site, "same-origin" | "none");
-    }
-    match (h.get(header::ORIGIN).and_then(|v| v.to_str().ok()), h.get(header::HOST).and_then(|v| v.to_str().ok())) {
-        (Some(origin), Some(host)) => origin.split("://").nth(1) == Some(host),
-        _ => true,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.insert(*k, v.parse().unwrap());
-        }
-        h
-    }
-
-    #[test]
-    fn cross_site_posts_are_refused() {
-        assert!(same_origin(&headers(&[])), "curl and other non-browser clients");
-        assert!(same_origin(&headers(&[("sec-fetch-site", "same-origin")])));
-        assert!(!same_origin(&headers(&[("sec-fetch-site", "cross-site")])));
-        assert!(same_origin(&headers(&[("origin", "http://127.0.0.1:9090"), ("host", "127.0.0.1:9090")])));
-        assert!(!same_origin(&headers(&[("origin", "http://evil.example"), ("host", "127.0.0.1:9090")])));
-    }
 }

@@ -15,6 +15,7 @@
 //! | `C` | tenant 0 env 0                        | ready count (u64)  | per-group counters |
 //! | `T` | -                                     | `QueueCounters`    | per-queue counters |
 //! | `B` | worker_version                        | `BreakerWindowRecord` | circuit-breaker window of one version |
+//! | `A` | -                                     | `AlertStateRecord` | what the alert rules need across a restart |
 
 use crate::model::{JobId, Millis};
 
@@ -27,6 +28,7 @@ pub const DEDUP: u8 = b'D';
 pub const GROUP_COUNT: u8 = b'C';
 pub const TOTALS: u8 = b'T';
 pub const BREAKER: u8 = b'B';
+pub const ALERTS: u8 = b'A';
 
 /// Maps priority so that ascending keys list higher priorities first.
 pub fn inv_priority(priority: i32) -> u32 {
@@ -158,6 +160,7 @@ pub fn group_count(tenant: &str, env: &str) -> Vec<u8> {
 }
 
 pub const TOTALS_KEY: [u8; 1] = [TOTALS];
+pub const ALERTS_KEY: [u8; 1] = [ALERTS];
 
 /// The stored breaker window of one worker version (the version runs to
 /// the end of the key: it is the only variable part).

@@ -68,6 +68,22 @@ pub struct LeaseRecord {
     /// judge (and fence) this lease after a restart.
     #[prost(string, tag = "6")]
     pub worker_version: String,
+    /// When the lease began (extends keep it): shown in GetJob and the
+    /// list of workers. 0 in records written before it was kept.
+    #[prost(uint64, tag = "7")]
+    pub leased_at_ms: u64,
+}
+
+impl LeaseRecord {
+    /// When the lease began; for records older than that field, the start
+    /// of its last extension.
+    pub fn leased_at(&self) -> u64 {
+        if self.leased_at_ms > 0 {
+            self.leased_at_ms
+        } else {
+            self.expires_at_ms.saturating_sub(self.duration_ms)
+        }
+    }
 }
 
 /// Where a scheduled job goes when it becomes ready, so promotion needs no
@@ -106,6 +122,9 @@ pub struct QueueCounters {
     /// Worker versions quarantined by the circuit breaker.
     #[prost(uint64, tag = "10")]
     pub quarantines_total: u64,
+    /// Deliveries given back unstarted (Release): not attempts.
+    #[prost(uint64, tag = "11")]
+    pub released_total: u64,
 }
 
 /// A queue's definition, in the metadata column family.
@@ -221,4 +240,44 @@ pub struct TenantPolicyRecord {
     pub enqueue_burst: u32,
     #[prost(btree_map = "string, uint32", tag = "6")]
     pub env_weights: std::collections::BTreeMap<String, u32>,
+}
+
+/// What a queue's alert rules need across a restart (key `A`): saved when
+/// an alert starts or ends, a job is dead-lettered, or at most once a
+/// second while work moves, so an alert in force before a restart is in
+/// force after it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AlertStateRecord {
+    /// Since when the queue has had ready jobs (unpaused); absent: none.
+    #[prost(uint64, optional, tag = "1")]
+    pub ready_since_ms: Option<u64>,
+    /// Last lease, ack or nack.
+    #[prost(uint64, tag = "2")]
+    pub last_progress_ms: u64,
+    /// Last moment a worker was connected or asked for work.
+    #[prost(uint64, tag = "3")]
+    pub last_worker_seen_ms: u64,
+    /// Last dead-lettering; absent: none yet.
+    #[prost(uint64, optional, tag = "4")]
+    pub last_dead_at_ms: Option<u64>,
+    /// The rule alerts in force.
+    #[prost(message, repeated, tag = "5")]
+    pub active: Vec<AlertRecord>,
+}
+
+/// One alert in force, with the figures its message is written from.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AlertRecord {
+    /// Its kind, as in `QueueAlert.kind`.
+    #[prost(string, tag = "1")]
+    pub kind: String,
+    #[prost(uint64, tag = "2")]
+    pub since_ms: u64,
+    /// Ready jobs at its last evaluation (stalled, unattended, backlog).
+    #[prost(uint64, tag = "3")]
+    pub ready: u64,
+    /// The moment its message counts from (stalled, unattended: the clock's
+    /// start; aging: the oldest ready job's; dead_lettering: the last one).
+    #[prost(uint64, tag = "4")]
+    pub at_ms: u64,
 }
