@@ -34,15 +34,19 @@ RUN apt-get update -qq \
 WORKDIR /src
 # Dependencies first, with stub sources and a stub build script, so edits
 # to src/ or proto/ don't rebuild RocksDB.
+# The workspace's other member (the bench) only needs its manifest and a
+# stub: the image builds the broker package alone.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs && echo 'fn main() {}' > build.rs \
- && cargo build --release --locked \
+COPY bench/Cargo.toml ./bench/
+RUN mkdir src bench/src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs bench/src/lib.rs \
+ && echo 'fn main() {}' > build.rs && echo 'fn main() {}' > bench/src/main.rs \
+ && cargo build --release --locked -p fairway \
  && rm -rf src build.rs
 COPY build.rs ./
 COPY proto ./proto
 COPY src ./src
 # COPY keeps old mtimes: touch so cargo sees the real sources as newer.
-RUN touch build.rs src/main.rs src/lib.rs && cargo build --release --locked --bin fairway \
+RUN touch build.rs src/main.rs src/lib.rs && cargo build --release --locked -p fairway --bin fairway \
  && strip target/release/fairway
 
 FROM ${RUNTIME_IMAGE}

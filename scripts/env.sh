@@ -10,7 +10,7 @@ export FAIRWAY_GRPCURL="${FAIRWAY_GRPCURL:-$FAIRWAY_VENV/bin/grpcurl}"
 # binaries): hadolint for the Dockerfiles, Docker Compose for `config`.
 export FAIRWAY_HADOLINT="${FAIRWAY_HADOLINT:-$FAIRWAY_VENV/bin/hadolint}"
 export FAIRWAY_COMPOSE="${FAIRWAY_COMPOSE:-$FAIRWAY_VENV/bin/docker-compose}"
-# `fairway bench --peers`: where scripts/bench-peers-setup puts a nats-server
+# `fairway-bench --peers`: where scripts/bench-peers-setup puts a nats-server
 # that supports `sync_interval` when Debian's does not, and which version.
 export FAIRWAY_PEERS_VENV="${FAIRWAY_PEERS_VENV:-$HOME/.cache/fairway/peers-venv}"
 export FAIRWAY_PEERS_NATS_VERSION="${FAIRWAY_PEERS_NATS_VERSION:-2.15.1}"

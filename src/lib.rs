@@ -4,23 +4,20 @@
 //! selection), [`storage`] (RocksDB layout), [`broker`] (the writer thread and
 //! all job logic), [`api`] (thin gRPC handlers), [`server`] (tonic wiring,
 //! health, reflection), [`auth`] and [`tls`] (who may connect and do what),
-//! [`cli`] (the terminal client).
+//! [`client`] (a Rust client). The terminal client is in the binary
+//! (`src/cli/`), the benchmarks in the `fairway-bench` crate (`bench/`).
 
 pub mod api;
 pub mod auth;
-pub mod bench;
-pub mod bench_backlog;
-pub mod bench_fairness;
-pub mod bench_paced;
-pub mod bench_peers;
-pub mod bench_soak;
 pub mod broker;
-pub mod cli;
 pub mod client;
 pub mod config;
 pub mod conn_limits;
 pub mod deadline;
 pub mod error;
+/// Fuzz targets: not part of the broker's API, compiled only with the
+/// `fuzz` feature (the fuzz drivers and `tests/fuzz_smoke.rs` turn it on).
+#[cfg(feature = "fuzz")]
 pub mod fuzz;
 pub mod http;
 pub mod limits;

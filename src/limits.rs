@@ -2,7 +2,7 @@
 //! field, the limit and the value seen when a request is over one.
 //!
 //! Every limit is a named constant here (or, for the transport, in
-//! [`crate::conn_limits`]) and listed in the README's "Limits" table. The
+//! [`crate::conn_limits`]) and listed in docs/limits.md. The
 //! point of each is that no single client can make the broker hold, store or
 //! index an unbounded amount of anything.
 

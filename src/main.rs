@@ -1,7 +1,10 @@
 //! `fairway`: the broker (`serve`) and its terminal client.
 
 use clap::{Parser, Subcommand};
-use fairway::{cli, config::ServeConfig, server, telemetry};
+use fairway::{config::ServeConfig, server, telemetry};
+
+/// The terminal client (private to this binary: the library is the broker).
+mod cli;
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -38,8 +41,6 @@ enum Cmd {
     Enqueue(cli::EnqueueArgs),
     /// The workers connected now, and the jobs they hold.
     Workers(cli::WorkersArgs),
-    /// Measure throughput and latency against a broker process started here.
-    Bench(fairway::bench::BenchArgs),
     /// Check the broker's gRPC health (exit 0 only when SERVING).
     Health {
         /// A service name, e.g. fairway.v1.JobService; empty = the whole broker.
@@ -154,7 +155,6 @@ async fn main() -> ExitCode {
         Cmd::Workers(a) => cli::workers(&args.remote, a).await,
         Cmd::Tenant(cmd) => cli::tenant(&args.remote, cmd).await,
         Cmd::Health { service } => cli::health(&args.remote, service).await,
-        Cmd::Bench(a) => fairway::bench::run(a).await.map_err(|e| e.to_string().into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

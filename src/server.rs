@@ -132,7 +132,7 @@ fn warn_if_exposed(grpc: Option<SocketAddr>, http: Option<SocketAddr>, tls: bool
         let Some(addr) = addr.filter(|a| !a.ip().is_loopback()) else { continue };
         if tokens.is_none() {
             tracing::warn!(%addr, "NO AUTHENTICATION: the {port} port listens beyond loopback and there is no \
-                --auth-file, so anyone who can connect may {anyone_may}; pass --auth-file (see README, Security)");
+                --auth-file, so anyone who can connect may {anyone_may}; pass --auth-file (see docs/security.md)");
         } else if !tls {
             tracing::warn!(%addr, "the {port} port listens beyond loopback without TLS: bearer tokens cross the \
                 network in clear text; pass --tls-cert and --tls-key");

@@ -117,56 +117,6 @@ async fn cli_creates_enqueues_inspects_and_deletes() {
     assert!(String::from_utf8_lossy(&down.stderr).contains("cannot reach the broker"));
 }
 
-/// The benchmark runs end to end at a small size and prints sane figures
-/// (a smoke test, not a timed test).
-#[tokio::test]
-async fn bench_smoke_prints_every_scenario() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fairway"));
-    cmd.args(["bench", "--jobs", "400", "--concurrency", "8"])
-        .args(["--backlog-sizes", "100,500", "--backlog-probes", "20", "--tombstone-jobs", "300"])
-        .args([
-            "--flood-jobs",
-            "3000",
-            "--trickle-secs",
-            "1",
-            "--fair-jobs",
-            "700",
-            "--many-tenants",
-            "2000",
-            "--data-dir",
-        ])
-        .arg(tmp.path());
-    let out = tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().unwrap();
-    let text = stdout(&out);
-    for row in [
-        "unary Enqueue",
-        "EnqueueStream, one stream",
-        "paced end to end",
-        "EnqueueBatch of 100",
-        "end to end",
-        "| 500 |",
-        "serving in",
-        "on a fresh queue",
-        "expired lease to redelivery",
-        "fdatasync/s",
-        "flood: tenant a",
-        "Jain's index",
-        "hung tenant",
-        "active tenants",
-    ] {
-        assert!(text.contains(row), "{row} missing from:\n{text}");
-    }
-    // The peer comparison starts servers: only with --peers.
-    assert!(!text.contains("Peers ("), "{text}");
-    // Every throughput figure of the main table is a positive number.
-    let main_table = text.lines().take_while(|l| !l.is_empty());
-    for line in main_table.filter(|l| l.starts_with("| ") && !l.starts_with("| scenario")) {
-        let jobs_per_s: f64 = line.split('|').nth(3).unwrap().trim().parse().unwrap();
-        assert!(jobs_per_s > 0.0, "{line}");
-    }
-}
-
 /// Job ids at the start of table rows (16 hex digits), in order.
 fn ids_in(table: &str) -> Vec<String> {
     table
@@ -445,17 +395,6 @@ async fn jobs_list_pages_by_state_and_get_shows_one_job() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("[possible values: ready, scheduled, leased, dead]"), "{err}");
     s.stop().await;
-}
-
-/// The peer comparison (NATS JetStream, RabbitMQ) is behind a flag that the
-/// help lists; its run needs the servers, so it is not run here.
-#[test]
-fn bench_help_lists_the_peer_comparison() {
-    let out = Command::new(env!("CARGO_BIN_EXE_fairway")).args(["bench", "--help"]).output().expect("run fairway");
-    let text = stdout(&out);
-    for flag in ["--peers", "--peer-messages", "--peer-secs"] {
-        assert!(text.contains(flag), "{flag} missing from:\n{text}");
-    }
 }
 
 /// The commands that delete or move jobs: one job by id, or a filtered set;

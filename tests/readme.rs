@@ -1,6 +1,6 @@
 //! The README's walk-through, run as written. Every ```sh block marked with
-//! a `<!-- readme-test -->` line is taken in order from README.md and run
-//! by one bash (so shell variables carry from block to block), from the
+//! a `<!-- readme-test -->` line is taken in order from README.md, then from
+//! its continuation docs/first-hour.md, and run by one bash (so shell variables carry from block to block), from the
 //! checkout's root, against a live broker. The broker's address stands in
 //! for the README's `127.0.0.1:50051` (and is in `FAIRWAY_ADDR` and
 //! `FAIRWAY_GRPC`, the defaults the CLI and the example workers read), and
@@ -15,7 +15,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-const README: &str = include_str!("../README.md");
+/// The walk-through's two parts, in the order a reader follows them.
+const WALKTHROUGH: [&str; 2] = [include_str!("../README.md"), include_str!("../docs/first-hour.md")];
 const MARKER: &str = "<!-- readme-test -->";
 
 /// The marked ```sh blocks of `readme`, in order.
@@ -43,7 +44,7 @@ fn marked_blocks_are_found_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_walkthrough_runs_as_written() {
     let s = TestServer::start().await;
-    let blocks = marked_blocks(README);
+    let blocks: Vec<String> = WALKTHROUGH.into_iter().flat_map(marked_blocks).collect();
     let script = blocks.join("\n");
     // What the walk-through must go on showing a newcomer.
     for needed in [

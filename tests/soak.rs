@@ -1,4 +1,4 @@
-//! Soak: the mixed workload of `fairway::bench_soak` (several tenants, one
+//! Soak: the mixed workload of `fairway_bench::soak` (several tenants, one
 //! with a weight; plain, delayed and dedup jobs; nack -> retry; jobs that
 //! exhaust their attempts into the dead letters) against the real binary,
 //! with the broker's RSS and open files and the enqueue and lease latencies
@@ -6,7 +6,7 @@
 //! job is accounted for.
 //!
 //! CI runs it for 30 s (`FAIRWAY_SOAK_SECS` changes that). The long run is
-//! the bench's: scripts/fairway bench --scenarios soak --soak-secs 1800
+//! the bench's: scripts/bench --scenarios soak --soak-secs 1800
 
 #[path = "common/process.rs"]
 mod process;
@@ -22,7 +22,7 @@ async fn mixed_workload_holds_steady_and_accounts_for_every_job() {
     let b = BrokerProcess::spawn(tmp.path()).await;
     b.wait_serving().await;
     let client = Client::connect(&ClientConfig::new(format!("http://{}", b.addr))).await.expect("connect");
-    let report = fairway::bench_soak::run(&client, b.pid(), Duration::from_secs(secs)).await.expect("soak ran");
+    let report = fairway_bench::soak::run(&client, b.pid(), Duration::from_secs(secs)).await.expect("soak ran");
     println!("{}", report.summary());
     let fails = report.check();
     assert!(fails.is_empty(), "soak failed: {}", fails.join("; "));

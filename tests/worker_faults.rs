@@ -1,6 +1,6 @@
 //! Workers that misbehave: disconnect mid-job, hang, ack twice, ack after
 //! their lease expired, or talk on a Work stream before `subscribe`. Each
-//! gets the behaviour the README ("Semantics in short") documents, and the
+//! gets the behaviour docs/semantics.md documents, and the
 //! job is then processed exactly once successfully by a well-behaved worker.
 
 mod common;

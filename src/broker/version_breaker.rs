@@ -8,7 +8,7 @@
 //! once, at the configured size). The decision looks at the other versions
 //! only when the reporting version is over the threshold.
 //!
-//! The rule (also in the README): version V is tripped when
+//! The rule (also in docs/circuit-breaker.md): version V is tripped when
 //! 1. the breaker is on (`failure_percent > 0`) and V is not empty (workers
 //!    that report no version can't be told apart, so they are never fenced);
 //! 2. V's window holds at least `min_deliveries` outcomes and at least
@@ -125,7 +125,7 @@ pub struct Trip {
     pub baseline_deliveries: u32,
     pub baseline_failures: u32,
     /// Jobs the tripped version failed in its window, with how many times:
-    /// attempts to give back (see the README on refunds).
+    /// attempts to give back (see docs/circuit-breaker.md on refunds).
     pub refunds: Vec<(JobId, u32)>,
 }
 

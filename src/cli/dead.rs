@@ -5,7 +5,7 @@ use super::confirm::{confirm, count, declined};
 use super::format::{fmt_attempts, fmt_time, leading_width, one_line, render_table, truncate, Column};
 use super::listing::{self, ListArgs, Listing};
 use super::{ok_if_closed, CliResult, Remote, Screen};
-use crate::pb;
+use fairway::pb;
 
 /// Room for the last error when the terminal's width is unknown (output
 /// piped or redirected); `--json` has it whole.

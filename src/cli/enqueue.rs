@@ -1,7 +1,7 @@
 //! `fairway enqueue`: one job from the command line.
 
 use super::{d, CliResult, Remote};
-use crate::pb;
+use fairway::pb;
 use std::time::Duration;
 
 #[derive(Debug, clap::Args)]

@@ -1,7 +1,7 @@
 //! Pure text helpers the CLI commands share: aligned tables, ages, times,
 //! rates and shell quoting. Nothing here does I/O, so layout is unit-tested.
 
-use crate::pb;
+use fairway::pb;
 use std::borrow::Cow;
 use std::fmt::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -4,7 +4,7 @@
 use super::format::{fmt_attempts, fmt_time, payload_text, render_table, state_name, Column};
 use super::listing::{self, job_json, ListArgs, Listing};
 use super::{emit, ok_if_closed, CliResult, Remote, Screen};
-use crate::pb;
+use fairway::pb;
 use std::fmt::Write as _;
 
 /// Binary payload bytes shown (as hex) by `jobs get`; `--json` has them all.

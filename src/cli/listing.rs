@@ -4,7 +4,7 @@
 
 use super::format::{shell_quote, state_name, system_time};
 use super::{emit, CliResult, Remote, Screen};
-use crate::pb;
+use fairway::pb;
 
 /// The options every job listing takes.
 #[derive(Debug, Clone, clap::Args)]
@@ -195,7 +195,7 @@ mod tests {
             render: &no_table,
         };
         assert_eq!(
-            next_page_command("fairway", &Remote::plain(super::super::DEFAULT_ADDR), &args(), &l, "0a0b"),
+            next_page_command("fairway", &Remote::plain(fairway::client::DEFAULT_ADDR), &args(), &l, "0a0b"),
             "fairway jobs list emails --state ready --tenant 'acme corp' --limit 2 --page-token 0a0b"
         );
         let json = ListArgs { json: true, ..args() };

@@ -19,9 +19,9 @@ mod stats;
 mod tenant;
 mod workers;
 
-pub use crate::client::{Conn, DEFAULT_ADDR};
 pub use dead::{dead, DeadCmd};
 pub use enqueue::{enqueue, EnqueueArgs};
+pub use fairway::client::Conn;
 pub use health::health;
 pub use jobs::{jobs, JobsCmd};
 pub use queue::{queue, QueueCmd};
@@ -36,7 +36,7 @@ use std::time::Duration;
 type CliResult = Result<(), Box<dyn std::error::Error>>;
 
 fn d(x: Duration) -> prost_types::Duration {
-    crate::broker::view::duration(x)
+    fairway::broker::view::duration(x)
 }
 
 /// Where output goes and how much of it fits.
@@ -75,7 +75,9 @@ pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
         // A transport failure says what went wrong only in its causes (e.g.
         // the broker wanted a client certificate).
         Some(status) => match std::error::Error::source(status) {
-            Some(cause) => format!("error: {:?}: {}: {}", status.code(), status.message(), crate::client::chain(cause)),
+            Some(cause) => {
+                format!("error: {:?}: {}: {}", status.code(), status.message(), fairway::client::chain(cause))
+            }
             None => format!("error: {:?}: {}", status.code(), status.message()),
         },
         None => format!("error: {e}"),

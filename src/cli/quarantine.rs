@@ -2,7 +2,7 @@
 //! quarantined (list), and letting one receive jobs again (lift).
 
 use super::{CliResult, Remote};
-use crate::pb;
+use fairway::pb;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum QuarantineCmd {

@@ -2,7 +2,7 @@
 //! queues.
 
 use super::{d, CliResult, Remote};
-use crate::pb;
+use fairway::pb;
 use std::time::Duration;
 
 #[derive(Debug, clap::Subcommand)]

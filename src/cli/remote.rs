@@ -1,7 +1,7 @@
 //! How client commands reach the broker: its address, TLS (the CA to trust
 //! it by, a client certificate for mTLS) and the bearer token sent with
 //! every call, as the flags of every client command. The connection itself
-//! is [`crate::client`].
+//! is [`fairway::client`].
 //!
 //! The flags are global, so they go before or after the command. They are
 //! named apart from `serve`'s own `--tls-cert`/`--tls-key` (the broker's
@@ -9,7 +9,7 @@
 //! subcommand: one name for two meanings would hand the client's
 //! certificate to the server or the other way round.
 
-use crate::client::{Client, ClientConfig, ClientError, DEFAULT_ADDR};
+use fairway::client::{Client, ClientConfig, ClientError, DEFAULT_ADDR};
 use std::path::PathBuf;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -39,7 +39,8 @@ pub struct Remote {
 }
 
 impl Remote {
-    /// A plain local broker with no token: what tests and defaults use.
+    /// A plain local broker with no token.
+    #[cfg(test)]
     pub fn plain(addr: impl Into<String>) -> Remote {
         Remote { addr: addr.into(), tls_ca: None, client_cert: None, client_key: None, tls_domain: None, token: None }
     }

@@ -7,8 +7,8 @@
 
 use super::format::{self, fmt_age, fmt_rate, one_line, render_table, Column};
 use super::{describe, emit, ok_if_closed, CliResult, Conn, Remote, Screen};
-use crate::pb;
-use crate::pb::admin_service_client::AdminServiceClient;
+use fairway::pb;
+use fairway::pb::admin_service_client::AdminServiceClient;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant, SystemTime};

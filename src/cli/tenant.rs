@@ -1,7 +1,7 @@
 //! `fairway tenant set-policy`: a tenant's share and limits in a queue.
 
 use super::{CliResult, Remote};
-use crate::pb;
+use fairway::pb;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum TenantCmd {

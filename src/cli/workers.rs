@@ -3,7 +3,7 @@
 
 use super::format::{fmt_age, render_table, system_time, Column};
 use super::{emit, ok_if_closed, CliResult, Remote};
-use crate::pb;
+use fairway::pb;
 use std::time::SystemTime;
 
 #[derive(Debug, clap::Args)]

@@ -3,7 +3,7 @@
 //!
 //! Two drivers run them: `fuzz/` (cargo-fuzz and libFuzzer, on a nightly
 //! toolchain) and `tests/fuzz_smoke.rs` (stable: the committed corpus plus
-//! seeded mutations, in every test run). See the README, "Fuzzing".
+//! seeded mutations, in every test run). See docs/fuzzing.md.
 
 pub mod keys;
 pub mod records;

@@ -1,4 +1,4 @@
-//! The soak of `fairway bench --scenarios soak` (and of `tests/soak.rs`, a
+//! The soak of `fairway-bench --scenarios soak` (and of `tests/soak.rs`, a
 //! short run in CI): a mixed workload against a broker process for a
 //! bounded time — several tenants (one with a weight), plain jobs, delayed
 //! jobs, dedup keys, nack -> retry, and jobs that exhaust their attempts
@@ -6,8 +6,8 @@
 //! /proc) and the enqueue and lease latencies are sampled every second. No
 //! sample may trend upward, and at the end every job is accounted for.
 
-use crate::client::{Client, WorkEvent};
-use crate::pb;
+use fairway::client::{Client, WorkEvent};
+use fairway::pb;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -268,7 +268,7 @@ pub fn open_fds(pid: u32) -> Result<usize, String> {
 }
 
 fn dur(d: Duration) -> prost_types::Duration {
-    crate::broker::view::duration(d)
+    fairway::broker::view::duration(d)
 }
 
 async fn producer(p: usize, client: Client, ledger: Shared, stop: Arc<AtomicBool>) -> Result<(), String> {

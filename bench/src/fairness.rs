@@ -1,10 +1,10 @@
-//! Fairness scenarios of `fairway bench`: a flooding tenant next to
+//! Fairness scenarios of `fairway-bench`: a flooding tenant next to
 //! trickling ones, weighted shares (and Jain's index for equal weights), and
 //! a tenant whose jobs hang. Each runs on its own queue of the broker the
 //! bench started, with real workers on `Work` streams.
 
-use crate::client::Client;
-use crate::pb;
+use fairway::client::Client;
+use fairway::pb;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -72,7 +72,7 @@ impl Workers {
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
         for w in 0..streams {
-            let ch = crate::bench::connect(addr).await?;
+            let ch = crate::connect(addr).await?;
             let (seen, acked, stop) = (seen.clone(), acked.clone(), stop.clone());
             let (queue, hang) = (queue.to_string(), hang.map(str::to_string));
             tasks.push(tokio::spawn(async move {
@@ -80,7 +80,7 @@ impl Workers {
                     queues: vec![queue],
                     worker_id: format!("fair-{w}"),
                     max_in_flight: window,
-                    lease_duration: Some(crate::broker::view::duration(Duration::from_secs(2))),
+                    lease_duration: Some(fairway::broker::view::duration(Duration::from_secs(2))),
                     ..Default::default()
                 };
                 let mut work = ch.work(sub).await?;
@@ -190,7 +190,7 @@ async fn scenario_flood(addr: &str, ch: &Client, a: &FairnessArgs) -> BenchResul
     create(ch, "fair-idle").await?;
     // Producers and workers each on their own connection, as separate
     // services would be.
-    let trickler = crate::bench::connect(addr).await?;
+    let trickler = crate::connect(addr).await?;
     let w = Workers::start(addr, "fair-idle", 4, a.fair_window, None).await?;
     trickle(&trickler, "fair-idle", a.trickle_secs).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -199,7 +199,7 @@ async fn scenario_flood(addr: &str, ch: &Client, a: &FairnessArgs) -> BenchResul
     create(ch, "fair-flood").await?;
     let w = Workers::start(addr, "fair-flood", 4, a.fair_window, None).await?;
     let flooder = {
-        let (ch, n) = (crate::bench::connect(addr).await?, a.flood_jobs);
+        let (ch, n) = (crate::connect(addr).await?, a.flood_jobs);
         tokio::spawn(async move { flood(&ch, "fair-flood", "a", n).await })
     };
     // Let the backlog build before the trickle starts.
@@ -314,7 +314,7 @@ async fn scenario_hung(addr: &str, ch: &Client, a: &FairnessArgs) -> BenchResult
 /// job each (every lease a different tenant, the worst case for caches).
 async fn scenario_many_tenants(addr: &str, ch: &Client, a: &FairnessArgs) -> BenchResult<String> {
     let tenants = a.many_tenants;
-    let mut s = crate::scheduler::FairScheduler::new();
+    let mut s = fairway::scheduler::FairScheduler::new();
     let names: Vec<String> = (0..tenants).map(|t| format!("t{t}")).collect();
     for (i, t) in names.iter().enumerate() {
         s.activate(t, "e");

@@ -1,4 +1,4 @@
-//! The backlog scenario of `fairway bench`: how Fairway behaves with
+//! The backlog scenario of `fairway-bench`: how Fairway behaves with
 //! millions of jobs stored. On its own broker process and data dir it fills
 //! one queue step by step (1k, 1M, 10M by default) and at each size
 //! measures lease+ack latency; with the largest size stored it measures
@@ -6,9 +6,9 @@
 //! throughput on the drained queue (its key range full of tombstones) with
 //! a fresh queue.
 
-use crate::bench::{connect, create_queue, job, BenchResult, BrokerProc, Samples};
-use crate::client::{Client, WorkEvent};
-use crate::pb;
+use crate::{connect, create_queue, job, BenchResult, BrokerProc, Samples};
+use fairway::client::{Client, WorkEvent};
+use fairway::pb;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -145,7 +145,7 @@ fn lat_cells(l: &mut Samples) -> String {
 /// Runs the scenario on a broker of its own in `dir`; returns markdown.
 pub async fn run(
     dir: &std::path::Path,
-    durability: crate::storage::Durability,
+    launch: &crate::BrokerLaunch,
     crash: bool,
     a: &BacklogArgs,
     payload: usize,
@@ -155,7 +155,7 @@ pub async fn run(
     sizes.dedup();
     let Some(&largest) = sizes.last() else { return Ok(Vec::new()) };
     let mut r = Report { lines: Vec::new() };
-    let broker = BrokerProc::start(dir, durability)?;
+    let broker = BrokerProc::start(dir, launch)?;
     let ch = connect(&broker.addr).await?;
     create_queue(&ch, QUEUE).await?;
     r.lines.push("| jobs stored | filled at jobs/s | lease+ack p50 ms | p99 ms | p99.9 ms | broker RSS MiB |".into());
@@ -182,7 +182,7 @@ pub async fn run(
         broker.stop()?;
     }
     let t = Instant::now();
-    let broker = BrokerProc::start(dir, durability)?;
+    let broker = BrokerProc::start(dir, launch)?;
     let ch = connect(&broker.addr).await?;
     let mut health = ch.health();
     health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await?;

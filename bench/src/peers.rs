@@ -1,4 +1,4 @@
-//! `fairway bench --peers`: Fairway's end-to-end workload against NATS
+//! `fairway-bench --peers`: Fairway's end-to-end workload against NATS
 //! JetStream and RabbitMQ, for a like-for-like comparison on one machine.
 //!
 //! Each peer runs from Debian's package (installed by
@@ -144,11 +144,11 @@ pub fn fairway_row(strict: bool, batch: usize, batches_in_flight: usize, s: &mut
 /// `sync_always` makes the file store fsync every write before it acks.
 pub fn nats_config(sync_always: bool) -> String {
     if sync_always {
-        "# fairway bench --peers: fsync every write, like Fairway's strict mode.\n\
+        "# fairway-bench --peers: fsync every write, like Fairway's strict mode.\n\
          jetstream {\n  sync_interval: always\n}\n"
             .to_string()
     } else {
-        "# fairway bench --peers: nats-server's default sync interval.\njetstream {}\n".to_string()
+        "# fairway-bench --peers: nats-server's default sync interval.\njetstream {}\n".to_string()
     }
 }
 
@@ -785,21 +785,22 @@ async fn run_all(a: &PeerArgs) -> BenchResult<Vec<String>> {
 
 /// Prints the Peers table (Fairway's row, then the peers'), then the lines
 /// of `rows` that are notes rather than table rows.
-pub fn print_table(rows: &[String]) {
-    println!();
-    println!("Peers ({PAYLOAD}-byte messages; loopback; client and servers on this machine):");
-    println!();
-    println!("{TABLE_HEADER}");
+pub fn print_table(out: &mut dyn std::io::Write, rows: &[String]) -> std::io::Result<()> {
+    writeln!(out)?;
+    writeln!(out, "Peers ({PAYLOAD}-byte messages; loopback; client and servers on this machine):")?;
+    writeln!(out)?;
+    writeln!(out, "{TABLE_HEADER}")?;
     let (table, notes): (Vec<&String>, Vec<&String>) = rows.iter().partition(|r| r.starts_with('|'));
     for r in table {
-        println!("{r}");
+        writeln!(out, "{r}")?;
     }
     if !notes.is_empty() {
-        println!();
+        writeln!(out)?;
     }
     for n in notes {
-        println!("{n}");
+        writeln!(out, "{n}")?;
     }
+    Ok(())
 }
 
 #[cfg(test)]

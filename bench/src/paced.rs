@@ -1,10 +1,10 @@
-//! The paced end-to-end scenario of `fairway bench`: producers enqueue at a
+//! The paced end-to-end scenario of `fairway-bench`: producers enqueue at a
 //! fixed rate (half of the measured end-to-end maximum) while workers drain,
 //! so latency is measured on a broker that keeps up, not on a queue that
 //! grows. Enqueue-to-delivery comes from a timestamp in each payload.
 
-use crate::bench::{connect, create_queue, job, BenchResult, Samples};
-use crate::pb;
+use crate::{connect, create_queue, job, BenchResult, Samples};
+use fairway::pb;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

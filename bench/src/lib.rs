@@ -1,15 +1,16 @@
-//! `fairway bench`: throughput and latency percentiles against a real broker
-//! process (started here on a temp dir, or an existing one via --target).
+//! `fairway-bench`: throughput and latency percentiles against a real broker
+//! process, started here on a temp dir from the `fairway` binary (the one
+//! next to this one, or `--broker-bin`, so two builds can be compared).
 //!
 //! Scenarios: unary `Enqueue` with many concurrent callers; `EnqueueBatch`;
 //! end to end (producers batch-enqueue while workers on `Work` streams ack);
 //! restart time with a stored backlog; and, only when asked for by name, the
-//! soak (`bench_soak`). Every enqueue is fsynced unless the broker runs with
+//! soak ([`soak`]). Every enqueue is fsynced unless the broker runs with
 //! `--durability relaxed`.
 
-use crate::client::{Client, ClientConfig, Conn, WorkEvent};
-use crate::pb;
-use crate::pb::worker_service_client::WorkerServiceClient;
+use fairway::client::{Client, ClientConfig, Conn, WorkEvent};
+use fairway::pb;
+use fairway::pb::worker_service_client::WorkerServiceClient;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
@@ -17,7 +18,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-pub(crate) type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+pub mod backlog;
+pub mod fairness;
+pub mod paced;
+pub mod peers;
+pub mod soak;
+
+pub type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -45,7 +52,15 @@ pub struct BenchArgs {
     pub crash: bool,
     /// Broker durability for the broker started here.
     #[arg(long, value_enum, default_value = "strict")]
-    pub durability: crate::storage::Durability,
+    pub durability: fairway::storage::Durability,
+    /// The broker binary to measure (default: `fairway` next to this
+    /// program). Point it at another build to compare two side by side.
+    #[arg(long, env = "FAIRWAY_BROKER_BIN")]
+    pub broker_bin: Option<std::path::PathBuf>,
+    /// An extra argument for the broker's `serve`, repeatable, e.g.
+    /// `--broker-arg=--partitions=4`.
+    #[arg(long = "broker-arg", allow_hyphen_values = true)]
+    pub broker_args: Vec<String>,
     /// Data dir for the broker started here (default: a fresh temp dir).
     #[arg(long)]
     pub data_dir: Option<std::path::PathBuf>,
@@ -60,13 +75,13 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "all")]
     pub scenarios: Vec<String>,
     #[command(flatten)]
-    pub fairness: crate::bench_fairness::FairnessArgs,
+    pub fairness: crate::fairness::FairnessArgs,
     #[command(flatten)]
-    pub backlog: crate::bench_backlog::BacklogArgs,
+    pub backlog: crate::backlog::BacklogArgs,
     #[command(flatten)]
-    pub peers: crate::bench_peers::PeerArgs,
+    pub peers: crate::peers::PeerArgs,
     #[command(flatten)]
-    pub soak: crate::bench_soak::SoakArgs,
+    pub soak: crate::soak::SoakArgs,
 }
 
 /// Scenarios `all` leaves out: they run only when named.
@@ -116,43 +131,78 @@ pub(crate) fn cpu_secs(pid: u32) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
-pub(crate) struct BrokerProc {
+/// How the bench starts a broker: which binary, with which settings.
+#[derive(Debug, Clone)]
+pub struct BrokerLaunch {
+    /// The `fairway` binary.
+    pub bin: std::path::PathBuf,
+    pub durability: fairway::storage::Durability,
+    /// Appended to `serve`'s arguments.
+    pub extra: Vec<String>,
+}
+
+impl BrokerLaunch {
+    /// From the bench's arguments: `--broker-bin`, else `fairway` in this
+    /// program's directory (or its parent, for a test binary in `deps/`).
+    pub fn from_args(a: &BenchArgs) -> BenchResult<BrokerLaunch> {
+        let bin = match &a.broker_bin {
+            Some(b) => b.clone(),
+            None => default_broker_bin()?,
+        };
+        Ok(BrokerLaunch { bin, durability: a.durability, extra: a.broker_args.clone() })
+    }
+}
+
+fn default_broker_bin() -> BenchResult<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().ok_or("the bench's own path has no directory")?;
+    for d in [Some(dir), dir.parent()].into_iter().flatten() {
+        let bin = d.join("fairway");
+        if bin.is_file() {
+            return Ok(bin);
+        }
+    }
+    Err(format!(
+        "no `fairway` binary next to {} (build it with `cargo build --release --bin fairway`, or pass --broker-bin)",
+        exe.display()
+    )
+    .into())
+}
+
+pub struct BrokerProc {
     child: Child,
-    pub(crate) addr: String,
+    pub addr: String,
 }
 
 impl BrokerProc {
-    pub(crate) fn start(dir: &std::path::Path, durability: crate::storage::Durability) -> BenchResult<BrokerProc> {
-        BrokerProc::start_logging(dir, durability, "warn")
+    pub fn start(dir: &std::path::Path, launch: &BrokerLaunch) -> BenchResult<BrokerProc> {
+        BrokerProc::start_logging(dir, launch, "warn")
     }
 
     /// Like `start`, with the broker's `RUST_LOG` filter.
-    pub(crate) fn start_logging(
-        dir: &std::path::Path,
-        durability: crate::storage::Durability,
-        rust_log: &str,
-    ) -> BenchResult<BrokerProc> {
-        let exe = std::env::current_exe()?;
-        let mut child = Command::new(exe)
+    pub fn start_logging(dir: &std::path::Path, launch: &BrokerLaunch, rust_log: &str) -> BenchResult<BrokerProc> {
+        let mut child = Command::new(&launch.bin)
             .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--durability"])
-            .arg(format!("{durability:?}").to_lowercase())
+            .arg(format!("{:?}", launch.durability).to_lowercase())
             .arg("--data-dir")
             .arg(dir)
+            .args(&launch.extra)
             .env("RUST_LOG", rust_log)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
-            .spawn()?;
+            .spawn()
+            .map_err(|e| format!("cannot start the broker {}: {e}", launch.bin.display()))?;
         let mut line = String::new();
         BufReader::new(child.stdout.take().ok_or("no stdout")?).read_line(&mut line)?;
         let addr = line.trim().strip_prefix("fairway listening on ").ok_or("broker did not start")?.to_string();
         Ok(BrokerProc { child, addr: format!("http://{addr}") })
     }
 
-    pub(crate) fn pid(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    pub(crate) fn stop(mut self) -> BenchResult<()> {
+    pub fn stop(mut self) -> BenchResult<()> {
         Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status()?;
         self.child.wait()?;
         Ok(())
@@ -398,8 +448,8 @@ async fn expiry_redelivery(w: &mut WorkerServiceClient<Conn>) -> BenchResult<Sam
     let lease = |max: u32, wait: Duration| pb::LeaseRequest {
         queues: vec!["bench-expiry".into()],
         max_jobs: max,
-        wait: Some(crate::broker::view::duration(wait)),
-        lease_duration: Some(crate::broker::view::duration(Duration::from_secs(1))),
+        wait: Some(fairway::broker::view::duration(wait)),
+        lease_duration: Some(fairway::broker::view::duration(Duration::from_secs(1))),
         worker_id: "bench-expiry".into(),
         worker_version: String::new(),
     };
@@ -442,7 +492,9 @@ fn fsync_rate(dir: &std::path::Path) -> BenchResult<f64> {
     Ok(rate)
 }
 
-pub async fn run(a: BenchArgs) -> BenchResult<()> {
+/// Runs the scenarios `a` asks for and writes their tables to `out`
+/// (progress goes to stderr). A soak that fails is an error.
+pub async fn run(a: BenchArgs, out: &mut (dyn Write + Send)) -> BenchResult<()> {
     let tmp;
     let dir = match &a.data_dir {
         Some(d) => d.clone(),
@@ -453,9 +505,17 @@ pub async fn run(a: BenchArgs) -> BenchResult<()> {
     };
     std::fs::create_dir_all(&dir)?;
     let fsyncs = fsync_rate(&dir)?;
-    let broker = BrokerProc::start(&dir.join("main"), a.durability)?;
+    let launch = BrokerLaunch::from_args(&a)?;
+    let broker = BrokerProc::start(&dir.join("main"), &launch)?;
     let ch = connect(&broker.addr).await?;
-    eprintln!("bench: broker at {} on {} ({:?})", broker.addr, dir.display(), a.durability);
+    eprintln!(
+        "bench: broker {} at {} on {} ({:?} {:?})",
+        launch.bin.display(),
+        broker.addr,
+        dir.display(),
+        a.durability,
+        launch.extra
+    );
     let mut rows: Vec<Row> = Vec::new();
     let cpu = || cpu_secs(broker.pid());
     // Charges the broker CPU used since `before` to the rows added since `from`.
@@ -494,7 +554,7 @@ pub async fn run(a: BenchArgs) -> BenchResult<()> {
     if a.wants("paced") {
         let rate = if a.paced_rate > 0.0 { a.paced_rate } else { e2e_max.map_or(40_000.0, |m| m / 2.0) };
         let (from, before) = (rows.len(), cpu());
-        let p = crate::bench_paced::run(&broker.addr, rate, a.jobs, a.payload_bytes).await?;
+        let p = crate::paced::run(&broker.addr, rate, a.jobs, a.payload_bytes).await?;
         rows.push(Row {
             name: format!("paced end to end at {:.0} jobs/s (half the end-to-end maximum)", p.rate),
             jobs: p.jobs,
@@ -508,21 +568,21 @@ pub async fn run(a: BenchArgs) -> BenchResult<()> {
     // Fairway's row of the Peers table: the same scenario at the peers' sizes.
     let mut peer_rows = Vec::new();
     if a.peers.peers {
-        let batch = crate::bench_peers::fairway_batch(BATCHES_IN_FLIGHT);
+        let batch = crate::peers::fairway_batch(BATCHES_IN_FLIGHT);
         let sizes = BenchArgs {
             jobs: a.peers.peer_messages,
-            payload_bytes: crate::bench_peers::PAYLOAD,
-            workers: crate::bench_peers::CONSUMERS,
-            max_in_flight: crate::bench_peers::PREFETCH as u32,
+            payload_bytes: crate::peers::PAYLOAD,
+            workers: crate::peers::CONSUMERS,
+            max_in_flight: crate::peers::PREFETCH as u32,
             batch,
             ..a.clone()
         };
         let (e2e, _) = end_to_end(&ch, &sizes, "bench-peers").await?;
-        let mut s = crate::bench_peers::Summary { messages: e2e.jobs, secs: e2e.secs, lat_us: e2e.lat.0 };
-        let strict = a.durability == crate::storage::Durability::Strict;
-        peer_rows.push(crate::bench_peers::fairway_row(strict, batch, BATCHES_IN_FLIGHT, &mut s));
+        let mut s = crate::peers::Summary { messages: e2e.jobs, secs: e2e.secs, lat_us: e2e.lat.0 };
+        let strict = a.durability == fairway::storage::Durability::Strict;
+        peer_rows.push(crate::peers::fairway_row(strict, batch, BATCHES_IN_FLIGHT, &mut s));
     }
-    let fairness = crate::bench_fairness::run(&broker.addr, &ch, &a.fairness, &|s| a.wants(s)).await?;
+    let fairness = crate::fairness::run(&broker.addr, &ch, &a.fairness, &|s| a.wants(s)).await?;
 
     let mut expiry_note = String::from("skipped");
     if a.wants("expiry") {
@@ -536,14 +596,15 @@ pub async fn run(a: BenchArgs) -> BenchResult<()> {
     let mut backlog = Vec::new();
     if a.wants("backlog") {
         let bdir = dir.join("backlog");
-        backlog = crate::bench_backlog::run(&bdir, a.durability, a.crash, &a.backlog, a.payload_bytes).await?;
+        backlog = crate::backlog::run(&bdir, &launch, a.crash, &a.backlog, a.payload_bytes).await?;
     }
 
     if !rows.is_empty() {
-        println!("| scenario | jobs | jobs/s | p50 ms | p99 ms | p99.9 ms | latency of | broker CPU µs/job |");
-        println!("|---|---:|---:|---:|---:|---:|---|---:|");
+        writeln!(out, "| scenario | jobs | jobs/s | p50 ms | p99 ms | p99.9 ms | latency of | broker CPU µs/job |")?;
+        writeln!(out, "|---|---:|---:|---:|---:|---:|---|---:|")?;
         for mut r in rows {
-            println!(
+            writeln!(
+                out,
                 "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} |",
                 r.name,
                 r.jobs,
@@ -553,39 +614,40 @@ pub async fn run(a: BenchArgs) -> BenchResult<()> {
                 r.lat.pct(0.999),
                 r.note,
                 r.cpu_us.map_or("-".to_string(), |c| format!("{c:.1}")),
-            );
+            )?;
         }
     }
     if !fairness.is_empty() {
-        println!();
-        println!("| fairness scenario | result | baseline |");
-        println!("|---|---|---|");
+        writeln!(out)?;
+        writeln!(out, "| fairness scenario | result | baseline |")?;
+        writeln!(out, "|---|---|---|")?;
         for row in &fairness {
-            println!("{row}");
+            writeln!(out, "{row}")?;
         }
     }
     if !backlog.is_empty() {
-        println!();
-        println!("Backlog (a broker of its own):");
-        println!();
+        writeln!(out)?;
+        writeln!(out, "Backlog (a broker of its own):")?;
+        writeln!(out)?;
         for line in &backlog {
-            println!("{line}");
+            writeln!(out, "{line}")?;
         }
     }
-    println!();
-    println!("Lease expiry: {expiry_note}");
-    println!("Disk: {fsyncs:.0} fdatasync/s on the data dir ({:.2} ms each)", 1000.0 / fsyncs);
-    println!(
+    writeln!(out)?;
+    writeln!(out, "Lease expiry: {expiry_note}")?;
+    writeln!(out, "Disk: {fsyncs:.0} fdatasync/s on the data dir ({:.2} ms each)", 1000.0 / fsyncs)?;
+    writeln!(
+        out,
         "Durability: {:?}; payload {} B; machine: {} cores",
         a.durability,
         a.payload_bytes,
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
-    );
+    )?;
     if a.peers.peers {
-        peer_rows.extend(crate::bench_peers::run(&a.peers).await?);
-        crate::bench_peers::print_table(&peer_rows);
+        peer_rows.extend(crate::peers::run(&a.peers).await?);
+        crate::peers::print_table(out, &peer_rows)?;
     }
-    let soaked = if a.wants("soak") { soak(&dir.join("soak"), &a).await } else { Ok(()) };
+    let soaked = if a.wants("soak") { soak(&dir.join("soak"), &a, &launch, out).await } else { Ok(()) };
     if a.data_dir.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -594,21 +656,26 @@ pub async fn run(a: BenchArgs) -> BenchResult<()> {
 
 /// The soak scenario, on a broker of its own: a line per sample, then the
 /// summary and verdict; a FAIL is an error, so the bench exits non-zero.
-async fn soak(dir: &std::path::Path, a: &BenchArgs) -> BenchResult<()> {
+async fn soak(
+    dir: &std::path::Path,
+    a: &BenchArgs,
+    launch: &BrokerLaunch,
+    out: &mut (dyn Write + Send),
+) -> BenchResult<()> {
     // A `--data-dir` reused from an earlier run: the soak starts empty.
     if dir.exists() {
         std::fs::remove_dir_all(dir)?;
     }
     // The soak dead-letters jobs on purpose: not a warning line each.
-    let broker = BrokerProc::start_logging(dir, a.durability, "warn,fairway::broker::ops=error")?;
+    let broker = BrokerProc::start_logging(dir, launch, "warn,fairway::broker::ops=error")?;
     let ch = connect(&broker.addr).await?;
     let secs = a.soak.soak_secs;
     eprintln!("bench: soak for {secs} s on a broker of its own at {}", broker.addr);
-    println!();
-    let report = crate::bench_soak::run(&ch, broker.pid(), Duration::from_secs(secs)).await?;
+    writeln!(out)?;
+    let report = crate::soak::run(&ch, broker.pid(), Duration::from_secs(secs)).await?;
     drop(ch);
     broker.stop()?;
-    println!("{}", report.summary());
+    writeln!(out, "{}", report.summary())?;
     let fails = report.check();
     if !fails.is_empty() {
         return Err(format!("soak FAILED: {}", fails.join("; ")).into());
