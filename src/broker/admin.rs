@@ -17,13 +17,9 @@ impl Engine {
             let _ = reply.send(Err(BrokerError::QueueExists(name)));
             return;
         }
-        // A column family without a queue is a leftover (e.g. a drop that
-        // failed): never let a new queue inherit its keys.
-        let fresh = self.w.store.drop_queue_cf(&name).and_then(|_| self.w.store.create_queue_cf(&name));
-        if let Err(e) = fresh {
-            let _ = reply.send(Err(e));
-            return;
-        }
+        // Created fresh with the batch that stores its definition: a column
+        // family left over from a drop that did not finish is never inherited.
+        self.w.create_queue(&name);
         let generation = self.alloc_id().0;
         let meta = meta_from_config(&name, &config, false, generation);
         let q = QueueState::new(&meta, QueueCounters::default());
@@ -90,19 +86,14 @@ impl Engine {
             c.leases.retain(|(q, _)| q != &name);
             c.in_flight = c.in_flight.saturating_sub((before - c.leases.len()) as u32);
         }
-        let mut b = rocksdb::WriteBatch::default();
-        let res = self
-            .w
-            .store
-            .delete_queue_meta(&mut b, &name)
-            .and_then(|_| self.w.store.delete_policies(&mut b, &name))
-            .and_then(|_| self.w.store.write(b, true));
-        let res = res.and_then(|_| self.w.store.drop_queue_cf(&name));
+        // Its definition, its policies and its column family go in one batch.
+        self.w.delete_queue(&name);
         // Its jobs' cached records would hold budget forever.
         self.w.records.clear();
         self.publish_registry();
         tracing::info!(queue = %name, force, dropped_jobs = total, "queue deleted");
-        let _ = reply.send(res.map(|_| true));
+        self.w.after(reply_after(reply, true));
+        self.commit();
     }
 
     pub(super) fn stats(&mut self, queue: &str) -> Result<pb::QueueStats> {

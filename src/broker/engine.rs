@@ -12,11 +12,11 @@ use super::tasks::Task;
 use super::{Command, Registry};
 use crate::error::{BrokerError, Result};
 use crate::model::{now_millis, JobId, LeaseId, Millis};
+use crate::storage::batch::{job_key_id, Batch, Table};
 use crate::storage::keys;
 use crate::storage::records::{AlertStateRecord, BreakerWindowRecord, JobRecord, LeaseRecord, QueueCounters};
 use crate::storage::Store;
 use prost::Message;
-use rocksdb::WriteBatch;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
@@ -44,13 +44,12 @@ pub(super) struct StorageFault {
 /// Runs once the batch it waited on has committed (or failed to).
 pub(super) type AfterCommit = Box<dyn FnOnce(Option<&BrokerError>) + Send>;
 
-/// The pending batch plus a view of what it changes, so reads made while
-/// building it see its own writes (job records, dedup and scheduled keys).
+/// The pending batch (whose overlay lets reads made while building it see
+/// its own writes: job records, dedup and scheduled keys), what waits for
+/// its commit, and whether it must be fsynced.
 pub(super) struct Writes {
     pub store: Store,
-    batch: WriteBatch,
-    /// (queue, key) -> value after this batch; `None` = deleted.
-    overlay: crate::model::FastMap<(String, Vec<u8>), Option<Vec<u8>>>,
+    batch: Batch,
     /// Run after the commit, with its error if it failed.
     after: Vec<AfterCommit>,
     /// A failure while building the batch: the whole batch must not commit.
@@ -65,64 +64,66 @@ pub(super) struct Writes {
     needs_sync: bool,
 }
 
-fn tracked(key: &[u8]) -> bool {
-    matches!(key.first(), Some(&keys::JOB) | Some(&keys::DEDUP) | Some(&keys::SCHEDULED))
-}
-
-/// The job a `J` key names.
-fn job_key_id(key: &[u8]) -> Option<JobId> {
-    match key {
-        [keys::JOB, id @ ..] => id.try_into().ok().map(|b| JobId(u64::from_be_bytes(b))),
-        _ => None,
-    }
-}
-
 impl Writes {
+    fn new(store: Store) -> Writes {
+        Writes {
+            store,
+            batch: Batch::new(),
+            after: Vec::new(),
+            poisoned: None,
+            records: super::record_cache::RecordCache::new(super::record_cache::DEFAULT_BUDGET_BYTES),
+            relaxed: false,
+            needs_sync: false,
+        }
+    }
+
+    /// Stages a write to a queue that exists (in memory): a queue that is
+    /// gone has nowhere to write, and a write to it would fail the commit.
+    fn check_queue(&mut self, queue: &str) -> bool {
+        if self.batch.hides_store(Table::Queue(queue)) || self.store.has_queue(queue) {
+            return true;
+        }
+        self.poison(BrokerError::QueueNotFound(queue.to_string()));
+        false
+    }
+
     pub fn put(&mut self, queue: &str, key: &[u8], value: &[u8]) {
         self.needs_sync |= !self.relaxed;
-        let batch = &mut self.batch;
-        let staged = self.store.cf(queue).map(|cf| batch.put_cf(&cf, key, value));
-        if let Err(e) = staged {
-            return self.poison(e);
+        if !self.check_queue(queue) {
+            return;
         }
-        if tracked(key) {
-            if let Some(id) = job_key_id(key) {
-                self.records.forget(id);
-            }
-            self.overlay.insert((queue.to_string(), key.to_vec()), Some(value.to_vec()));
+        if let Some(id) = job_key_id(key) {
+            self.records.forget(id);
         }
+        self.batch.put(Table::Queue(queue), key, value);
     }
 
     pub fn delete(&mut self, queue: &str, key: &[u8]) {
         self.needs_sync |= !self.relaxed;
-        let batch = &mut self.batch;
-        let staged = self.store.cf(queue).map(|cf| batch.delete_cf(&cf, key));
-        if let Err(e) = staged {
-            return self.poison(e);
+        if !self.check_queue(queue) {
+            return;
         }
-        if tracked(key) {
-            if let Some(id) = job_key_id(key) {
-                self.records.forget(id);
-            }
-            self.overlay.insert((queue.to_string(), key.to_vec()), None);
+        if let Some(id) = job_key_id(key) {
+            self.records.forget(id);
         }
+        self.batch.delete(Table::Queue(queue), key);
     }
 
     /// True when this batch deletes `key`.
     pub fn deletes(&self, queue: &str, key: &[u8]) -> bool {
-        !self.overlay.is_empty() && matches!(self.overlay.get(&(queue.to_string(), key.to_vec())), Some(None))
+        matches!(self.batch.staged(Table::Queue(queue), key), Some(None))
     }
 
     /// Reads a key as it will be after this batch.
     pub fn get(&self, queue: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        // Dispatch reads many jobs with nothing staged: skip building the key.
-        if !self.overlay.is_empty() {
-            if let Some(v) = self.overlay.get(&(queue.to_string(), key.to_vec())) {
-                return Ok(v.clone());
-            }
+        let table = Table::Queue(queue);
+        if let Some(v) = self.batch.staged(table, key) {
+            return Ok(v.map(<[u8]>::to_vec));
         }
-        let cf = self.store.cf(queue)?;
-        Ok(self.store.db().get_cf(&cf, key)?)
+        if self.batch.hides_store(table) {
+            return Ok(None);
+        }
+        self.store.get(table, key)
     }
 
     pub fn read_job(&self, queue: &str, id: JobId) -> Result<Option<JobRecord>> {
@@ -137,9 +138,7 @@ impl Writes {
     /// Reads a job about to be leased: from the record cache when it is
     /// there (moving it out), else from the batch or the store.
     pub fn take_job(&mut self, queue: &str, id: JobId) -> Result<Option<JobRecord>> {
-        let staged =
-            !self.overlay.is_empty() && self.overlay.contains_key(&(queue.to_string(), keys::job(id).to_vec()));
-        if !staged {
+        if !self.batch.touches(Table::Queue(queue), &keys::job(id)) {
             if let Some(rec) = self.records.take(id) {
                 return Ok(Some(rec));
             }
@@ -158,13 +157,12 @@ impl Writes {
     /// itself moves into the record cache for its lease.
     pub fn put_new_job(&mut self, queue: &str, id: JobId, rec: JobRecord) {
         self.needs_sync = true;
-        let value = rec.encode_to_vec();
-        let batch = &mut self.batch;
-        let staged = self.store.cf(queue).map(|cf| batch.put_cf(&cf, keys::job(id), &value));
-        match staged {
-            Ok(()) => self.records.keep(id, rec, value.len()),
-            Err(e) => self.poison(e),
+        if !self.check_queue(queue) {
+            return;
         }
+        let value = rec.encode_to_vec();
+        self.batch.put_unread(Table::Queue(queue), &keys::job(id), &value);
+        self.records.keep(id, rec, value.len());
     }
 
     pub fn after(&mut self, f: AfterCommit) {
@@ -198,8 +196,8 @@ impl Writes {
 
     pub fn put_policy(&mut self, queue: &str, tenant: &str, p: &crate::model::TenantPolicy) {
         self.needs_sync = true;
-        let res = if p.is_default() {
-            self.store.delete_policy(&mut self.batch, queue, tenant)
+        if p.is_default() {
+            Store::delete_policy(&mut self.batch, queue, tenant);
         } else {
             let rec = crate::storage::records::TenantPolicyRecord {
                 tenant: tenant.to_string(),
@@ -209,18 +207,30 @@ impl Writes {
                 enqueue_burst: p.enqueue_burst,
                 env_weights: p.env_weights.clone(),
             };
-            self.store.put_policy(&mut self.batch, queue, &rec)
-        };
-        if let Err(e) = res {
-            self.poison(e);
+            Store::put_policy(&mut self.batch, queue, &rec);
         }
     }
 
     pub fn put_queue_meta(&mut self, meta: &crate::storage::records::QueueMeta) {
         self.needs_sync = true;
-        if let Err(e) = self.store.put_queue_meta(&mut self.batch, meta) {
+        Store::put_queue_meta(&mut self.batch, meta);
+    }
+
+    /// Creates a queue's storage, fresh, in this batch.
+    pub fn create_queue(&mut self, queue: &str) {
+        self.needs_sync = true;
+        self.batch.create_queue(queue);
+    }
+
+    /// Deletes a queue's definition, its policies and its storage, in this
+    /// batch.
+    pub fn delete_queue(&mut self, queue: &str) {
+        self.needs_sync = true;
+        Store::delete_queue_meta(&mut self.batch, queue);
+        if let Err(e) = self.store.delete_policies(&mut self.batch, queue) {
             self.poison(e);
         }
+        self.batch.drop_queue(queue);
     }
 }
 
@@ -268,16 +278,7 @@ impl Engine {
         let id_hwm = store.load_id_hwm()?;
         let mut engine = Engine {
             rx,
-            w: Writes {
-                store,
-                batch: WriteBatch::default(),
-                overlay: Default::default(),
-                after: Vec::new(),
-                poisoned: None,
-                records: super::record_cache::RecordCache::new(super::record_cache::DEFAULT_BUDGET_BYTES),
-                relaxed: false,
-                needs_sync: false,
-            },
+            w: Writes::new(store),
             registry,
             queues: Default::default(),
             consumers: BTreeMap::new(),
@@ -549,7 +550,7 @@ impl Engine {
         let started = std::time::Instant::now();
         let result = match self.w.poisoned.take() {
             Some(e) => Err(e),
-            None => self.w.store.write(batch, sync),
+            None => self.w.store.commit(&batch, sync),
         };
         let synced = sync && self.w.store.syncs_commits();
         let m = &mut self.writer_metrics;
@@ -571,7 +572,6 @@ impl Engine {
             Ok(()) => self.storage_ok(),
             Err(e) => self.storage_failed(e),
         }
-        self.w.overlay.clear();
         let after = std::mem::take(&mut self.w.after);
         match result {
             Ok(()) => {
@@ -639,9 +639,7 @@ impl Engine {
         }
         let last = self.next_id - 1;
         if last > self.id_hwm && !self.w.batch.is_empty() {
-            if let Err(e) = self.w.store.put_id_hwm(&mut self.w.batch, last) {
-                self.w.poison(e);
-            }
+            Store::put_id_hwm(&mut self.w.batch, last);
             self.id_hwm = last;
         }
     }
@@ -650,15 +648,14 @@ impl Engine {
 /// Loads one queue's counters, groups with ready jobs, leases and next
 /// scheduled time.
 fn load_queue(store: &Store, meta: &crate::storage::records::QueueMeta) -> Result<QueueState> {
-    let cf = store.cf(&meta.name)?;
-    let db = store.db();
-    let counters = match db.get_cf(&cf, keys::TOTALS_KEY)? {
+    let table = Table::Queue(&meta.name);
+    let counters = match store.get(table, &keys::TOTALS_KEY)? {
         Some(v) => QueueCounters::decode(v.as_slice())
             .map_err(|e| BrokerError::Storage(format!("corrupt counters of {}: {e}", meta.name)))?,
         None => QueueCounters::default(),
     };
     let mut q = QueueState::new(meta, counters);
-    if let Some(v) = db.get_cf(&cf, keys::ALERTS_KEY)? {
+    if let Some(v) = store.get(table, &keys::ALERTS_KEY)? {
         match AlertStateRecord::decode(v.as_slice()) {
             Ok(rec) => q.obs = super::observe::QueueObs::restore(&rec, now_millis()),
             // Only what the alerts watch, never a job: start watching afresh.
@@ -687,11 +684,11 @@ fn load_queue(store: &Store, meta: &crate::storage::records::QueueMeta) -> Resul
         let Some(id) = keys::trailing_id(&k) else { continue };
         let lr = LeaseRecord::decode(v.as_slice())
             .map_err(|e| BrokerError::Storage(format!("corrupt lease of job {id}: {e}")))?;
-        let Some(raw) = db.get_cf(&cf, keys::job(id))? else {
+        let Some(raw) = store.get(table, &keys::job(id))? else {
             tracing::warn!(queue = %meta.name, job_id = %id, "lease without a job; dropping it");
-            let mut b = WriteBatch::default();
-            b.delete_cf(&cf, k);
-            store.write(b, true)?;
+            let mut b = Batch::new();
+            b.delete(table, &k);
+            store.commit(&b, true)?;
             continue;
         };
         let record =

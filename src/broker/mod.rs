@@ -376,7 +376,21 @@ impl Broker {
     /// recovers: lets tests observe a broker that is still starting.
     #[doc(hidden)]
     pub fn start_with(data_dir: &Path, durability: Durability, hold: Duration) -> Result<(Broker, Recovery)> {
-        let store = Store::open(data_dir, durability)?;
+        Self::start_on(Store::open(data_dir, durability)?, hold)
+    }
+
+    /// [`start`](Self::start), with `tap` seeing every batch the broker
+    /// commits, in order: how a second copy of its storage is kept (the
+    /// test of the storage boundary today, a replica tomorrow).
+    pub fn start_with_tap(
+        data_dir: &Path,
+        durability: Durability,
+        tap: crate::storage::CommitTap,
+    ) -> Result<(Broker, Recovery)> {
+        Self::start_on(Store::open_with_tap(data_dir, durability, Some(tap))?, Duration::ZERO)
+    }
+
+    fn start_on(store: Store, hold: Duration) -> Result<(Broker, Recovery)> {
         let registry: Registry = Arc::default();
         let (tx, rx) = flume::bounded(COMMAND_QUEUE);
         let (health_tx, health) = tokio::sync::watch::channel(monitor::HealthMap::new());

@@ -8,11 +8,11 @@ use crate::conn_limits::RESPONSE_SOFT_LIMIT;
 use crate::error::{BrokerError, Result};
 use crate::model::{now_millis, JobId, JobState, QueueConfig};
 use crate::pb;
+use crate::storage::batch::Table;
 use crate::storage::keys;
 use crate::storage::records::{stored_state, JobRecord, LeaseRecord};
 use crate::storage::Store;
 use prost::Message;
-use rocksdb::{Direction, IteratorMode, ReadOptions};
 
 /// Default and largest `ListJobs` page.
 pub const DEFAULT_PAGE: usize = 100;
@@ -39,17 +39,18 @@ fn decode_job(id: JobId, raw: &[u8]) -> Result<JobRecord> {
 
 /// Works out a job's state from the indexes that hold it.
 fn resolve(store: &Store, queue: &str, cfg: &QueueConfig, id: JobId, rec: &JobRecord) -> Result<pb::Job> {
-    let cf = store.cf(queue)?;
-    let db = store.db();
+    let table = Table::Queue(queue);
     let max = effective_max_attempts(rec, cfg);
-    if let Some(raw) = db.get_cf(&cf, keys::lease(id))? {
+    if let Some(raw) = store.get(table, &keys::lease(id))? {
         let l = LeaseRecord::decode(raw.as_slice())
             .map_err(|e| BrokerError::Storage(format!("corrupt lease of job {id}: {e}")))?;
         return Ok(view::job(queue, id, rec, JobState::Leased, l.attempt, max, Some(view::LeaseShown::stored(&l))));
     }
     let state = match rec.state {
         stored_state::DEAD => JobState::Dead,
-        stored_state::SCHEDULED if db.get_cf(&cf, keys::scheduled(rec.run_at_ms, id))?.is_some() => JobState::Scheduled,
+        stored_state::SCHEDULED if store.get(table, &keys::scheduled(rec.run_at_ms, id))?.is_some() => {
+            JobState::Scheduled
+        }
         stored_state::SCHEDULED if rec.run_at_ms > now_millis() => JobState::Scheduled,
         _ => JobState::Ready,
     };
@@ -57,10 +58,8 @@ fn resolve(store: &Store, queue: &str, cfg: &QueueConfig, id: JobId, rec: &JobRe
 }
 
 pub fn get_job(store: &Store, queue: &str, cfg: &QueueConfig, id: JobId) -> Result<pb::Job> {
-    let cf = store.cf(queue)?;
     let raw = store
-        .db()
-        .get_cf(&cf, keys::job(id))?
+        .get(Table::Queue(queue), &keys::job(id))?
         .ok_or_else(|| BrokerError::JobNotFound { queue: queue.to_string(), job: id.to_string() })?;
     let rec = decode_job(id, &raw)?;
     resolve(store, queue, cfg, id, &rec)
@@ -68,8 +67,6 @@ pub fn get_job(store: &Store, queue: &str, cfg: &QueueConfig, id: JobId) -> Resu
 
 /// Pages through one index (chosen by state) in key order.
 pub fn list_jobs(store: &Store, cfg: &QueueConfig, req: &ListJobs) -> Result<(Vec<pb::Job>, String)> {
-    let cf = store.cf(&req.queue)?;
-    let db = store.db();
     let page = if req.page_size == 0 { DEFAULT_PAGE } else { req.page_size.min(MAX_PAGE) };
     // The index to walk, and the part of it the tenant/env filters allow.
     let (tag, grouped) = match req.state {
@@ -92,25 +89,24 @@ pub fn list_jobs(store: &Store, cfg: &QueueConfig, req: &ListJobs) -> Result<(Ve
         )),
         None => prefix.clone(),
     };
-    let mut ro = ReadOptions::default();
-    ro.set_iterate_upper_bound(keys::prefix_end(&prefix));
     let mut jobs = Vec::new();
     let mut bytes = 0;
     let mut last: Option<Vec<u8>> = None;
     let mut more = false;
-    let entries = db.iterator_cf_opt(&cf, ro, IteratorMode::From(&start, Direction::Forward));
-    for (scanned, item) in entries.enumerate() {
+    let mut scanned = 0;
+    store.visit(&req.queue, &start, &keys::prefix_end(&prefix), |k, v| {
         if jobs.len() >= page || scanned >= MAX_SCANNED || bytes >= RESPONSE_SOFT_LIMIT {
             more = true;
-            break;
+            return Ok(false);
         }
-        let (k, v) = item?;
-        if let Some(job) = listed(store, cfg, req, tag, &k, &v)? {
+        scanned += 1;
+        if let Some(job) = listed(store, cfg, req, tag, k, v)? {
             bytes += job.encoded_len();
             jobs.push(job);
         }
         last = Some(k.to_vec());
-    }
+        Ok(true)
+    })?;
     let token = if more { last.map(hex::encode).unwrap_or_default() } else { String::new() };
     Ok((jobs, token))
 }
@@ -125,7 +121,7 @@ fn listed(store: &Store, cfg: &QueueConfig, req: &ListJobs, tag: u8, k: &[u8], v
     let rec = if tag == keys::JOB {
         decode_job(id, v)?
     } else {
-        match store.db().get_cf(&store.cf(&req.queue)?, keys::job(id))? {
+        match store.get(Table::Queue(&req.queue), &keys::job(id))? {
             Some(raw) => decode_job(id, &raw)?,
             None => return Ok(None),
         }

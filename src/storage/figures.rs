@@ -32,7 +32,7 @@ pub struct CfFigures {
 impl Store {
     /// The figures of the database and of the given queues' column families.
     pub fn figures(&self, queues: &[String]) -> StoreFigures {
-        let db = self.db();
+        let db = &self.db;
         let int = |name: &str| db.property_int_value(name).ok().flatten().unwrap_or(0);
         let mut f = StoreFigures {
             write_stopped: int("rocksdb.is-write-stopped") != 0,
