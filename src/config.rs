@@ -9,6 +9,12 @@ pub struct ServeConfig {
     /// Where RocksDB keeps the jobs.
     #[arg(long, env = "FAIRWAY_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    /// Partitions of a new data dir (fixed when the dir is made). Unset: what
+    /// an existing data dir holds, 1 for a new one. Asking an existing data
+    /// dir for another number is refused. This build serves one partition
+    /// per data dir; brokers of several are being built (docs/partitions.md).
+    #[arg(long, env = "FAIRWAY_PARTITIONS")]
+    pub partitions: Option<u32>,
     /// gRPC listen address (port 0 picks a free port).
     #[arg(long, env = "FAIRWAY_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
@@ -74,6 +80,7 @@ impl ServeConfig {
     pub fn for_dir(data_dir: impl Into<PathBuf>) -> ServeConfig {
         ServeConfig {
             data_dir: data_dir.into(),
+            partitions: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             durability: Durability::Strict,
             log_format: crate::telemetry::LogFormat::Text,

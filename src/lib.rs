@@ -22,6 +22,7 @@ pub mod fuzz;
 pub mod http;
 pub mod limits;
 pub mod model;
+pub mod partition;
 pub mod scheduler;
 pub mod server;
 pub mod storage;

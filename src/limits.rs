@@ -35,6 +35,8 @@ pub const MAX_ERROR_BYTES: usize = 8 * 1024;
 /// Largest prefetch window (`Subscribe.max_in_flight`) and unary lease batch
 /// (`LeaseRequest.max_jobs`) a worker may ask for.
 pub const MAX_IN_FLIGHT: u32 = 10_000;
+/// Most acks in one `AckBatch` on a Work stream.
+pub const MAX_ACKS_PER_MESSAGE: usize = 1_000;
 /// Longest long-poll of a unary `Lease`.
 pub const MAX_WAIT: Duration = Duration::from_secs(300);
 /// Most queues one worker may name: each is checked on every lease.

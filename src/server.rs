@@ -159,10 +159,12 @@ pub async fn run(
     // refused here) blocks, so it runs off the runtime. The writer then
     // rebuilds its state in the background while health already answers
     // NOT_SERVING; it turns SERVING when recovery is done.
-    let (dir, durability, hold) = (config.data_dir.clone(), config.durability, config.recovery_hold);
-    let (broker, recovery) = tokio::task::spawn_blocking(move || Broker::start_with(&dir, durability, hold))
-        .await
-        .map_err(|e| BrokerError::Storage(format!("start-up task failed: {e}")))??;
+    let (dir, durability, hold, partitions) =
+        (config.data_dir.clone(), config.durability, config.recovery_hold, config.partitions);
+    let (broker, recovery) =
+        tokio::task::spawn_blocking(move || Broker::start_with(&dir, durability, hold, partitions))
+            .await
+            .map_err(|e| BrokerError::Storage(format!("start-up task failed: {e}")))??;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::NotServing).await;
     for s in SERVICES {

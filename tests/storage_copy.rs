@@ -142,7 +142,8 @@ async fn round(b: &Broker, rng: &mut StdRng, ops: usize) {
 
 /// Applies the batches not yet applied to the follower, then compares.
 fn catch_up_and_compare(batches: &Mutex<Vec<Vec<u8>>>, applied: &mut usize, leader_dir: &Path, follower_dir: &Path) {
-    let leader = Store::open(leader_dir, Durability::Relaxed).expect("open leader copy");
+    let leader_dir = fairway::broker::partition_store_dir(leader_dir, None).expect("layout");
+    let leader = Store::open(&leader_dir, Durability::Relaxed).expect("open leader copy");
     let follower = Store::open(follower_dir, Durability::Relaxed).expect("open follower copy");
     let batches = batches.lock().unwrap();
     for bytes in &batches[*applied..] {

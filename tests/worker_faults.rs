@@ -21,11 +21,15 @@ struct Work {
 
 impl Work {
     async fn subscribe(channel: tonic::transport::Channel, queue: &str, worker: &str) -> Work {
+        Work::subscribe_with(channel, queue, worker, 1).await
+    }
+
+    async fn subscribe_with(channel: tonic::transport::Channel, queue: &str, worker: &str, window: u32) -> Work {
         let (tx, rx) = mpsc::channel(16);
         let sub = pb::Subscribe {
             queues: vec![queue.into()],
             worker_id: worker.into(),
-            max_in_flight: 1,
+            max_in_flight: window,
             ..Default::default()
         };
         tx.send(pb::WorkRequest { request: Some(WorkMsg::Subscribe(sub)) }).await.unwrap();
@@ -276,5 +280,60 @@ async fn messages_before_subscribe_are_refused_precisely() {
     assert!(o.error.contains("already subscribed"), "{}", o.error);
     assert!(w.ack(&d).await.ok);
     assert_done_once(&s, &id).await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn acks_sent_together_are_each_applied_and_answered() {
+    let s = TestServer::start().await;
+    s.create_queue("q", pb::QueueConfig::default()).await;
+    for i in 0..6 {
+        s.enqueue(job("q", "t", "", &format!("j{i}"))).await;
+    }
+    let mut w = Work::subscribe_with(s.channel.clone(), "q", "batcher", 6).await;
+    let mut ds = Vec::new();
+    for _ in 0..6 {
+        ds.push(w.delivery(Duration::from_secs(5)).await);
+    }
+    // Six acks in one message: one with a lease that is not this
+    // delivery's, one with a job id that does not parse. Each is judged
+    // alone; the others are applied.
+    let mut acks: Vec<pb::AckRequest> = ds.iter().map(ack_req).collect();
+    acks[2].lease_id = "0".repeat(32);
+    acks[4].job_id = "not-an-id".into();
+    let sent: Vec<String> = acks.iter().map(|a| a.job_id.clone()).collect();
+    w.send(WorkMsg::Acks(pb::AckBatch { acks })).await;
+    let mut outcomes = Vec::new();
+    for _ in 0..6 {
+        outcomes.push(w.outcome().await);
+    }
+    assert!(outcomes.iter().all(|o| o.kind == "ack"), "{outcomes:?}");
+    let mut answered: Vec<String> = outcomes.iter().map(|o| o.job_id.clone()).collect();
+    answered.sort();
+    let mut want = sent.clone();
+    want.sort();
+    assert_eq!(answered, want, "one outcome per ack");
+    let failed: Vec<&pb::Outcome> = outcomes.iter().filter(|o| !o.ok).collect();
+    assert_eq!(failed.len(), 2, "{outcomes:?}");
+    assert!(failed.iter().any(|o| o.job_id == "not-an-id" && o.code == "INVALID_ARGUMENT"), "{failed:?}");
+    assert!(failed.iter().any(|o| o.job_id == sent[2]), "{failed:?}");
+    let stats = s.stats("q").await;
+    assert_eq!((stats.acked_total, stats.leased), (4, 2), "{stats:?}");
+
+    // A batch of none or of too many is refused whole, on the stream, which
+    // goes on working.
+    w.send(WorkMsg::Acks(pb::AckBatch { acks: vec![] })).await;
+    let o = w.outcome().await;
+    assert_eq!((o.kind.as_str(), o.code.as_str(), o.ok), ("acks", "INVALID_ARGUMENT", false), "{o:?}");
+    let too_many = vec![ack_req(&ds[2]); fairway::limits::MAX_ACKS_PER_MESSAGE + 1];
+    w.send(WorkMsg::Acks(pb::AckBatch { acks: too_many })).await;
+    let o = w.outcome().await;
+    assert_eq!((o.kind.as_str(), o.code.as_str()), ("acks", "INVALID_ARGUMENT"), "{o:?}");
+    assert!(o.error.contains("none applied"), "{}", o.error);
+    assert_eq!(s.stats("q").await.acked_total, 4, "nothing of a refused batch applied");
+    w.send(WorkMsg::Acks(pb::AckBatch { acks: vec![ack_req(&ds[2]), ack_req(&ds[4])] })).await;
+    assert!(w.outcome().await.ok && w.outcome().await.ok);
+    let stats = s.stats("q").await;
+    assert_eq!((stats.acked_total, stats.leased, stats.ready), (6, 0, 0), "{stats:?}");
     s.stop().await;
 }

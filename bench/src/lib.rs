@@ -46,6 +46,10 @@ pub struct BenchArgs {
     /// Prefetch window of each Work stream.
     #[arg(long, default_value_t = 256)]
     pub max_in_flight: u32,
+    /// End to end: most acks a worker sends in one message (an `AckBatch`
+    /// of the deliveries that arrived together); 1 = one Ack per job.
+    #[arg(long, default_value_t = 1)]
+    pub ack_batch: usize,
     /// Stop the backlog broker with `kill -9` (not SIGTERM) before measuring restart,
     /// so the restart replays the WAL as after a crash.
     #[arg(long)]
@@ -388,14 +392,39 @@ async fn end_to_end(ch: &Client, a: &BenchArgs, queue: &str) -> BenchResult<(Row
             let mut work = ch.work(sub).await?;
             let settler = work.settler();
             let mut sent: HashMap<String, Instant> = HashMap::new();
-            while let Some(event) = work.next().await? {
+            let mut done: Vec<pb::Delivery> = Vec::new();
+            let limit = a.ack_batch.clamp(1, fairway::limits::MAX_ACKS_PER_MESSAGE);
+            loop {
+                // With acks batched, what arrived together is acked together:
+                // a message already buffered is taken without waiting.
+                let event = if done.is_empty() {
+                    work.next().await?
+                } else {
+                    match futures::FutureExt::now_or_never(work.next()) {
+                        Some(e) => e?,
+                        None => {
+                            settler.ack_all(&done).await?;
+                            done.clear();
+                            continue;
+                        }
+                    }
+                };
+                let Some(event) = event else { break };
                 match event {
                     WorkEvent::Delivery(d) => {
                         let job = d.job.as_ref().ok_or("delivery without job")?;
                         let ts = u64::from_be_bytes(job.payload[..8].try_into()?);
                         dl.lock().map_err(|_| "poisoned")?.0.push(now_nanos().saturating_sub(ts) / 1000);
                         sent.insert(job.id.clone(), Instant::now());
-                        settler.ack(&d).await?;
+                        if limit == 1 {
+                            settler.ack(&d).await?;
+                        } else {
+                            done.push(d);
+                            if done.len() >= limit {
+                                settler.ack_all(&done).await?;
+                                done.clear();
+                            }
+                        }
                     }
                     WorkEvent::Outcome(o) => {
                         if !o.ok {
@@ -428,7 +457,8 @@ async fn end_to_end(ch: &Client, a: &BenchArgs, queue: &str) -> BenchResult<(Row
     }
     let dl = std::mem::take(&mut *delivery_lat.lock().map_err(|_| "poisoned")?);
     let al = std::mem::take(&mut *ack_lat.lock().map_err(|_| "poisoned")?);
-    let name = format!("end to end, {} Work streams x {} in flight", a.workers, a.max_in_flight);
+    let acks = if a.ack_batch > 1 { format!(", acks in batches of up to {}", a.ack_batch) } else { String::new() };
+    let name = format!("end to end, {} Work streams x {} in flight{acks}", a.workers, a.max_in_flight);
     Ok((
         Row {
             name: name.clone(),

@@ -35,6 +35,17 @@ impl OutcomeWindow {
         }
     }
 
+    /// Waits for room for `n` more outcomes, and takes it.
+    pub async fn reserve_many(&self, n: usize) {
+        let Ok(n) = u32::try_from(n) else { return };
+        if n == 0 {
+            return;
+        }
+        if let Ok(permit) = self.room.acquire_many(n).await {
+            permit.forget();
+        }
+    }
+
     /// Gives back room taken by [`Self::reserve`]: the outcome was handed to
     /// the transport, or the message read needed none.
     pub fn release(&self) {

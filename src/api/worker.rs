@@ -8,6 +8,7 @@ use super::work_trace::{self, SharedWorkTraces, WorkTraces};
 use crate::auth;
 use crate::broker::{view, Broker, SettleAction, SettleOutcome, StreamTx};
 use crate::error::BrokerError;
+use crate::limits;
 use crate::model::{JobId, LeaseId};
 use crate::pb;
 use crate::pb::work_request::Request as WorkMsg;
@@ -72,6 +73,7 @@ async fn settle_from_stream(
         WorkMsg::Nack(n) => (target(&n.queue, &n.job_id, &n.lease_id), nack_action(n), "nack"),
         WorkMsg::Extend(e) => (target(&e.queue, &e.job_id, &e.lease_id), extend_action(e), "extend"),
         WorkMsg::Release(r) => (target(&r.queue, &r.job_id, &r.lease_id), Ok(SettleAction::Release), "release"),
+        WorkMsg::Acks(batch) => return acks_from_stream(broker, tx, &batch.acks, traces, scope).await,
         WorkMsg::Drain(_) => {
             if broker.drain(consumer, tx.clone()).await.is_err() {
                 let _ = tx.send(Ok(view::outcome(String::new(), "drain", Err(&BrokerError::ShuttingDown))));
@@ -91,7 +93,7 @@ async fn settle_from_stream(
         WorkMsg::Nack(n) => n.job_id.clone(),
         WorkMsg::Extend(e) => e.job_id.clone(),
         WorkMsg::Release(r) => r.job_id.clone(),
-        WorkMsg::Subscribe(_) | WorkMsg::Drain(_) => String::new(),
+        WorkMsg::Subscribe(_) | WorkMsg::Drain(_) | WorkMsg::Acks(_) => String::new(),
     };
     let mut checked = ids.and_then(|ids| action.map(|a| (ids, a)));
     let refused = match &checked {
@@ -112,6 +114,54 @@ async fn settle_from_stream(
         }
         Err(e) => {
             let _ = tx.send(Ok(view::outcome(job_id, kind, Err(&e))));
+        }
+    }
+}
+
+/// Applies an `AckBatch`: each ack checked as if sent alone (a refused one
+/// is answered at once and the rest go on), the accepted ones sent to the
+/// broker together, each answered with its own Outcome.
+async fn acks_from_stream(
+    broker: &Broker,
+    tx: &StreamTx,
+    acks: &[pb::AckRequest],
+    traces: Option<&SharedWorkTraces>,
+    scope: &SettleScope,
+) {
+    if acks.is_empty() || acks.len() > limits::MAX_ACKS_PER_MESSAGE {
+        let e = BrokerError::InvalidArgument(format!(
+            "an AckBatch carries 1 to {} acks; this one has {} (none applied)",
+            limits::MAX_ACKS_PER_MESSAGE,
+            acks.len()
+        ));
+        let _ = tx.send(Ok(view::outcome(String::new(), "acks", Err(&e))));
+        return;
+    }
+    let mut accepted = Vec::with_capacity(acks.len());
+    for a in acks {
+        let checked = match target(&a.queue, &a.job_id, &a.lease_id) {
+            Ok((queue, job, lease)) => scope.check(broker, &queue, job, true).await.map(|()| (queue, job, lease)),
+            Err(e) => Err(e),
+        };
+        match checked {
+            Ok((queue, job, lease)) => {
+                if let Some(t) = traces {
+                    work_trace::lock(t).on_settle(job, lease, &SettleAction::Ack);
+                }
+                accepted.push((queue, job, lease));
+            }
+            Err(e) => {
+                let _ = tx.send(Ok(view::outcome(a.job_id.clone(), "ack", Err(&e))));
+            }
+        }
+    }
+    if accepted.is_empty() {
+        return;
+    }
+    let ids: Vec<String> = accepted.iter().map(|(_, job, _)| job.to_string()).collect();
+    if let Err(e) = broker.acks_on_stream(accepted, tx.clone()).await {
+        for id in ids {
+            let _ = tx.send(Ok(view::outcome(id, "ack", Err(&e))));
         }
     }
 }
@@ -175,6 +225,16 @@ impl WorkerService for WorkerApi {
                 };
                 match next {
                     Ok(Some(pb::WorkRequest { request: Some(msg) })) => {
+                        if let WorkMsg::Acks(b) = &msg {
+                            // One outcome per ack (or one refusal): room for
+                            // each beyond the one already reserved.
+                            // (A batch refused whole gets one outcome.)
+                            let n = match b.acks.len() {
+                                n @ 1..=limits::MAX_ACKS_PER_MESSAGE => n,
+                                _ => 1,
+                            };
+                            reader_window.reserve_many(n - 1).await;
+                        }
                         let stream = (guard.id, &tx);
                         settle_from_stream(&guard.broker, stream, msg, reader_traces.as_ref(), &reader_scope).await
                     }

@@ -465,6 +465,46 @@ impl Engine {
     }
 }
 
+/// Most priority levels of one group's tail [`oldest_in_tail`] visits.
+pub(super) const TAIL_LEVELS: usize = 64;
+/// Jobs read at the front of each priority level: a job nacked and promoted
+/// again keeps its place (its id) with a fresh ready time, so the oldest of
+/// a level can sit a few places behind its first job.
+const TAIL_PER_LEVEL: usize = 8;
+
+/// The oldest ready time among a group's jobs on disk after `cursor`: for
+/// each priority level there (at most [`TAIL_LEVELS`], each one seek), the
+/// first [`TAIL_PER_LEVEL`] jobs. Returns it and the seeks made.
+pub(super) fn oldest_in_tail(
+    store: &Store,
+    queue: &str,
+    tenant: &str,
+    env: &str,
+    cursor: Option<ReadyPos>,
+) -> Result<(Option<Millis>, usize)> {
+    let prefix = keys::group_prefix(keys::READY, tenant, env);
+    let end = keys::prefix_end(&prefix);
+    let mut start = match cursor {
+        Some(c) => keys::successor(&keys::ready(tenant, env, c)),
+        None => prefix.clone(),
+    };
+    let (mut oldest, mut seeks): (Option<Millis>, usize) = (None, 0);
+    while seeks < TAIL_LEVELS {
+        seeks += 1;
+        let scan = store.scan(queue, &start, &end, TAIL_PER_LEVEL)?;
+        let Some(level) = scan.entries.first().and_then(|(k, _)| keys::ready_pos(k)).map(|p| p.0) else { break };
+        for (k, v) in &scan.entries {
+            if keys::ready_pos(k).is_some_and(|p| p.0 == level) {
+                let at = v.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(0);
+                oldest = Some(oldest.map_or(at, |o: Millis| o.min(at)));
+            }
+        }
+        let Some(next) = level.checked_add(1) else { break };
+        start = keys::ready(tenant, env, (next, 0));
+    }
+    Ok((oldest, seeks))
+}
+
 /// Up to `limit` ready entries of a group after `cursor`, in lease order;
 /// the flag is true when the scan reached the end of the group.
 pub(super) fn scan_ready(

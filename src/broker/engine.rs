@@ -9,7 +9,7 @@
 use super::dispatch::{Consumer, Outgoing, Waiter};
 use super::queue_state::{ActiveLease, Group, QueueState};
 use super::tasks::Task;
-use super::{Command, Registry};
+use super::{Command, Registry, SettleAction, SettleReply};
 use crate::error::{BrokerError, Result};
 use crate::model::{now_millis, JobId, LeaseId, Millis};
 use crate::storage::batch::{job_key_id, Batch, Table};
@@ -507,6 +507,12 @@ impl Engine {
         match cmd {
             Command::Enqueue { jobs, batch, reply } => self.enqueue(jobs, batch, reply),
             Command::Settle { queue, job, lease, action, reply } => self.settle(queue, job, lease, action, reply),
+            Command::Acks { acks, tx } => {
+                for (queue, job, lease) in acks {
+                    let reply = SettleReply::Stream { tx: tx.clone(), job_id: job.to_string(), kind: "ack" };
+                    self.settle(queue, job, lease, SettleAction::Ack, reply);
+                }
+            }
             Command::Cancel { queue, job, reply } => self.cancel(queue, job, reply),
             Command::Subscribe { id, sub, tx } => self.subscribe(id, sub, tx),
             Command::Unsubscribe { id } => self.unsubscribe(id, "worker disconnected"),

@@ -325,3 +325,28 @@ fn a_draining_stream_gets_nothing_more_and_its_answer_keeps_request_order() {
     e.commit();
     assert_eq!(e.w.read_job("q", held).unwrap().unwrap().attempt, 1, "an unreleased delivery is an attempt");
 }
+
+#[test]
+fn the_oldest_ready_age_sees_an_old_low_priority_job_behind_newer_high_priority_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = engine(dir.path());
+    setup(&mut e);
+    e.now = 1_000;
+    enqueue(&mut e, None);
+    e.commit();
+    // More high-priority jobs than a group keeps in memory: the old job
+    // waits on disk behind them.
+    e.now = 2_000;
+    for _ in 0..(super::queue_state::HEAD_CAP + 10) {
+        let (tx, _rx) = oneshot::channel();
+        e.enqueue(vec![NewJob { priority: 5, ..new_job(None) }], false, tx);
+    }
+    e.commit();
+    e.now = 3_000;
+    let mut budget = 1000;
+    assert_eq!(e.oldest_ready_at("q", &mut budget), Some(1_000), "ready since 1000, of priority 0");
+    // Read once, then kept until the recheck interval or a cursor move.
+    let mut budget = 1000;
+    assert_eq!(e.oldest_ready_at("q", &mut budget), Some(1_000));
+    assert_eq!(budget, 1000, "no disk read the second time");
+}

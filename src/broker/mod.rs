@@ -244,6 +244,11 @@ pub(crate) enum Command {
         action: SettleAction,
         reply: SettleReply,
     },
+    /// Acks of one `AckBatch` on a Work stream, each answered on `tx`.
+    Acks {
+        acks: Vec<(String, JobId, LeaseId)>,
+        tx: StreamTx,
+    },
     Cancel {
         queue: String,
         job: JobId,
@@ -329,6 +334,32 @@ pub(crate) enum Command {
 /// of growing memory without limit.
 const COMMAND_QUEUE: usize = 65_536;
 
+/// Opens the data dir's layout (moving a format-1 dir into place, making a
+/// new one with `partitions`, default 1) and returns partition 0's
+/// directory. This build serves one partition per data dir.
+pub fn partition_store_dir(data_dir: &Path, partitions: Option<u32>) -> Result<std::path::PathBuf> {
+    use crate::storage::data_dir;
+    // A dir that holds a number of partitions is refused another by
+    // `open`, saying what it holds; a new one is refused more than one
+    // before anything is written.
+    if partitions.is_some_and(|n| n > 1) && data_dir::held(data_dir)?.is_none() {
+        return Err(BrokerError::InvalidArgument(
+            "this build of Fairway serves one partition per data dir (--partitions 1); brokers of \
+             several partitions are being built: see docs/partitions.md"
+                .into(),
+        ));
+    }
+    let (layout, _) = data_dir::open(data_dir, partitions, 1)?;
+    if layout.len() != 1 {
+        return Err(BrokerError::FailedPrecondition(format!(
+            "data dir {} holds {} partitions; this build of Fairway serves data dirs of one partition",
+            data_dir.display(),
+            layout.len()
+        )));
+    }
+    Ok(data_dir::partition_dir(data_dir, crate::partition::placement::PartitionId(0)))
+}
+
 /// The async face of the broker. Cheap to clone.
 #[derive(Clone)]
 pub struct Broker {
@@ -369,14 +400,19 @@ impl Broker {
     /// locked or incompatible data dir is refused here); `Recovery` says when
     /// the broker is ready. Blocking: call it off the async runtime.
     pub fn start(data_dir: &Path, durability: Durability) -> Result<(Broker, Recovery)> {
-        Self::start_with(data_dir, durability, Duration::ZERO)
+        Self::start_with(data_dir, durability, Duration::ZERO, None)
     }
 
     /// [`start`](Self::start), with the writer pausing `hold` before it
     /// recovers: lets tests observe a broker that is still starting.
     #[doc(hidden)]
-    pub fn start_with(data_dir: &Path, durability: Durability, hold: Duration) -> Result<(Broker, Recovery)> {
-        Self::start_on(Store::open(data_dir, durability)?, hold)
+    pub fn start_with(
+        data_dir: &Path,
+        durability: Durability,
+        hold: Duration,
+        partitions: Option<u32>,
+    ) -> Result<(Broker, Recovery)> {
+        Self::start_on(Store::open(&partition_store_dir(data_dir, partitions)?, durability)?, hold)
     }
 
     /// [`start`](Self::start), with `tap` seeing every batch the broker
@@ -387,7 +423,8 @@ impl Broker {
         durability: Durability,
         tap: crate::storage::CommitTap,
     ) -> Result<(Broker, Recovery)> {
-        Self::start_on(Store::open_with_tap(data_dir, durability, Some(tap))?, Duration::ZERO)
+        let dir = partition_store_dir(data_dir, None)?;
+        Self::start_on(Store::open_with_tap(&dir, durability, Some(tap))?, Duration::ZERO)
     }
 
     fn start_on(store: Store, hold: Duration) -> Result<(Broker, Recovery)> {
@@ -563,6 +600,12 @@ impl Broker {
         let reply = SettleReply::Stream { tx, job_id: job.to_string(), kind: action.kind() };
         let cmd = Command::Settle { queue, job, lease, action, reply };
         self.tx.send_async(cmd).await.map_err(|_| BrokerError::ShuttingDown)
+    }
+
+    /// Acks from one `AckBatch`: one command to the writer, each ack applied
+    /// in order as if sent alone, each outcome pushed onto the stream.
+    pub async fn acks_on_stream(&self, acks: Vec<(String, JobId, LeaseId)>, tx: StreamTx) -> Result<()> {
+        self.tx.send_async(Command::Acks { acks, tx }).await.map_err(|_| BrokerError::ShuttingDown)
     }
 
     pub async fn cancel(&self, queue: String, job: JobId) -> Result<bool> {

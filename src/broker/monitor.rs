@@ -13,6 +13,8 @@ pub const ALERT_INTERVAL_MS: Millis = 500;
 /// Most groups whose first ready job is read from disk per evaluation, so
 /// the first evaluation after a restart with 100k groups can't stall a turn.
 const PEEK_BUDGET: usize = 1000;
+/// How often the oldest job waiting behind a group's heads is read again.
+const TAIL_RECHECK_MS: Millis = 5_000;
 /// Tenants per queue given their own metric series; the rest are summed
 /// into `other`, so 100k tenants don't explode the series count.
 pub const TOP_TENANTS: usize = 20;
@@ -157,14 +159,19 @@ impl Engine {
         self.consumers.values().filter(|c| c.queues.iter().any(|n| n == queue)).count()
     }
 
-    /// When the longest-waiting job at the head of any group became ready.
-    /// Groups not loaded since the restart get their first entry read from
-    /// disk (at most `budget` of them; the rest wait for a later call).
+    /// When the longest-waiting ready job of any group, of any priority,
+    /// became ready: the oldest of each group's heads (read from disk for a
+    /// group not loaded since the restart) and of the jobs waiting on disk
+    /// behind them (lower priorities included; re-read at most every
+    /// [`TAIL_RECHECK_MS`] or when the group's cursor moves). Disk reads are
+    /// limited to `budget` in all; groups past it wait for a later call.
     pub(super) fn oldest_ready_at(&mut self, queue: &str, budget: &mut usize) -> Option<Millis> {
         let store = self.w.store.clone();
         let staged = self.w.staged();
+        let now = self.now;
         let q = self.queues.get_mut(queue)?;
         let mut oldest: Option<Millis> = None;
+        let mut consider = |at: Millis| oldest = Some(oldest.map_or(at, |o: Millis| o.min(at)));
         for (t, envs) in q.groups.iter_mut() {
             for (e, g) in envs.iter_mut() {
                 if g.ready == 0 {
@@ -186,7 +193,23 @@ impl Engine {
                     }
                 }
                 if let Some(h) = g.heads.values().min().copied().or(peeked) {
-                    oldest = Some(oldest.map_or(h, |o| o.min(h)));
+                    consider(h);
+                }
+                if g.exhausted {
+                    continue;
+                }
+                let stale = g.tail_oldest.is_none_or(|(_, at)| now.saturating_sub(at) >= TAIL_RECHECK_MS);
+                if stale && *budget > 0 {
+                    match super::dispatch::oldest_in_tail(&store, queue, t, e, g.cursor) {
+                        Ok((tail, seeks)) => {
+                            *budget = budget.saturating_sub(seeks);
+                            g.tail_oldest = Some((tail, now));
+                        }
+                        Err(err) => tracing::warn!(queue, error = %err, "reading a group's waiting jobs failed"),
+                    }
+                }
+                if let Some((Some(at), _)) = g.tail_oldest {
+                    consider(at);
                 }
             }
         }

@@ -36,12 +36,17 @@ pub struct Group {
     pub cursor: Option<ReadyPos>,
     /// True when `heads` holds every ready job of the group.
     pub exhausted: bool,
+    /// The oldest ready time among the jobs on disk after `cursor` (of any
+    /// priority), and when it was read: jobs of a lower priority than the
+    /// heads wait there however old they are, and the oldest-ready age must
+    /// see them. `None` = not read since the cursor last moved.
+    pub tail_oldest: Option<(Option<Millis>, Millis)>,
 }
 
 impl Group {
     /// A group whose disk holds `ready` jobs not yet loaded.
     pub fn new(ready: u64) -> Group {
-        Group { ready, leased: 0, heads: BTreeMap::new(), cursor: None, exhausted: ready == 0 }
+        Group { ready, leased: 0, heads: BTreeMap::new(), cursor: None, exhausted: ready == 0, tail_oldest: None }
     }
 
     /// Records a new ready job at `pos` (its key is being written now).
@@ -55,6 +60,7 @@ impl Group {
                 self.heads.pop_last();
                 self.cursor = self.heads.last_key_value().map(|(k, _)| *k);
                 self.exhausted = false;
+                self.tail_oldest = None;
             }
         }
     }
@@ -69,6 +75,7 @@ impl Group {
     pub fn refilled(&mut self, loaded: Vec<(ReadyPos, Millis)>, complete: bool) {
         if let Some((last, _)) = loaded.last() {
             self.cursor = Some(*last);
+            self.tail_oldest = None;
         }
         self.heads.extend(loaded);
         self.exhausted = complete;
@@ -85,6 +92,10 @@ impl Group {
     pub fn remove_ready(&mut self, pos: ReadyPos) {
         self.heads.remove(&pos);
         self.ready = self.ready.saturating_sub(1);
+        if self.cursor.is_some_and(|c| pos > c) || self.cursor.is_none() {
+            // It may have been the tail's oldest.
+            self.tail_oldest = None;
+        }
     }
 }
 

@@ -111,6 +111,20 @@ impl Settler {
         self.send(Request::Ack(pb::AckRequest { queue, job_id, lease_id })).await
     }
 
+    /// Several jobs are done: one message for all of them (at most
+    /// [`crate::limits::MAX_ACKS_PER_MESSAGE`]), each answered with its own
+    /// Outcome.
+    pub async fn ack_all(&self, deliveries: &[pb::Delivery]) -> Result<(), Status> {
+        let acks = deliveries
+            .iter()
+            .map(|d| {
+                let (queue, job_id, lease_id) = target(d);
+                pb::AckRequest { queue, job_id, lease_id }
+            })
+            .collect();
+        self.send(Request::Acks(pb::AckBatch { acks })).await
+    }
+
     /// The job failed: retried after `retry_after` (unset: the queue's
     /// backoff) while attempts remain, else dead-lettered.
     pub async fn nack(&self, d: &pb::Delivery, error: &str, retry_after: Option<Duration>) -> Result<(), Status> {

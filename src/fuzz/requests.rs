@@ -118,6 +118,11 @@ fn work(r: pb::WorkRequest) {
             checked(convert::opt_duration("lease_duration", e.lease_duration.as_ref()));
         }
         Some(Request::Release(r)) => settle_target(&r.queue, &r.job_id, &r.lease_id),
+        Some(Request::Acks(b)) => {
+            for a in &b.acks {
+                settle_target(&a.queue, &a.job_id, &a.lease_id);
+            }
+        }
         Some(Request::Drain(_)) | None => {}
     }
 }

@@ -5,6 +5,7 @@
 //! this module holds a RocksDB handle or builds a RocksDB write.
 
 pub mod batch;
+pub mod data_dir;
 pub mod figures;
 pub mod keys;
 pub mod records;
