@@ -9,10 +9,10 @@ pub struct ServeConfig {
     /// Where RocksDB keeps the jobs.
     #[arg(long, env = "FAIRWAY_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
-    /// Partitions of a new data dir (fixed when the dir is made). Unset: what
-    /// an existing data dir holds, 1 for a new one. Asking an existing data
-    /// dir for another number is refused. This build serves one partition
-    /// per data dir; brokers of several are being built (docs/partitions.md).
+    /// Partitions of a new data dir (fixed when the dir is made; each has
+    /// its own writer thread and RocksDB). Unset: what an existing data dir
+    /// holds, 1 for a new one. Asking an existing data dir for another
+    /// number is refused. See docs/partitions.md.
     #[arg(long, env = "FAIRWAY_PARTITIONS")]
     pub partitions: Option<u32>,
     /// gRPC listen address (port 0 picks a free port).

@@ -84,6 +84,9 @@ pub struct FairScheduler {
     tenant_weight: crate::model::FastMap<String, u32>,
     /// Configured environment weights inside a tenant.
     env_weight: crate::model::FastMap<(String, String), u32>,
+    /// Sum of the weights of the tenants in the rotation: this queue's
+    /// demand in the split between partitions (`partition::split`).
+    active_weight: u64,
 }
 
 impl FairScheduler {
@@ -93,6 +96,10 @@ impl FairScheduler {
 
     /// Sets a tenant's weight (its share relative to other tenants).
     pub fn set_tenant_weight(&mut self, tenant: &str, weight: u32) {
+        if self.tenants.pass.contains_key(tenant) {
+            self.active_weight -= u64::from(self.tenant_weight(tenant));
+            self.active_weight += u64::from(weight.clamp(1, MAX_WEIGHT));
+        }
         if weight == DEFAULT_WEIGHT {
             self.tenant_weight.remove(tenant);
         } else {
@@ -120,7 +127,9 @@ impl FairScheduler {
 
     /// Notes that group (tenant, env) has ready work. Idempotent.
     pub fn activate(&mut self, tenant: &str, env: &str) {
-        self.tenants.activate(tenant);
+        if self.tenants.activate(tenant) {
+            self.active_weight += u64::from(self.tenant_weight(tenant));
+        }
         match self.envs.get_mut(tenant) {
             Some(level) => {
                 level.activate(env);
@@ -168,7 +177,7 @@ impl FairScheduler {
     /// none of its environments has any.
     fn serve(&mut self, tenant: &str, has_ready: &mut impl FnMut(&str, &str) -> bool) -> Option<String> {
         let Some(level) = self.envs.get_mut(tenant) else {
-            self.tenants.remove(tenant);
+            self.leave(tenant);
             return None;
         };
         let mut chosen = None;
@@ -181,7 +190,7 @@ impl FairScheduler {
         }
         let Some(env) = chosen else {
             self.envs.remove(tenant);
-            self.tenants.remove(tenant);
+            self.leave(tenant);
             return None;
         };
         let (tw, ew) = (self.tenant_weight(tenant), self.env_weight(tenant, &env));
@@ -192,8 +201,23 @@ impl FairScheduler {
         Some(env)
     }
 
+    /// `tenant` leaves the rotation.
+    fn leave(&mut self, tenant: &str) {
+        if self.tenants.pass.contains_key(tenant) {
+            self.active_weight -= u64::from(self.tenant_weight(tenant));
+            self.tenants.remove(tenant);
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.tenants.len() == 0
+    }
+
+    /// Sum of the weights of the tenants in the rotation (that may have
+    /// deliverable work): the queue's demand in the split between
+    /// partitions.
+    pub fn active_weight(&self) -> u64 {
+        self.active_weight
     }
 }
 

@@ -177,8 +177,9 @@ fn fill(path: &Path) -> u64 {
 #[tokio::test]
 async fn a_full_disk_refuses_enqueues_keeps_what_is_stored_and_recovers_when_space_returns() {
     let started = Instant::now();
-    // RocksDB resumes writes once as much is free as one memtable (64 MiB).
-    let mnt = Mount::tmpfs(256);
+    // RocksDB resumes writes once as much is free as one memtable (64 MiB);
+    // each partition's RocksDB reserves about as much for its WAL.
+    let mnt = Mount::tmpfs(256 * partitions());
     let data = mnt.path().join("data");
     let b = BrokerProcess::spawn(&data).await;
     b.wait_serving().await;
@@ -234,7 +235,7 @@ async fn a_full_disk_refuses_enqueues_keeps_what_is_stored_and_recovers_when_spa
 #[tokio::test]
 async fn a_data_dir_gone_read_only_refuses_writes_until_a_restart_and_loses_nothing() {
     let started = Instant::now();
-    let mnt = Mount::ext4(128);
+    let mnt = Mount::ext4(128 * partitions());
     let data = mnt.path().join("data");
     let mut b = BrokerProcess::spawn(&data).await;
     b.wait_serving().await;
@@ -286,4 +287,10 @@ async fn a_read_only_data_dir_is_refused_at_start_with_a_clear_message() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("cannot create data dir") && stderr.contains("Read-only file system"), "{stderr}");
+}
+
+/// Partitions of the brokers these tests start (`FAIRWAY_TEST_PARTITIONS`):
+/// each partition's RocksDB needs room of its own.
+fn partitions() -> u32 {
+    std::env::var("FAIRWAY_TEST_PARTITIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(1)
 }

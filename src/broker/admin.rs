@@ -22,7 +22,7 @@ impl Engine {
         self.w.create_queue(&name);
         let generation = self.alloc_id().0;
         let meta = meta_from_config(&name, &config, false, generation);
-        let q = QueueState::new(&meta, QueueCounters::default());
+        let q = QueueState::new(&meta, QueueCounters::default(), self.shared.shares.of(&name));
         self.queues.insert(name.clone(), q);
         self.stage_meta(&name);
         tracing::info!(queue = %name, "queue created");
@@ -77,23 +77,36 @@ impl Engine {
             let _ = reply.send(Err(BrokerError::FailedPrecondition(msg)));
             return;
         }
+        self.drop_queue_now(&name);
+        tracing::info!(queue = %name, force, dropped_jobs = total, partition = self.me, "queue deleted");
+        self.w.after(reply_after(reply, true));
+        self.commit();
+    }
+
+    /// Drops a queue with whatever it holds: its leases' slots go back to
+    /// their streams, its definition, policies and column family go in one
+    /// batch (committed by the caller).
+    pub(super) fn drop_queue_now(&mut self, name: &str) {
         // Writes already staged for this queue must land before its column
         // family goes away.
         self.commit();
-        self.queues.remove(&name);
+        self.queues.remove(name);
         for c in self.consumers.values_mut() {
             let before = c.leases.len();
-            c.leases.retain(|(q, _)| q != &name);
-            c.in_flight = c.in_flight.saturating_sub((before - c.leases.len()) as u32);
+            c.leases.retain(|(q, _)| q != name);
+            let gone = (before - c.leases.len()) as u32;
+            c.in_flight = c.in_flight.saturating_sub(gone);
+            for _ in 0..gone {
+                c.window.give_back();
+            }
+            if gone > 0 {
+                self.shared.wake(self.me, c.window.take_wanting());
+            }
         }
-        // Its definition, its policies and its column family go in one batch.
-        self.w.delete_queue(&name);
+        self.w.delete_queue(name);
         // Its jobs' cached records would hold budget forever.
         self.w.records.clear();
         self.publish_registry();
-        tracing::info!(queue = %name, force, dropped_jobs = total, "queue deleted");
-        self.w.after(reply_after(reply, true));
-        self.commit();
     }
 
     pub(super) fn stats(&mut self, queue: &str) -> Result<pb::QueueStats> {

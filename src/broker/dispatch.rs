@@ -12,6 +12,7 @@ use super::{view, LeaseSpec, Reply, StreamTx, Subscription, TenantFilter};
 use crate::conn_limits::RESPONSE_SOFT_LIMIT;
 use crate::error::Result;
 use crate::model::{duration_millis, now_millis, JobId, LeaseId, Millis};
+use crate::partition::window::Window;
 use crate::pb;
 use crate::scheduler::QueueRotation;
 use crate::storage::keys::{self, ReadyPos};
@@ -28,7 +29,15 @@ pub(super) struct Consumer {
     pub worker_version: Arc<str>,
     /// Prefetch window: most unsettled deliveries at once.
     pub max_in_flight: u32,
+    /// Its leases in this partition (the window counts those of all).
     pub in_flight: u32,
+    /// Its slots, shared by every partition that serves it: a slot is
+    /// taken before a lease and given back when the lease ends.
+    pub window: Arc<Window>,
+    /// It left a free slot to a partition behind in the split: the next
+    /// time, it takes it (so a partition that cannot use the slot delays
+    /// the stream by one turn at most).
+    pub deferred: bool,
     /// Lease length the worker asked for, if any.
     pub lease_ms: Option<u64>,
     pub tx: StreamTx,
@@ -46,12 +55,16 @@ pub(super) struct Consumer {
 }
 
 /// Most leases listed per worker by `ListWorkers`.
-const WORKER_LEASES_SHOWN: usize = 100;
+pub(super) const WORKER_LEASES_SHOWN: usize = 100;
 
 /// A unary `Lease` call waiting for jobs.
 pub(super) struct Waiter {
     pub queues: Vec<String>,
-    pub max_jobs: u32,
+    /// The call's `max_jobs`, shared by every partition that serves it, and
+    /// closed once the call is answered.
+    pub window: Arc<Window>,
+    /// This partition's share of the response's size.
+    pub byte_budget: usize,
     pub lease_ms: Option<u64>,
     pub worker_id: String,
     /// As [`Consumer::worker_version`].
@@ -84,7 +97,7 @@ enum Target {
 }
 
 impl Engine {
-    pub(super) fn subscribe(&mut self, id: u64, sub: Subscription, tx: StreamTx) {
+    pub(super) fn subscribe(&mut self, id: u64, sub: Subscription, tx: StreamTx, window: Arc<Window>) {
         tracing::info!(consumer = id, worker_id = %sub.worker_id, worker_version = %sub.worker_version,
             queues = ?sub.queues, max_in_flight = sub.max_in_flight, "worker subscribed");
         let rotation = QueueRotation::new(sub.queues.len());
@@ -96,6 +109,8 @@ impl Engine {
                 worker_version: Arc::from(sub.worker_version),
                 max_in_flight: sub.max_in_flight.max(1),
                 in_flight: 0,
+                window,
+                deferred: false,
                 lease_ms: sub.lease_duration.map(duration_millis),
                 tx,
                 leases: Default::default(),
@@ -111,14 +126,14 @@ impl Engine {
     /// kind "drain", goes out in request order (after settles of this turn
     /// that wait for the commit), and no delivery follows it: dispatch
     /// skips the stream from now on.
-    pub(super) fn drain(&mut self, id: u64, tx: StreamTx) {
+    pub(super) fn drain(&mut self, id: u64, done: tokio::sync::oneshot::Sender<()>) {
         if let Some(c) = self.consumers.get_mut(&id).filter(|c| !c.draining) {
             c.draining = true;
-            tracing::info!(consumer = id, worker_id = %c.worker_id, held = c.leases.len(),
+            tracing::info!(consumer = id, worker_id = %c.worker_id, held = c.leases.len(), partition = self.me,
                 "worker draining: no more deliveries to it");
         }
         let answer = move || {
-            let _ = tx.send(Ok(view::drained()));
+            let _ = done.send(());
         };
         if self.w.has_waiting() {
             self.w.after(Box::new(move |_| answer()));
@@ -129,12 +144,19 @@ impl Engine {
 
     /// The Work streams connected now (to `queue`, or to any), longest
     /// connected first, each with the jobs it holds.
+    #[cfg(test)]
     pub(super) fn list_workers(&self, queue: Option<&str>) -> Vec<pb::WorkerInfo> {
-        let mut out: Vec<(Millis, pb::WorkerInfo)> = self
+        self.workers(queue).into_iter().map(|(_, w)| w).collect()
+    }
+
+    /// [`list_workers`](Self::list_workers), each with its stream's id (the
+    /// broker merges the partitions' views of one stream by it).
+    pub(super) fn workers(&self, queue: Option<&str>) -> Vec<(u64, pb::WorkerInfo)> {
+        let mut out: Vec<(Millis, u64, pb::WorkerInfo)> = self
             .consumers
-            .values()
-            .filter(|c| queue.is_none_or(|q| c.queues.iter().any(|n| n == q)))
-            .map(|c| {
+            .iter()
+            .filter(|(_, c)| queue.is_none_or(|q| c.queues.iter().any(|n| n == q)))
+            .map(|(id, c)| {
                 let mut held: Vec<(Millis, pb::WorkerLease)> = c
                     .leases
                     .iter()
@@ -155,11 +177,11 @@ impl Engine {
                     draining: c.draining,
                     leases: held.into_iter().map(|(_, l)| l).collect(),
                 };
-                (c.connected_at, info)
+                (c.connected_at, *id, info)
             })
             .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.worker_id.cmp(&b.1.worker_id)));
-        out.into_iter().map(|(_, w)| w).collect()
+        out.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.2.worker_id.cmp(&b.2.worker_id)));
+        out.into_iter().map(|(_, id, w)| (id, w)).collect()
     }
 
     /// A Work stream ended: its leases go back to ready now (each delivery
@@ -172,7 +194,7 @@ impl Engine {
         }
     }
 
-    pub(super) fn add_waiter(&mut self, spec: LeaseSpec, reply: Reply<Vec<pb::Delivery>>) {
+    pub(super) fn add_waiter(&mut self, spec: LeaseSpec, window: Arc<Window>, reply: Reply<Vec<pb::Delivery>>) {
         // A worker polling without waiting is attended to, too.
         for name in &spec.queues {
             if let Some(q) = self.queues.get_mut(name) {
@@ -182,7 +204,8 @@ impl Engine {
         let rotation = QueueRotation::new(spec.queues.len());
         self.waiters.push(Waiter {
             queues: spec.queues,
-            max_jobs: spec.max_jobs.max(1),
+            window,
+            byte_budget: RESPONSE_SOFT_LIMIT / self.shared.partitions,
             lease_ms: spec.lease_duration.map(duration_millis),
             worker_id: spec.worker_id,
             worker_version: Arc::from(spec.worker_version),
@@ -199,23 +222,20 @@ impl Engine {
     /// Leases ready jobs to every worker with room, one job per worker per
     /// round so workers share the backlog evenly.
     pub(super) fn dispatch(&mut self) {
+        self.post_demand();
         if !self.queues.values().any(|q| q.has_ready()) {
             return;
         }
         loop {
             let mut progress = false;
-            let consumers: Vec<u64> = self
-                .consumers
-                .iter()
-                .filter(|(_, c)| c.in_flight < c.max_in_flight && !c.draining)
-                .map(|(id, _)| *id)
-                .collect();
+            let consumers: Vec<u64> =
+                self.consumers.iter().filter(|(_, c)| !c.draining && self.has_slot(c)).map(|(id, _)| *id).collect();
             for id in consumers {
                 progress |= self.lease_for(Target::Consumer(id));
             }
             for i in 0..self.waiters.len() {
                 let w = &self.waiters[i];
-                if w.reply.is_some() && (w.got.len() as u32) < w.max_jobs && w.got_bytes < RESPONSE_SOFT_LIMIT {
+                if w.reply.is_some() && w.window.has_room() && w.got_bytes < w.byte_budget {
                     progress |= self.lease_for(Target::Waiter(i));
                 }
             }
@@ -223,11 +243,65 @@ impl Engine {
                 break;
             }
         }
+        self.post_demand();
+        // Slots this partition left free go to the partitions that wanted
+        // them.
+        if self.shared.partitions > 1 {
+            for c in self.consumers.values().filter(|c| c.window.has_room()) {
+                self.shared.wake(self.me, c.window.take_wanting());
+            }
+        }
+    }
+
+    /// With several partitions: tells the split how much this partition
+    /// wants of each queue (the weights of its tenants in the rotation).
+    fn post_demand(&self) {
+        if self.shared.partitions == 1 {
+            return;
+        }
+        for q in self.queues.values() {
+            let demand = if q.has_ready() { q.scheduler.active_weight().max(1) } else { 0 };
+            q.shares.set_demand(self.me, demand);
+        }
+    }
+
+    /// Whether stream `c` has a free slot. When it has none while this
+    /// partition has work for it, the partition asks to be woken when one
+    /// frees (and looks again, so a slot freed meanwhile is not missed).
+    fn has_slot(&self, c: &Consumer) -> bool {
+        if c.window.has_room() {
+            return true;
+        }
+        if !c.queues.iter().any(|q| self.queues.get(q).is_some_and(|q| q.has_ready())) {
+            return false;
+        }
+        c.window.want(self.me);
+        c.window.has_room()
     }
 
     /// Leases one job for `target` from the next of its queues (weighted by
     /// queue weight) that has ready work. True when a job was leased.
     fn lease_for(&mut self, target: Target) -> bool {
+        let window = match target {
+            Target::Consumer(id) => match self.consumers.get(&id) {
+                Some(c) => c.window.clone(),
+                None => return false,
+            },
+            Target::Waiter(i) => self.waiters[i].window.clone(),
+        };
+        if !window.try_take() {
+            return false;
+        }
+        let leased = self.lease_in_slot(target);
+        if !leased {
+            window.give_back();
+            self.shared.wake(self.me, window.take_wanting());
+        }
+        leased
+    }
+
+    /// [`lease_for`](Self::lease_for), once a slot of the target is held.
+    fn lease_in_slot(&mut self, target: Target) -> bool {
         let order = match target {
             Target::Consumer(id) => match self.consumers.get(&id) {
                 Some(c) => c.rotation.order(),
@@ -251,6 +325,7 @@ impl Engine {
             let Some(weight) = self.queues.get(queue).filter(open).map(|q| q.config.weight) else {
                 continue;
             };
+
             let (queue, lease_ms, worker, version, tenants) = match target {
                 Target::Consumer(id) => {
                     let c = &self.consumers[&id];
@@ -263,12 +338,18 @@ impl Engine {
                     (w.queues[idx].clone(), w.lease_ms, w.worker_id.clone(), v, w.tenants.clone())
                 }
             };
+            if !self.split_allows(target, &queue) {
+                continue;
+            }
             let consumer = match target {
                 Target::Consumer(id) => Some(id),
                 Target::Waiter(_) => None,
             };
             match self.lease_one(&queue, lease_ms, (worker, version), consumer, tenants.as_deref()) {
                 Ok(Some((job, delivery))) => {
+                    if let Some(q) = self.queues.get(&queue) {
+                        q.shares.charge(self.me);
+                    }
                     match target {
                         Target::Consumer(id) => {
                             if let Some(c) = self.consumers.get_mut(&id) {
@@ -298,6 +379,40 @@ impl Engine {
         false
     }
 
+    /// With several partitions: whether this one may use the target's free
+    /// slot for `queue` now, or should leave it to the partition furthest
+    /// behind in the queue's split (woken for it). A stream leaves a slot
+    /// once; the next time it takes it, so a partition behind that cannot
+    /// use the slot (its jobs are for other tenants than the worker's)
+    /// delays the stream by one turn, never stops it.
+    fn split_allows(&mut self, target: Target, queue: &str) -> bool {
+        if self.shared.partitions == 1 {
+            return true;
+        }
+        let Some(q) = self.queues.get(queue) else { return false };
+        if q.shares.may_take(self.me) {
+            return true;
+        }
+        let behind = q.shares.behind();
+        let (deferred, window) = match target {
+            Target::Consumer(id) => match self.consumers.get_mut(&id) {
+                Some(c) => (&mut c.deferred, c.window.clone()),
+                None => return false,
+            },
+            // A unary call is answered once: it takes what it finds.
+            Target::Waiter(_) => return true,
+        };
+        if std::mem::take(deferred) {
+            return true;
+        }
+        *deferred = true;
+        window.want(self.me);
+        if let Some(p) = behind.filter(|p| *p != self.me) {
+            self.shared.send_to(p, super::Command::Wake);
+        }
+        false
+    }
+
     /// Takes the fair next ready job of `queue` (of one of `tenants`, when
     /// given) and leases it.
     fn lease_one(
@@ -309,15 +424,42 @@ impl Engine {
         tenants: Option<&[String]>,
     ) -> Result<Option<(JobId, pb::Delivery)>> {
         let now = self.now.max(now_millis());
+        let Some(q) = self.queues.get_mut(queue) else { return Ok(None) };
+        if q.paused {
+            return Ok(None);
+        }
+        // A unit of the queue's in-flight limit, over all partitions; given
+        // back below if no lease comes of it.
+        if !q.shares.try_lease(q.config.max_in_flight) {
+            q.shares.want(self.me);
+            if !q.shares.try_lease(q.config.max_in_flight) {
+                return Ok(None);
+            }
+        }
+        let leased = self.lease_one_held(queue, lease_ms, (&worker_id, &worker_version), consumer, tenants, now);
+        if !matches!(leased, Ok(Some(_))) {
+            if let Some(q) = self.queues.get(queue) {
+                q.shares.leases_ended(1);
+                self.shared.wake(self.me, q.shares.take_wanting());
+            }
+        }
+        leased
+    }
+
+    /// [`lease_one`](Self::lease_one), once a unit of the queue's in-flight
+    /// limit is held.
+    fn lease_one_held(
+        &mut self,
+        queue: &str,
+        lease_ms: Option<u64>,
+        (worker_id, worker_version): (&str, &Arc<str>),
+        consumer: Option<u64>,
+        tenants: Option<&[String]>,
+        now: Millis,
+    ) -> Result<Option<(JobId, pb::Delivery)>> {
         let store = self.w.store.clone();
         loop {
             let Some(q) = self.queues.get_mut(queue) else { return Ok(None) };
-            if q.paused {
-                return Ok(None);
-            }
-            if !q.has_room() {
-                return Ok(None);
-            }
             let (groups, policies, config, in_flight) = (&q.groups, &q.policies, &q.config, &q.tenant_leased);
             // A tenant at its in-flight limit leaves the rotation here and
             // rejoins when one of its leases ends (QueueState::lease_ended).
@@ -369,8 +511,8 @@ impl Engine {
                 expires_at: now.saturating_add(duration_ms),
                 attempt: rec.attempt + 1,
                 duration_ms,
-                worker_id,
-                worker_version,
+                worker_id: worker_id.to_string(),
+                worker_version: worker_version.clone(),
                 consumer,
                 record: rec,
             };
@@ -434,7 +576,8 @@ impl Engine {
         let mut keep = Vec::with_capacity(self.waiters.len());
         for mut w in std::mem::take(&mut self.waiters) {
             let closed = w.reply.as_ref().is_none_or(|r| r.is_closed());
-            if w.got.is_empty() && w.deadline > now && !closed {
+            // Another partition answered the call: answer what this one has.
+            if w.got.is_empty() && w.deadline > now && !closed && !w.window.is_closed() {
                 keep.push(w);
                 continue;
             }

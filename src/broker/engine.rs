@@ -62,6 +62,10 @@ pub(super) struct Writes {
     /// The batch holds a write that must be fsynced before it is answered
     /// (an enqueue, an admin change): any write staged outside `relaxed`.
     needs_sync: bool,
+    /// Stream slots freed by leases this batch ends: given back once it has
+    /// committed and its answers are out, so a worker never sees a new
+    /// delivery (from any partition) before the outcome that freed its slot.
+    pub freed_slots: Vec<std::sync::Arc<crate::partition::window::Window>>,
 }
 
 impl Writes {
@@ -74,6 +78,7 @@ impl Writes {
             records: super::record_cache::RecordCache::new(super::record_cache::DEFAULT_BUDGET_BYTES),
             relaxed: false,
             needs_sync: false,
+            freed_slots: Vec::new(),
         }
     }
 
@@ -182,7 +187,7 @@ impl Writes {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.batch.is_empty() && self.after.is_empty() && self.poisoned.is_none()
+        self.batch.is_empty() && self.after.is_empty() && self.poisoned.is_none() && self.freed_slots.is_empty()
     }
 
     /// Writes staged in the pending batch.
@@ -258,13 +263,14 @@ pub(super) struct Engine {
     /// Since when committed writes (leases, acks) wait for an fsync; see
     /// [`Engine::sync_lagging_wal`].
     pub unsynced_since: Option<std::time::Instant>,
-    /// Queue health for the gRPC health service.
-    pub health: tokio::sync::watch::Sender<super::monitor::HealthMap>,
     pub writer_metrics: super::monitor::WriterMetrics,
     /// Set while writes fail because of the disk; see [`Engine::probe_storage`].
     pub storage_fault: Option<StorageFault>,
-    /// Why writes fail (`None` = they work), for the broker's health.
-    pub fault_tx: tokio::sync::watch::Sender<Option<String>>,
+    /// This partition's index among the broker's partitions: the top bits
+    /// of the ids it makes, its entry in shared tables.
+    pub me: usize,
+    /// What the broker's partitions share (peers, split tables, health).
+    pub shared: std::sync::Arc<super::shared::Shared>,
 }
 
 impl Engine {
@@ -272,7 +278,8 @@ impl Engine {
         store: Store,
         registry: Registry,
         rx: flume::Receiver<Command>,
-        health: tokio::sync::watch::Sender<super::monitor::HealthMap>,
+        me: usize,
+        shared: std::sync::Arc<super::shared::Shared>,
     ) -> Result<Engine> {
         let started = std::time::Instant::now();
         let id_hwm = store.load_id_hwm()?;
@@ -291,10 +298,10 @@ impl Engine {
             stopping: None,
             next_alert_check: 0,
             unsynced_since: None,
-            health,
             writer_metrics: Default::default(),
             storage_fault: None,
-            fault_tx: tokio::sync::watch::channel(None).0,
+            me,
+            shared,
         };
         engine.load_all()?;
         let (queues, leases) = engine.recovered();
@@ -315,13 +322,13 @@ impl Engine {
         self.w.records.clear();
         let metas = self.w.store.load_queues()?;
         for meta in metas {
-            let mut q = load_queue(&self.w.store, &meta)?;
-            if let Some(o) = old.remove(&meta.name).filter(|o| o.generation == q.generation) {
-                q.obs = o.obs;
+            let mut q = load_queue(&self.w.store, &meta, self.shared.shares.of(&meta.name))?;
+            if let Some(mut o) = old.remove(&meta.name).filter(|o| o.generation == q.generation) {
+                q.obs = std::mem::replace(&mut o.obs, super::observe::QueueObs::new(0));
                 // The windows in memory are newer than what is on disk, but
                 // the failed commit may have held their last save.
                 let on_disk: Vec<_> = q.breaker.held().cloned().collect();
-                q.breaker = o.breaker;
+                q.breaker = std::mem::take(&mut o.breaker);
                 q.breaker.resave_all(on_disk);
             }
             // The alert follows the quarantines on disk.
@@ -334,6 +341,7 @@ impl Engine {
         // ones whose stream is still connected, so windows and disconnects
         // keep working.
         for (id, c) in self.consumers.iter_mut() {
+            let before = c.leases.len();
             c.leases.retain(|(q, job)| match self.queues.get_mut(q).and_then(|q| q.leases.get_mut(job)) {
                 Some(l) => {
                     l.consumer = Some(*id);
@@ -341,6 +349,10 @@ impl Engine {
                 }
                 None => false,
             });
+            // Leases that did not land give their slots back.
+            for _ in c.leases.len()..before {
+                c.window.give_back();
+            }
             c.in_flight = c.leases.len() as u32;
         }
         Ok(())
@@ -357,10 +369,12 @@ impl Engine {
         }
     }
 
+    /// A new job id: this partition's next sequence number, with the
+    /// partition in its top bits (partition 0's ids are plain sequences).
     pub fn alloc_id(&mut self) -> JobId {
-        let id = self.next_id;
+        let seq = self.next_id;
         self.next_id += 1;
-        JobId(id)
+        crate::partition::placement::job_id(crate::partition::placement::PartitionId(self.me as u16), seq)
     }
 
     pub fn run(mut self) {
@@ -442,7 +456,7 @@ impl Engine {
         let last_try = std::time::Instant::now();
         if self.storage_fault.is_none() {
             tracing::error!(error = %e, "writes to the data dir fail; reporting NOT_SERVING until they succeed again");
-            self.fault_tx.send_replace(Some(e.to_string()));
+            self.shared.post_fault(self.me, Some(e.to_string()));
         }
         self.storage_fault = Some(StorageFault { last_try, error: e.clone() });
     }
@@ -450,7 +464,7 @@ impl Engine {
     fn storage_ok(&mut self) {
         if let Some(f) = self.storage_fault.take() {
             tracing::warn!(previous_error = %f.error, "writes to the data dir succeed again; serving");
-            self.fault_tx.send_replace(None);
+            self.shared.post_fault(self.me, None);
         }
     }
 
@@ -514,13 +528,19 @@ impl Engine {
                 }
             }
             Command::Cancel { queue, job, reply } => self.cancel(queue, job, reply),
-            Command::Subscribe { id, sub, tx } => self.subscribe(id, sub, tx),
+            Command::Subscribe { id, sub, tx, window } => self.subscribe(id, sub, tx, window),
             Command::Unsubscribe { id } => self.unsubscribe(id, "worker disconnected"),
-            Command::Drain { id, tx } => self.drain(id, tx),
+            Command::Drain { id, done } => self.drain(id, done),
             Command::ListWorkers { queue, reply } => {
-                let _ = reply.send(Ok(self.list_workers(queue.as_deref())));
+                let _ = reply.send(Ok(self.workers(queue.as_deref())));
             }
-            Command::Lease { spec, reply } => self.add_waiter(spec, reply),
+            Command::Lease { spec, window, reply } => self.add_waiter(spec, window, reply),
+            Command::Wake => {}
+            Command::Definitions { reply } => {
+                let _ = reply.send(Ok(self.definitions()));
+            }
+            Command::Adopt { def, reply } => self.adopt(def, reply),
+            Command::Quarantined { queue, rec, from } => self.shared_quarantine(queue, rec, from),
             Command::CreateQueue { name, config, reply } => self.create_queue(name, config, reply),
             Command::UpdateQueue { name, patch, reply } => self.update_queue(name, patch, reply),
             Command::DeleteQueue { name, force, reply } => self.delete_queue(name, force, reply),
@@ -587,6 +607,10 @@ impl Engine {
                 for f in after {
                     f(None);
                 }
+                for window in std::mem::take(&mut self.w.freed_slots) {
+                    window.give_back();
+                    self.shared.wake(self.me, window.take_wanting());
+                }
                 self.deliver_committed();
             }
             Err(e) => {
@@ -595,6 +619,13 @@ impl Engine {
                 self.w.records.clear();
                 for f in after {
                     f(Some(&e));
+                }
+                // The leases they ended come back from disk without their
+                // stream (they expire or are settled by lease id): the
+                // slots are free either way.
+                for window in std::mem::take(&mut self.w.freed_slots) {
+                    window.give_back();
+                    self.shared.wake(self.me, window.take_wanting());
                 }
                 // Their progress so far may not have landed: fail them
                 // rather than report a partial redrive or purge as done.
@@ -653,14 +684,18 @@ impl Engine {
 
 /// Loads one queue's counters, groups with ready jobs, leases and next
 /// scheduled time.
-fn load_queue(store: &Store, meta: &crate::storage::records::QueueMeta) -> Result<QueueState> {
+fn load_queue(
+    store: &Store,
+    meta: &crate::storage::records::QueueMeta,
+    shares: std::sync::Arc<crate::partition::queue_shares::QueueShares>,
+) -> Result<QueueState> {
     let table = Table::Queue(&meta.name);
     let counters = match store.get(table, &keys::TOTALS_KEY)? {
         Some(v) => QueueCounters::decode(v.as_slice())
             .map_err(|e| BrokerError::Storage(format!("corrupt counters of {}: {e}", meta.name)))?,
         None => QueueCounters::default(),
     };
-    let mut q = QueueState::new(meta, counters);
+    let mut q = QueueState::new(meta, counters, shares);
     if let Some(v) = store.get(table, &keys::ALERTS_KEY)? {
         match AlertStateRecord::decode(v.as_slice()) {
             Ok(rec) => q.obs = super::observe::QueueObs::restore(&rec, now_millis()),
@@ -730,6 +765,7 @@ fn load_queue(store: &Store, meta: &crate::storage::records::QueueMeta) -> Resul
                 "corrupt breaker window; that version starts without history"),
         }
     }
+    q.shares.leases_recovered(q.leases.len() as u64);
     q.next_due = first_scheduled(store, &meta.name, 0)?;
     Ok(q)
 }

@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 fn engine(dir: &std::path::Path) -> Engine {
     let store = Store::open(dir, Durability::Relaxed).unwrap();
     let (_tx, rx) = flume::bounded::<Command>(1);
-    Engine::recover(store, Registry::default(), rx, tokio::sync::watch::channel(Default::default()).0).unwrap()
+    Engine::recover(store, Registry::default(), rx, 0, std::sync::Arc::new(super::shared::Shared::new(1))).unwrap()
 }
 
 fn new_job(run_at: Option<Millis>) -> NewJob {
@@ -133,7 +133,8 @@ fn a_job_enqueued_in_the_turn_alerts_peek_at_a_group_is_still_leased() {
         worker_version: String::new(),
         tenants: None,
     };
-    e.add_waiter(spec, tx);
+    let window = std::sync::Arc::new(crate::partition::window::Window::new(spec.max_jobs));
+    e.add_waiter(spec, window, tx);
     e.dispatch();
     e.commit();
     e.finish_waiters();
@@ -155,7 +156,8 @@ fn lease_as(e: &mut Engine, version: &str, max: u32, lease: std::time::Duration)
         worker_version: version.into(),
         tenants: None,
     };
-    e.add_waiter(spec, tx);
+    let window = std::sync::Arc::new(crate::partition::window::Window::new(spec.max_jobs));
+    e.add_waiter(spec, window, tx);
     e.dispatch();
     e.commit();
     e.finish_waiters();
@@ -230,7 +232,8 @@ fn stream(
         lease_duration: None,
         tenants: None,
     };
-    e.subscribe(id, sub, tx);
+    let window = std::sync::Arc::new(crate::partition::window::Window::new(max_in_flight));
+    e.subscribe(id, sub, tx, window);
     rx
 }
 
@@ -309,10 +312,13 @@ fn a_draining_stream_gets_nothing_more_and_its_answer_keeps_request_order() {
     let (job, lease) = (JobId::parse(&got[0].0).unwrap(), LeaseId::parse(&got[0].1).unwrap());
     let reply = SettleReply::Stream { tx: tx.clone(), job_id: job.to_string(), kind: "ack" };
     e.settle("q".into(), job, lease, SettleAction::Ack, reply);
-    e.drain(1, tx.clone());
+    let (done, mut drained) = oneshot::channel();
+    e.drain(1, done);
+    assert!(drained.try_recv().is_err(), "the drain waits for the ack before it in the same turn");
     turn(&mut e);
     let got2 = received(&mut rx);
-    assert_eq!(got2, [("ack:true".to_string(), job.to_string()), ("drain:true".to_string(), String::new())]);
+    assert_eq!(got2, [("ack:true".to_string(), job.to_string())]);
+    assert!(drained.try_recv().is_ok(), "drained once the ack is answered");
     // The freed slot stays empty while it drains; another stream takes the rest.
     let mut other = stream(&mut e, 2, 10);
     turn(&mut e);

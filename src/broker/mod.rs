@@ -25,29 +25,34 @@ macro_rules! or_reply {
 }
 
 mod admin;
+mod catalog;
 mod dispatch;
 mod engine;
 #[cfg(test)]
 mod engine_tests;
+mod merge;
 pub mod monitor;
 pub mod observe;
 mod ops;
+mod partition;
 mod quarantine;
 pub(crate) mod queue_state;
 mod rate_limit;
 mod reads;
 mod record_cache;
+mod shared;
 mod tasks;
 pub mod version_breaker;
 pub mod view;
 
 use crate::error::{BrokerError, Result};
 use crate::model::{JobId, JobState, LeaseId, Millis, NewJob, QueueConfig, TenantPolicy};
+use crate::partition::placement::{Layout, PartitionId};
 use crate::pb;
 use crate::storage::{Durability, Store};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -258,22 +263,45 @@ pub(crate) enum Command {
         id: u64,
         sub: Subscription,
         tx: StreamTx,
+        /// The stream's slots, shared by every partition.
+        window: Arc<crate::partition::window::Window>,
     },
     Unsubscribe {
         id: u64,
     },
-    /// A Work stream asks for no more deliveries; answered on `tx`.
+    /// A Work stream asks for no more deliveries; `done` once what the
+    /// partition had to answer before it is answered.
     Drain {
         id: u64,
-        tx: StreamTx,
+        done: oneshot::Sender<()>,
     },
     ListWorkers {
         queue: Option<String>,
-        reply: Reply<Vec<pb::WorkerInfo>>,
+        reply: Reply<Vec<(u64, pb::WorkerInfo)>>,
     },
     Lease {
         spec: LeaseSpec,
+        /// The call's `max_jobs`, shared by every partition.
+        window: Arc<crate::partition::window::Window>,
         reply: Reply<Vec<pb::Delivery>>,
+    },
+    /// Look at the streams again: another partition freed a slot this one
+    /// wanted, or left it one.
+    Wake,
+    /// Every queue's definition as this partition holds it.
+    Definitions {
+        reply: Reply<Vec<catalog::QueueDef>>,
+    },
+    /// Bring this partition's copy of one queue to the catalog's.
+    Adopt {
+        def: catalog::QueueDef,
+        reply: Option<Reply<()>>,
+    },
+    /// A quarantine decided by partition `from`'s breaker.
+    Quarantined {
+        queue: String,
+        rec: crate::storage::records::QuarantineRecord,
+        from: usize,
     },
     CreateQueue {
         name: String,
@@ -330,58 +358,34 @@ pub(crate) enum Command {
     },
 }
 
-/// Bound on queued commands: beyond it, callers wait (backpressure) instead
-/// of growing memory without limit.
-const COMMAND_QUEUE: usize = 65_536;
-
-/// Opens the data dir's layout (moving a format-1 dir into place, making a
-/// new one with `partitions`, default 1) and returns partition 0's
-/// directory. This build serves one partition per data dir.
+/// Partition 0's directory in a data dir (opening the layout, moving a
+/// format-1 dir into place): where a broker of one partition keeps its
+/// RocksDB. For tests that open that RocksDB themselves.
 pub fn partition_store_dir(data_dir: &Path, partitions: Option<u32>) -> Result<std::path::PathBuf> {
-    use crate::storage::data_dir;
-    // A dir that holds a number of partitions is refused another by
-    // `open`, saying what it holds; a new one is refused more than one
-    // before anything is written.
-    if partitions.is_some_and(|n| n > 1) && data_dir::held(data_dir)?.is_none() {
-        return Err(BrokerError::InvalidArgument(
-            "this build of Fairway serves one partition per data dir (--partitions 1); brokers of \
-             several partitions are being built: see docs/partitions.md"
-                .into(),
-        ));
-    }
-    let (layout, _) = data_dir::open(data_dir, partitions, 1)?;
-    if layout.len() != 1 {
-        return Err(BrokerError::FailedPrecondition(format!(
-            "data dir {} holds {} partitions; this build of Fairway serves data dirs of one partition",
-            data_dir.display(),
-            layout.len()
-        )));
-    }
-    Ok(data_dir::partition_dir(data_dir, crate::partition::placement::PartitionId(0)))
+    crate::storage::data_dir::open(data_dir, partitions, 1)?;
+    Ok(crate::storage::data_dir::partition_dir(data_dir, PartitionId(0)))
 }
 
-/// The async face of the broker. Cheap to clone.
+/// The async face of the broker: routes each call to the partition that
+/// owns it (a job by its id, an enqueue by its queue and tenant), or to all
+/// of them (a Work stream, a long-poll, the stats), and makes queue
+/// definitions the same in all ([`catalog`]). Cheap to clone.
 #[derive(Clone)]
 pub struct Broker {
-    tx: flume::Sender<Command>,
-    store: Store,
-    registry: Registry,
+    parts: Arc<[partition::Partition]>,
+    /// Which partition holds a (queue, tenant).
+    layout: Arc<Layout>,
+    shared: Arc<shared::Shared>,
     next_consumer: Arc<std::sync::atomic::AtomicU64>,
-    /// Per-tenant enqueue rate limits, checked before the writer.
+    /// Per-tenant enqueue rate limits, checked before the writers.
     limiter: Arc<rate_limit::RateLimiter>,
-    /// The writer thread; joined by [`Self::shutdown`], or by the last
-    /// handle's drop so storage is closed when the broker is gone.
-    engine: Arc<WriterThread>,
-    /// Queue name -> healthy, published by the writer as alerts change.
-    health: tokio::sync::watch::Receiver<monitor::HealthMap>,
-    /// False until the writer has rebuilt its state from disk: calls made
-    /// earlier wait for it (async ones) or are refused as retryable.
+    /// False until every partition has rebuilt its state from disk and
+    /// agrees with the catalog: calls made earlier wait for it (async ones)
+    /// or are refused as retryable.
     ready: tokio::sync::watch::Receiver<bool>,
-    /// Why writes to the data dir fail, while they do.
-    storage_fault: tokio::sync::watch::Receiver<Option<String>>,
 }
 
-/// How the writer's start-up recovery ended: `Ok` once the broker serves,
+/// How the broker's start-up recovery ended: `Ok` once the broker serves,
 /// or the error that stops it.
 pub type Recovery = oneshot::Receiver<Result<RecoveryReport>>;
 
@@ -394,17 +398,20 @@ pub struct RecoveryReport {
 }
 
 impl Broker {
-    /// Opens (or creates) the data dir and starts the writer, which first
-    /// rebuilds its in-memory state (O(queues + groups + leases), never
-    /// O(jobs)) and then serves. Returns at once after opening RocksDB (a
-    /// locked or incompatible data dir is refused here); `Recovery` says when
-    /// the broker is ready. Blocking: call it off the async runtime.
+    /// Opens (or creates) the data dir and starts a writer per partition,
+    /// each of which first rebuilds its in-memory state (O(queues + groups
+    /// + leases), never O(jobs)) and then serves. Returns at once after
+    /// opening RocksDB (a locked or incompatible data dir is refused here);
+    /// `Recovery` says when the broker is ready. Blocking: call it off the
+    /// async runtime.
     pub fn start(data_dir: &Path, durability: Durability) -> Result<(Broker, Recovery)> {
         Self::start_with(data_dir, durability, Duration::ZERO, None)
     }
 
-    /// [`start`](Self::start), with the writer pausing `hold` before it
-    /// recovers: lets tests observe a broker that is still starting.
+    /// [`start`](Self::start) with `partitions` for a new data dir (an
+    /// existing one keeps what it holds; asking for another number is
+    /// refused), the writers pausing `hold` before they recover: lets tests
+    /// observe a broker that is still starting.
     #[doc(hidden)]
     pub fn start_with(
         data_dir: &Path,
@@ -412,62 +419,81 @@ impl Broker {
         hold: Duration,
         partitions: Option<u32>,
     ) -> Result<(Broker, Recovery)> {
-        Self::start_on(Store::open(&partition_store_dir(data_dir, partitions)?, durability)?, hold)
+        let (layout, _) = crate::storage::data_dir::open(data_dir, partitions, 1)?;
+        let mut stores = Vec::with_capacity(layout.len());
+        let memory = crate::storage::Memory::new();
+        for p in 0..layout.len() {
+            let dir = crate::storage::data_dir::partition_dir(data_dir, PartitionId(p as u16));
+            stores.push(Store::open_sharing(&dir, durability, None, &memory)?);
+        }
+        Self::start_on(layout, stores, hold)
     }
 
-    /// [`start`](Self::start), with `tap` seeing every batch the broker
-    /// commits, in order: how a second copy of its storage is kept (the
-    /// test of the storage boundary today, a replica tomorrow).
+    /// [`start`](Self::start) of a data dir of one partition, with `tap`
+    /// seeing every batch the broker commits, in order: how a second copy of
+    /// its storage is kept (the test of the storage boundary today, a
+    /// replica tomorrow).
     pub fn start_with_tap(
         data_dir: &Path,
         durability: Durability,
         tap: crate::storage::CommitTap,
     ) -> Result<(Broker, Recovery)> {
-        let dir = partition_store_dir(data_dir, None)?;
-        Self::start_on(Store::open_with_tap(&dir, durability, Some(tap))?, Duration::ZERO)
+        let (layout, _) = crate::storage::data_dir::open(data_dir, None, 1)?;
+        if layout.len() != 1 {
+            return Err(BrokerError::InvalidArgument("a commit tap follows a data dir of one partition".into()));
+        }
+        let dir = crate::storage::data_dir::partition_dir(data_dir, PartitionId(0));
+        Self::start_on(layout, vec![Store::open_with_tap(&dir, durability, Some(tap))?], Duration::ZERO)
     }
 
-    fn start_on(store: Store, hold: Duration) -> Result<(Broker, Recovery)> {
-        let registry: Registry = Arc::default();
-        let (tx, rx) = flume::bounded(COMMAND_QUEUE);
-        let (health_tx, health) = tokio::sync::watch::channel(monitor::HealthMap::new());
+    fn start_on(layout: Layout, stores: Vec<Store>, hold: Duration) -> Result<(Broker, Recovery)> {
+        let shared = Arc::new(shared::Shared::new(stores.len()));
+        let mut parts = Vec::with_capacity(stores.len());
+        let mut recoveries = Vec::with_capacity(stores.len());
+        for (p, store) in stores.into_iter().enumerate() {
+            let (part, recovery) = partition::Partition::start(store, p, shared.clone(), hold)?;
+            parts.push(part);
+            recoveries.push(recovery);
+        }
+        shared.set_peers(parts.iter().map(|p| p.tx.downgrade()).collect());
+        let parts: Arc<[partition::Partition]> = parts.into();
         let (ready_tx, ready) = tokio::sync::watch::channel(false);
         let (recovered_tx, recovered) = oneshot::channel();
-        let (engine_store, engine_registry) = (store.clone(), registry.clone());
-        let (fault_tx, storage_fault) = tokio::sync::watch::channel(None);
-        let handle = std::thread::Builder::new()
-            .name("fairway-writer".into())
+        let waiting = parts.clone();
+        std::thread::Builder::new()
+            .name("fairway-recovery".into())
             .spawn(move || {
-                if !hold.is_zero() {
-                    std::thread::sleep(hold);
-                }
                 let started = std::time::Instant::now();
-                match engine::Engine::recover(engine_store, engine_registry, rx, health_tx) {
-                    Ok(mut engine) => {
-                        engine.fault_tx = fault_tx;
-                        let (queues, leases) = engine.recovered();
-                        let _ = ready_tx.send(true);
-                        let _ = recovered_tx.send(Ok(RecoveryReport { queues, leases, elapsed: started.elapsed() }));
-                        engine.run();
-                    }
-                    Err(e) => {
-                        let _ = recovered_tx.send(Err(e));
-                    }
+                let result = recover_all(&waiting, recoveries).map(|mut report| {
+                    report.elapsed = started.elapsed();
+                    report
+                });
+                if result.is_ok() {
+                    let _ = ready_tx.send(true);
                 }
+                let _ = recovered_tx.send(result);
             })
-            .map_err(|e| BrokerError::Storage(format!("cannot start writer thread: {e}")))?;
+            .map_err(|e| BrokerError::Storage(format!("cannot start recovery thread: {e}")))?;
         let broker = Broker {
-            tx,
-            store,
-            registry,
+            parts,
+            layout: Arc::new(layout),
+            shared,
             next_consumer: Arc::new(1.into()),
             limiter: Arc::default(),
-            engine: Arc::new(WriterThread(Mutex::new(Some(handle)))),
-            health,
             ready,
-            storage_fault,
         };
         Ok((broker, recovered))
+    }
+
+    /// Partitions this broker holds.
+    pub fn partitions(&self) -> usize {
+        self.parts.len()
+    }
+
+    /// Partition 0's storage, for tests that inject faults into it.
+    #[doc(hidden)]
+    pub fn store(&self) -> &Store {
+        &self.parts[0].store
     }
 
     /// Waits until start-up recovery is done: every async entry point calls
@@ -481,70 +507,132 @@ impl Broker {
         ready.wait_for(|r| *r).await.map(|_| ()).map_err(|_| BrokerError::ShuttingDown)
     }
 
-    /// The queue registry, once recovery has filled it; before that a
-    /// retryable refusal, never a false "queue does not exist".
+    /// The catalog's queue registry (partition 0's), once recovery is done;
+    /// before that a retryable refusal, never a false "queue does not
+    /// exist".
     fn reg(&self) -> Result<std::sync::RwLockReadGuard<'_, HashMap<String, QueueInfo>>> {
         if !*self.ready.borrow() {
             return Err(BrokerError::Starting);
         }
-        self.registry.read().map_err(|_| BrokerError::Storage("queue registry poisoned".into()))
+        self.parts[0].registry.read().map_err(|_| BrokerError::Storage("queue registry poisoned".into()))
     }
 
-    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
-        self.until_ready().await?;
-        let (reply, rx) = oneshot::channel();
-        self.tx.send_async(make(reply)).await.map_err(|_| BrokerError::ShuttingDown)?;
-        rx.await.map_err(|_| BrokerError::ShuttingDown)?
+    fn catalog(&self) -> &partition::Partition {
+        &self.parts[0]
+    }
+
+    /// The partition of a (queue, tenant).
+    fn place(&self, queue: &str, tenant: &str) -> usize {
+        if self.parts.len() == 1 {
+            return 0;
+        }
+        usize::from(self.layout.place(queue, tenant).0)
+    }
+
+    /// The partition that made job `id` (named in its top bits).
+    fn owner(&self, queue: &str, id: JobId) -> Result<&partition::Partition> {
+        let p = usize::from(crate::partition::placement::partition_of_job(id).0);
+        self.parts.get(p).ok_or_else(|| BrokerError::JobNotFound { queue: queue.to_string(), job: id.to_string() })
     }
 
     pub fn queue_info(&self, queue: &str) -> Result<QueueInfo> {
         self.reg()?.get(queue).cloned().ok_or_else(|| BrokerError::QueueNotFound(queue.to_string()))
     }
 
-    /// Enqueues jobs atomically: either all are stored or none.
+    /// Sends the same command to every partition and gathers the answers,
+    /// in partition order.
+    async fn call_all<T>(&self, make: impl Fn(Reply<T>) -> Command) -> Result<Vec<T>> {
+        self.until_ready().await?;
+        let calls = self.parts.iter().map(|p| p.call(&make));
+        futures::future::join_all(calls).await.into_iter().collect()
+    }
+
+    /// Enqueues jobs atomically: either all are stored or none. A batch
+    /// whose jobs belong to several partitions is stored by each of them;
+    /// see docs/partitions.md for what that means after a crash.
     pub async fn enqueue(&self, jobs: Vec<NewJob>, batch: bool) -> Result<Vec<EnqueueOutcome>> {
         self.until_ready().await?;
         self.admit(&jobs, batch)?;
-        self.call(|reply| Command::Enqueue { jobs, batch, reply }).await
+        let split = self.split_jobs(jobs);
+        let calls = split.into_iter().map(|(p, idx, jobs)| async move {
+            let out = self.parts[p].call(|reply| Command::Enqueue { jobs, batch, reply }).await?;
+            Ok::<_, BrokerError>((idx, out))
+        });
+        let mut results: Vec<Option<EnqueueOutcome>> = Vec::new();
+        for r in futures::future::join_all(calls).await {
+            let (idx, out) = r?;
+            for (i, o) in idx.into_iter().zip(out) {
+                if results.len() <= i {
+                    results.resize(i + 1, None);
+                }
+                results[i] = Some(o);
+            }
+        }
+        results
+            .into_iter()
+            .map(|o| o.ok_or_else(|| BrokerError::Storage("enqueue returned too few results".into())))
+            .collect()
+    }
+
+    /// Groups jobs by partition, remembering each one's place in the input.
+    fn split_jobs(&self, jobs: Vec<NewJob>) -> Vec<(usize, Vec<usize>, Vec<NewJob>)> {
+        if self.parts.len() == 1 {
+            let idx = (0..jobs.len()).collect();
+            return vec![(0, idx, jobs)];
+        }
+        let mut by: BTreeMap<usize, (Vec<usize>, Vec<NewJob>)> = BTreeMap::new();
+        for (i, job) in jobs.into_iter().enumerate() {
+            let e = by.entry(self.place(&job.queue, &job.tenant)).or_default();
+            e.0.push(i);
+            e.1.push(job);
+        }
+        by.into_iter().map(|(p, (idx, jobs))| (p, idx, jobs)).collect()
     }
 
     /// Enqueues jobs independently: each gets its own result, and one
     /// refused job doesn't stop the others (EnqueueStream). The accepted ones
-    /// still travel to the writer as one command, so they share a commit.
+    /// of each partition still travel to its writer as one command, so they
+    /// share a commit.
     pub async fn enqueue_each(&self, jobs: Vec<NewJob>) -> Vec<Result<EnqueueOutcome>> {
         if let Err(e) = self.until_ready().await {
             return jobs.iter().map(|_| Err(e.clone())).collect();
         }
         let mut results: Vec<Option<Result<EnqueueOutcome>>> = Vec::with_capacity(jobs.len());
         let mut accepted = Vec::with_capacity(jobs.len());
-        for job in jobs {
+        let mut places = Vec::with_capacity(jobs.len());
+        for (i, job) in jobs.into_iter().enumerate() {
             match self.admit(std::slice::from_ref(&job), false) {
                 Ok(()) => {
                     results.push(None);
+                    places.push(i);
                     accepted.push(job);
                 }
                 Err(e) => results.push(Some(Err(e))),
             }
         }
-        let mut stored = match accepted.is_empty() {
-            true => Ok(Vec::new()),
-            false => self.call(|reply| Command::Enqueue { jobs: accepted, batch: false, reply }).await,
-        };
-        let mut outcomes = match &mut stored {
-            Ok(v) => std::mem::take(v).into_iter(),
-            Err(_) => Vec::new().into_iter(),
-        };
+        let calls = self.split_jobs(accepted).into_iter().map(|(p, idx, jobs)| async move {
+            (idx, self.parts[p].call(|reply| Command::Enqueue { jobs, batch: false, reply }).await)
+        });
+        for (idx, stored) in futures::future::join_all(calls).await {
+            match stored {
+                Ok(out) => {
+                    let mut out = out.into_iter();
+                    for i in idx {
+                        let r =
+                            out.next().ok_or_else(|| BrokerError::Storage("enqueue returned too few results".into()));
+                        results[places[i]] = Some(r);
+                    }
+                }
+                Err(e) => {
+                    for i in idx {
+                        results[places[i]] = Some(Err(e.clone()));
+                    }
+                }
+            }
+        }
         results
             .into_iter()
-            .map(|r| match r {
-                Some(refused) => refused,
-                None => match &stored {
-                    Ok(_) => {
-                        outcomes.next().ok_or_else(|| BrokerError::Storage("enqueue returned too few results".into()))
-                    }
-                    Err(e) => Err(e.clone()),
-                },
-            })
+            .map(|r| r.unwrap_or_else(|| Err(BrokerError::Storage("enqueue returned too few results".into()))))
             .collect()
     }
 
@@ -582,9 +670,9 @@ impl Broker {
         lease: LeaseId,
         action: SettleAction,
     ) -> Result<SettleOutcome> {
+        let part = self.owner(&queue, job)?;
         let (reply, rx) = oneshot::channel();
-        let cmd = Command::Settle { queue, job, lease, action, reply: SettleReply::Unary(reply) };
-        self.tx.send_async(cmd).await.map_err(|_| BrokerError::ShuttingDown)?;
+        part.send(Command::Settle { queue, job, lease, action, reply: SettleReply::Unary(reply) }).await?;
         rx.await.map_err(|_| BrokerError::ShuttingDown)?
     }
 
@@ -597,72 +685,285 @@ impl Broker {
         action: SettleAction,
         tx: StreamTx,
     ) -> Result<()> {
+        let part = self.owner(&queue, job)?;
         let reply = SettleReply::Stream { tx, job_id: job.to_string(), kind: action.kind() };
-        let cmd = Command::Settle { queue, job, lease, action, reply };
-        self.tx.send_async(cmd).await.map_err(|_| BrokerError::ShuttingDown)
+        part.send(Command::Settle { queue, job, lease, action, reply }).await
     }
 
-    /// Acks from one `AckBatch`: one command to the writer, each ack applied
-    /// in order as if sent alone, each outcome pushed onto the stream.
+    /// Acks from one `AckBatch`: one command to each partition they belong
+    /// to, each ack applied in order as if sent alone, each outcome pushed
+    /// onto the stream.
     pub async fn acks_on_stream(&self, acks: Vec<(String, JobId, LeaseId)>, tx: StreamTx) -> Result<()> {
-        self.tx.send_async(Command::Acks { acks, tx }).await.map_err(|_| BrokerError::ShuttingDown)
+        if self.parts.len() == 1 {
+            return self.parts[0].send(Command::Acks { acks, tx }).await;
+        }
+        let mut by: BTreeMap<usize, Vec<(String, JobId, LeaseId)>> = BTreeMap::new();
+        for ack in acks {
+            let p = usize::from(crate::partition::placement::partition_of_job(ack.1).0).min(self.parts.len() - 1);
+            by.entry(p).or_default().push(ack);
+        }
+        for (p, acks) in by {
+            self.parts[p].send(Command::Acks { acks, tx: tx.clone() }).await?;
+        }
+        Ok(())
     }
 
     pub async fn cancel(&self, queue: String, job: JobId) -> Result<bool> {
-        self.call(|reply| Command::Cancel { queue, job, reply }).await
+        self.until_ready().await?;
+        self.owner(&queue, job)?.call(|reply| Command::Cancel { queue, job, reply }).await
     }
 
-    /// Registers a Work stream; deliveries flow to `tx` until [`Self::unsubscribe`].
+    /// Registers a Work stream with every partition, sharing one window of
+    /// `max_in_flight` slots; deliveries flow to `tx` until
+    /// [`Self::unsubscribe`].
     pub async fn subscribe(&self, sub: Subscription, tx: StreamTx) -> Result<u64> {
         self.until_ready().await?;
         for q in &sub.queues {
             self.queue_info(q)?;
         }
         let id = self.next_consumer.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.tx.send_async(Command::Subscribe { id, sub, tx }).await.map_err(|_| BrokerError::ShuttingDown)?;
+        let window = Arc::new(crate::partition::window::Window::new(sub.max_in_flight.max(1)));
+        for p in self.parts.iter() {
+            let cmd = Command::Subscribe { id, sub: sub.clone(), tx: tx.clone(), window: window.clone() };
+            p.send(cmd).await?;
+        }
         Ok(id)
     }
 
     /// A Work stream asks for no more deliveries; the broker answers on
-    /// `tx` with an Outcome of kind "drain", after which none follow.
+    /// `tx` with an Outcome of kind "drain" once every partition has
+    /// stopped delivering to it, after which none follow.
     pub async fn drain(&self, id: u64, tx: StreamTx) -> Result<()> {
-        self.tx.send_async(Command::Drain { id, tx }).await.map_err(|_| BrokerError::ShuttingDown)
+        let mut dones = Vec::with_capacity(self.parts.len());
+        for p in self.parts.iter() {
+            let (done, rx) = oneshot::channel();
+            p.send(Command::Drain { id, done }).await?;
+            dones.push(rx);
+        }
+        tokio::spawn(async move {
+            for d in dones {
+                if d.await.is_err() {
+                    return;
+                }
+            }
+            let _ = tx.send(Ok(view::drained()));
+        });
+        Ok(())
     }
 
     /// Ends a Work stream: its leases go back to ready at once.
     pub fn unsubscribe(&self, id: u64) {
-        // Must not be lost even if the caller is being dropped: a blocking
-        // send is fine here because the queue only fills under extreme load.
-        if self.tx.try_send(Command::Unsubscribe { id }).is_err() {
-            let tx = self.tx.clone();
-            std::thread::spawn(move || {
-                let _ = tx.send(Command::Unsubscribe { id });
-            });
+        for p in self.parts.iter() {
+            p.send_now(Command::Unsubscribe { id });
         }
     }
 
+    /// A unary long-poll. With several partitions, first a round without
+    /// waiting: `max_jobs` split between partitions in proportion to their
+    /// demand for the call's queues (`split::quotas`; each partition's
+    /// scheduler then serves its tenants by weight, so the call's jobs
+    /// follow the tenants' weights across partitions), and what a partition
+    /// could not fill offered to those that filled theirs. Only when that
+    /// finds nothing does the call wait: every partition may lease for it
+    /// from one shared budget, and the first one with jobs answers it (the
+    /// others then answer what they hold at once).
     pub async fn lease(&self, spec: LeaseSpec) -> Result<Vec<pb::Delivery>> {
         self.until_ready().await?;
         for q in &spec.queues {
             self.queue_info(q)?;
         }
-        self.call(|reply| Command::Lease { spec, reply }).await
+        let max = spec.max_jobs.max(1);
+        if self.parts.len() == 1 {
+            let window = Arc::new(crate::partition::window::Window::new(max));
+            return self.parts[0].call(|reply| Command::Lease { spec, window, reply }).await;
+        }
+        let got = self.lease_by_quota(&spec, max).await?;
+        if !got.is_empty() || spec.wait.is_zero() {
+            return Ok(got);
+        }
+        self.lease_waiting(spec, max).await
+    }
+
+    /// The rounds without waiting of [`lease`](Self::lease).
+    async fn lease_by_quota(&self, spec: &LeaseSpec, max: u32) -> Result<Vec<pb::Delivery>> {
+        let n = self.parts.len();
+        // Each queue's weight, split between partitions by their demand for
+        // it (their tenants' weights): the partitions' shares of the call.
+        let mut demand = vec![0u64; n];
+        for q in &spec.queues {
+            let weight = self.queue_info(q).map_or(1, |i| u64::from(i.config.weight.max(1)));
+            let of_queue = self.shared.shares.of(q).demands();
+            let total: u64 = of_queue.iter().sum();
+            if total == 0 {
+                continue;
+            }
+            for (d, q) in demand.iter_mut().zip(of_queue) {
+                *d += (u128::from(weight) * u128::from(q) * 1_000_000 / u128::from(total)) as u64;
+            }
+        }
+        let (mut want, mut open, mut got) = (max, vec![true; n], Vec::new());
+        let mut first_error = None;
+        for _round in 0..3 {
+            let mut d: Vec<u64> = demand.iter().zip(&open).map(|(d, o)| if *o { *d } else { 0 }).collect();
+            if d.iter().all(|x| *x == 0) {
+                d = open.iter().map(|o| u64::from(*o)).collect();
+            }
+            let quotas = match spec.queues.as_slice() {
+                // One queue: as its split would hand the jobs out one by
+                // one, so successive calls add up to the tenants' shares.
+                [q] if open.iter().all(|o| *o) => self.shared.shares.of(q).quotas(want),
+                _ => crate::partition::split::quotas(want, &d),
+            };
+            let calls = quotas.iter().enumerate().filter(|(_, q)| **q > 0).map(|(p, q)| {
+                let spec = LeaseSpec { wait: Duration::ZERO, max_jobs: *q, ..spec.clone() };
+                let window = Arc::new(crate::partition::window::Window::new(*q));
+                let quota = *q;
+                async move { (p, quota, self.parts[p].call(|reply| Command::Lease { spec, window, reply }).await) }
+            });
+            let mut progress = false;
+            for (p, quota, answer) in futures::future::join_all(calls).await {
+                match answer {
+                    Ok(jobs) => {
+                        open[p] &= jobs.len() as u32 >= quota;
+                        progress |= !jobs.is_empty();
+                        want = want.saturating_sub(jobs.len() as u32);
+                        got.extend(jobs);
+                    }
+                    Err(e) => {
+                        open[p] = false;
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            if want == 0 || !progress || !open.iter().any(|o| *o) {
+                break;
+            }
+        }
+        match first_error {
+            Some(e) if got.is_empty() => Err(e),
+            _ => Ok(got),
+        }
+    }
+
+    /// The waiting part of [`lease`](Self::lease).
+    async fn lease_waiting(&self, spec: LeaseSpec, max: u32) -> Result<Vec<pb::Delivery>> {
+        let window = Arc::new(crate::partition::window::Window::new(max));
+        let mut pending = futures::stream::FuturesUnordered::new();
+        for p in self.parts.iter() {
+            let (spec, window) = (spec.clone(), window.clone());
+            pending.push(p.call(move |reply| Command::Lease { spec, window, reply }));
+        }
+        use futures::StreamExt;
+        let mut got = Vec::new();
+        let mut first_error = None;
+        while let Some(answer) = pending.next().await {
+            match answer {
+                Ok(jobs) => {
+                    if !jobs.is_empty() && !window.is_closed() {
+                        window.close();
+                        for p in self.parts.iter() {
+                            p.send_now(Command::Wake);
+                        }
+                    }
+                    got.extend(jobs);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) if got.is_empty() => Err(e),
+            _ => Ok(got),
+        }
+    }
+
+    /// After a change partition 0 committed to queue `name`: every other
+    /// partition adopts partition 0's definition of it.
+    async fn spread(&self, name: &str) -> Result<()> {
+        if self.parts.len() == 1 {
+            return Ok(());
+        }
+        let defs = self.catalog().call(|reply| Command::Definitions { reply }).await?;
+        let Some(def) = defs.into_iter().find(|d| d.name() == name) else { return Ok(()) };
+        let calls = self.parts[1..].iter().map(|p| {
+            let def = def.clone();
+            p.call(move |reply| Command::Adopt { def, reply: Some(reply) })
+        });
+        futures::future::join_all(calls).await.into_iter().collect::<Result<Vec<()>>>()?;
+        Ok(())
     }
 
     pub async fn create_queue(&self, name: String, config: QueueConfig) -> Result<pb::Queue> {
-        self.call(|reply| Command::CreateQueue { name, config, reply }).await
+        self.until_ready().await?;
+        let n = name.clone();
+        let q = self.catalog().call(|reply| Command::CreateQueue { name: n, config, reply }).await?;
+        self.spread(&name).await?;
+        Ok(q)
     }
 
     pub async fn update_queue(&self, name: String, patch: QueueConfigPatch) -> Result<pb::Queue> {
-        self.call(|reply| Command::UpdateQueue { name, patch, reply }).await
+        self.until_ready().await?;
+        let n = name.clone();
+        let q = self.catalog().call(|reply| Command::UpdateQueue { name: n, patch, reply }).await?;
+        self.spread(&name).await?;
+        Ok(q)
     }
 
+    /// Deletes a queue in every partition. Forced: partition 0 first (the
+    /// delete has happened once it commits), then the others. Not forced:
+    /// the others first, each refusing if it still holds jobs (and then the
+    /// ones that had dropped theirs take the definition back), partition 0
+    /// last.
     pub async fn delete_queue(&self, name: String, force: bool) -> Result<bool> {
-        self.call(|reply| Command::DeleteQueue { name, force, reply }).await
+        self.until_ready().await?;
+        let del = |p: &partition::Partition, force: bool| delete_in(p.clone(), name.clone(), force);
+        if force || self.parts.len() == 1 {
+            let deleted = del(self.catalog(), force).await?;
+            for p in self.parts[1..].iter() {
+                match del(p, true).await {
+                    Ok(_) | Err(BrokerError::QueueNotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            return Ok(deleted);
+        }
+        self.queue_info(&name)?;
+        let mut dropped = Vec::new();
+        let mut refusal = None;
+        for (i, p) in self.parts.iter().enumerate().skip(1) {
+            match del(p, false).await {
+                Ok(_) | Err(BrokerError::QueueNotFound(_)) => dropped.push(i),
+                Err(e) => {
+                    refusal = Some(e);
+                    break;
+                }
+            }
+        }
+        if refusal.is_none() {
+            match del(self.catalog(), false).await {
+                Ok(deleted) => return Ok(deleted),
+                Err(e) => refusal = Some(e),
+            }
+        }
+        // Not deleted: the partitions that dropped their (empty) copy take
+        // the catalog's definition back.
+        let defs = self.catalog().call(|reply| Command::Definitions { reply }).await?;
+        if let Some(def) = defs.into_iter().find(|d| d.name() == name) {
+            for i in dropped {
+                let def = def.clone();
+                self.parts[i].call(move |reply| Command::Adopt { def, reply: Some(reply) }).await?;
+            }
+        }
+        Err(refusal.unwrap_or_else(|| BrokerError::Storage("delete refused".into())))
     }
 
     pub async fn set_paused(&self, name: String, paused: bool) -> Result<pb::Queue> {
-        self.call(|reply| Command::SetPaused { name, paused, reply }).await
+        self.until_ready().await?;
+        let n = name.clone();
+        let q = self.catalog().call(|reply| Command::SetPaused { name: n, paused, reply }).await?;
+        self.spread(&name).await?;
+        Ok(q)
     }
 
     pub async fn get_queue(&self, name: &str) -> Result<pb::Queue> {
@@ -680,32 +981,47 @@ impl Broker {
     }
 
     pub async fn stats(&self, queue: String) -> Result<pb::QueueStats> {
-        self.call(|reply| Command::Stats { queue, reply }).await
+        let all = self.call_all(|reply| Command::Stats { queue: queue.clone(), reply }).await?;
+        merge::stats(all).ok_or_else(|| BrokerError::Storage("no partition answered".into()))
     }
 
     /// Every queue's figures, for `/metrics` and the dashboard.
     pub async fn metrics(&self) -> Result<monitor::MetricsSnapshot> {
-        self.call(|reply| Command::Metrics { reply }).await
+        Ok(merge::metrics(self.call_all(|reply| Command::Metrics { reply }).await?))
     }
 
-    /// Queue name -> healthy (no alert active); changes as alerts do.
+    /// Queue name -> healthy (no alert active in any partition); changes as
+    /// alerts do.
     pub fn health(&self) -> tokio::sync::watch::Receiver<monitor::HealthMap> {
-        self.health.clone()
+        self.shared.health()
     }
 
     /// Why writes to the data dir fail (disk full, read-only), while they
     /// do; `None` when they work.
     pub fn storage_fault(&self) -> tokio::sync::watch::Receiver<Option<String>> {
-        self.storage_fault.clone()
+        self.shared.storage_fault()
     }
 
-    /// The RocksDB handle, for its own figures (properties) on `/metrics`.
-    pub fn store(&self) -> &Store {
-        &self.store
+    /// RocksDB's own figures (properties) for `/metrics`, over every
+    /// partition's database.
+    pub async fn store_figures(&self, queues: Vec<String>) -> Result<crate::storage::figures::StoreFigures> {
+        let reads = self.parts.iter().map(|p| {
+            let (store, names) = (p.store.clone(), queues.clone());
+            spawn_read(move || Ok(store.figures(&names)))
+        });
+        let all = futures::future::join_all(reads).await.into_iter().collect::<Result<Vec<_>>>()?;
+        Ok(merge::figures(all))
     }
 
     pub async fn redrive(&self, queue: String, which: Redrive) -> Result<u64> {
-        self.call(|reply| Command::Redrive { queue, which, reply }).await
+        if let Redrive::Job(id) = &which {
+            let id = *id;
+            self.until_ready().await?;
+            return self.owner(&queue, id)?.call(|reply| Command::Redrive { queue, which, reply }).await;
+        }
+        let counts =
+            self.call_all(|reply| Command::Redrive { queue: queue.clone(), which: which.clone(), reply }).await?;
+        Ok(counts.into_iter().sum())
     }
 
     /// Replaces a tenant's policy; with `env`, only that environment's weight.
@@ -716,16 +1032,41 @@ impl Broker {
         env: Option<String>,
         policy: TenantPolicy,
     ) -> Result<pb::TenantPolicy> {
-        self.call(|reply| Command::SetTenantPolicy { queue, tenant, env, policy, reply }).await
+        self.until_ready().await?;
+        let q = queue.clone();
+        let set =
+            self.catalog().call(|reply| Command::SetTenantPolicy { queue: q, tenant, env, policy, reply }).await?;
+        self.spread(&queue).await?;
+        Ok(set)
     }
 
-    /// Lets a quarantined worker version receive jobs of `queue` again.
+    /// Lets a quarantined worker version receive jobs of `queue` again: in
+    /// every other partition first, in partition 0 (the catalog) last, so a
+    /// lift cut short by a crash is undone at restart rather than half done.
     pub async fn lift_quarantine(&self, queue: String, version: String) -> Result<pb::WorkerVersionQuarantine> {
-        self.call(|reply| Command::LiftQuarantine { queue, version, reply }).await
+        self.until_ready().await?;
+        let lift = |p: &partition::Partition| lift_in(p.clone(), queue.clone(), version.clone());
+        let mut lifted = None;
+        for p in self.parts[1..].iter() {
+            match lift(p).await {
+                Ok(rec) => {
+                    lifted.get_or_insert(rec);
+                }
+                Err(BrokerError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        match lift(self.catalog()).await {
+            Ok(rec) => Ok(rec),
+            Err(BrokerError::NotFound(_)) if lifted.is_some() => lifted.ok_or(BrokerError::ShuttingDown),
+            Err(e) => Err(e),
+        }
     }
 
     pub async fn purge(&self, queue: String, state: Option<JobState>, scope: GroupScope) -> Result<u64> {
-        self.call(|reply| Command::Purge { queue, state, scope, reply }).await
+        let counts =
+            self.call_all(|reply| Command::Purge { queue: queue.clone(), state, scope: scope.clone(), reply }).await?;
+        Ok(counts.into_iter().sum())
     }
 
     /// The workers connected on Work streams (to `queue`, or to any).
@@ -734,57 +1075,91 @@ impl Broker {
             self.until_ready().await?;
             self.queue_info(q)?;
         }
-        self.call(|reply| Command::ListWorkers { queue, reply }).await
+        let all = self.call_all(|reply| Command::ListWorkers { queue: queue.clone(), reply }).await?;
+        Ok(merge::workers(all, dispatch::WORKER_LEASES_SHOWN))
     }
 
     pub async fn get_job(&self, queue: String, job: JobId) -> Result<pb::Job> {
         self.until_ready().await?;
         let info = self.queue_info(&queue)?;
-        let store = self.store.clone();
+        let store = self.owner(&queue, job)?.store.clone();
         spawn_read(move || reads::get_job(&store, &queue, &info.config, job)).await
     }
 
-    pub async fn list_jobs(&self, req: reads::ListJobs) -> Result<(Vec<pb::Job>, String)> {
+    /// A page of a queue's jobs. With several partitions the partitions are
+    /// listed one after the other, and the page token names the partition
+    /// (its first two bytes) and the key to go on after.
+    pub async fn list_jobs(&self, mut req: reads::ListJobs) -> Result<(Vec<pb::Job>, String)> {
         self.until_ready().await?;
         let info = self.queue_info(&req.queue)?;
-        let store = self.store.clone();
-        spawn_read(move || reads::list_jobs(&store, &info.config, &req)).await
+        let n = self.parts.len();
+        if n == 1 {
+            let store = self.parts[0].store.clone();
+            return spawn_read(move || reads::list_jobs(&store, &info.config, &req)).await;
+        }
+        let (p, key) = match req.page_token.take() {
+            None => (0, None),
+            Some(t) if t.len() >= 2 => {
+                let p = usize::from(u16::from_be_bytes([t[0], t[1]]));
+                if p >= n {
+                    return Err(BrokerError::InvalidArgument(
+                        "page_token does not belong to this listing; pass the token from the previous page".into(),
+                    ));
+                }
+                (p, (t.len() > 2).then(|| t[2..].to_vec()))
+            }
+            Some(_) => {
+                return Err(BrokerError::InvalidArgument(
+                    "page_token does not belong to this listing; pass the token from the previous page".into(),
+                ))
+            }
+        };
+        req.page_token = key;
+        let store = self.parts[p].store.clone();
+        let (jobs, token) = spawn_read(move || reads::list_jobs(&store, &info.config, &req)).await?;
+        let next = if !token.is_empty() {
+            let key = hex::decode(&token).map_err(|e| BrokerError::Storage(format!("page token: {e}")))?;
+            let mut t = (p as u16).to_be_bytes().to_vec();
+            t.extend(key);
+            hex::encode(t)
+        } else if p + 1 < n {
+            hex::encode(((p + 1) as u16).to_be_bytes())
+        } else {
+            String::new()
+        };
+        Ok((jobs, next))
     }
 
-    /// Stops the writer after it has answered everything already sent, and
-    /// closes RocksDB cleanly (every acknowledged write is on disk).
+    /// Stops every writer after it has answered everything already sent,
+    /// and closes each RocksDB cleanly (every acknowledged write is on disk).
     pub async fn shutdown(&self) {
-        let (done, rx) = oneshot::channel();
-        if self.tx.send_async(Command::Shutdown { done }).await.is_ok() {
-            let _ = rx.await;
-        }
-        if let Some(h) = self.engine.take() {
-            let _ = tokio::task::spawn_blocking(move || h.join()).await;
-        }
+        futures::future::join_all(self.parts.iter().map(|p| p.shutdown())).await;
     }
 }
 
-/// The writer thread's handle. RocksDB must be closed before the process
-/// exits: a close racing with static destructors aborts it ("pthread lock:
-/// Invalid argument"). So a broker dropped without [`Broker::shutdown`] (a
-/// test's runtime torn down, a start-up error) joins its writer here: once
-/// the last handle, and with it the last command sender, is gone, the
-/// writer commits what it has, syncs the WAL and closes storage, and the
-/// drop returns after that.
-struct WriterThread(Mutex<Option<std::thread::JoinHandle<()>>>);
-
-impl WriterThread {
-    fn take(&self) -> Option<std::thread::JoinHandle<()>> {
-        self.0.lock().ok().and_then(|mut h| h.take())
-    }
+async fn delete_in(p: partition::Partition, name: String, force: bool) -> Result<bool> {
+    p.call(move |reply| Command::DeleteQueue { name, force, reply }).await
 }
 
-impl Drop for WriterThread {
-    fn drop(&mut self) {
-        if let Some(h) = self.take() {
-            let _ = h.join();
-        }
+async fn lift_in(p: partition::Partition, queue: String, version: String) -> Result<pb::WorkerVersionQuarantine> {
+    p.call(move |reply| Command::LiftQuarantine { queue, version, reply }).await
+}
+
+/// Waits for every partition's recovery, then brings them all to the
+/// catalog's definitions before the broker serves.
+fn recover_all(
+    parts: &[partition::Partition],
+    recoveries: Vec<partition::PartitionRecovery>,
+) -> Result<RecoveryReport> {
+    let mut report = RecoveryReport { queues: 0, leases: 0, elapsed: Duration::ZERO };
+    for r in recoveries {
+        let got =
+            r.blocking_recv().map_err(|_| BrokerError::Storage("a writer thread ended during recovery".into()))??;
+        report.queues = report.queues.max(got.queues);
+        report.leases += got.leases;
     }
+    catalog::reconcile(parts)?;
+    Ok(report)
 }
 
 async fn spawn_read<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {

@@ -117,9 +117,15 @@ impl Engine {
         let names: Vec<String> = self.queues.keys().cloned().collect();
         let mut budget = PEEK_BUDGET;
         for name in names {
+            let ready = self.queues.get(&name).map_or(0, |q| q.ready_total());
+            let ready_everywhere = match self.queues.get(&name) {
+                Some(q) if self.shared.partitions > 1 => q.shares.post_ready(self.me, ready),
+                _ => ready,
+            };
             let reading = QueueReading {
                 now: self.now,
-                ready: self.queues.get(&name).map_or(0, |q| q.ready_total()),
+                ready,
+                ready_everywhere,
                 paused: self.queues.get(&name).is_some_and(|q| q.paused),
                 workers: self.workers_on(&name),
                 oldest_ready_at: self.oldest_ready_at(&name, &mut budget),
@@ -141,13 +147,7 @@ impl Engine {
     /// Sends queue health to the gRPC health service when it changed.
     pub(super) fn publish_health(&self) {
         let map: HealthMap = self.queues.iter().map(|(n, q)| (n.clone(), q.obs.active.is_empty())).collect();
-        self.health.send_if_modified(|old| {
-            if *old == map {
-                return false;
-            }
-            *old = map;
-            true
-        });
+        self.shared.post_health(self.me, map);
     }
 
     /// Work streams plus waiting long-polls on `queue`.

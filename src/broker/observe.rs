@@ -221,7 +221,11 @@ fn ready_jobs(n: u64) -> String {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct QueueReading {
     pub now: Millis,
+    /// Ready jobs in this partition.
     pub ready: u64,
+    /// Ready jobs in all partitions of the broker: the backlog alert's
+    /// threshold is the queue's, not a partition's.
+    pub ready_everywhere: u64,
     pub paused: bool,
     /// Work streams and waiting long-polls on the queue.
     pub workers: usize,
@@ -461,7 +465,8 @@ impl QueueObs {
                 over(ready_at, cfg.oldest_ready_age).then_some(AlertFacts::Oldest { ready_at })
             }
             AlertKind::Backlog => {
-                (cfg.backlog > 0 && r.ready >= cfg.backlog).then_some(AlertFacts::Ready { ready: r.ready })
+                let ready = r.ready_everywhere;
+                (cfg.backlog > 0 && ready >= cfg.backlog).then_some(AlertFacts::Ready { ready })
             }
             AlertKind::DeadLettering => {
                 let at = self.last_dead_at?;
@@ -499,7 +504,7 @@ mod tests {
     }
 
     fn reading(now: Millis, ready: u64, workers: usize) -> QueueReading {
-        QueueReading { now, ready, paused: false, workers, oldest_ready_at: Some(now) }
+        QueueReading { now, ready, ready_everywhere: ready, paused: false, workers, oldest_ready_at: Some(now) }
     }
 
     fn kinds(c: &[AlertChange]) -> Vec<(AlertKind, bool)> {
@@ -586,6 +591,7 @@ mod tests {
         assert!(c[0].message.contains("1m"), "{}", c[0].message);
         r.now = 125_000;
         r.ready = 99;
+        r.ready_everywhere = 99;
         r.oldest_ready_at = Some(120_000);
         let c = o.evaluate(&cfg(), &r);
         assert_eq!(

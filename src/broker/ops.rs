@@ -352,6 +352,8 @@ impl Engine {
     pub(super) fn take_lease(&mut self, queue: &str, job: JobId) -> Result<ActiveLease> {
         let q = self.queue_mut(queue)?;
         let l = q.leases.remove(&job).ok_or_else(|| BrokerError::Storage("lease vanished".into()))?;
+        q.shares.leases_ended(1);
+        let queue_wanting = q.shares.take_wanting();
         q.lease_expiry.remove(&(l.expires_at, job));
         let (t, e) = (l.record.tenant.clone(), l.record.environment.clone());
         q.lease_ended(&t, &e);
@@ -359,7 +361,9 @@ impl Engine {
         if let Some(c) = l.consumer.and_then(|c| self.consumers.get_mut(&c)) {
             c.in_flight = c.in_flight.saturating_sub(1);
             c.leases.remove(&(queue.to_string(), job));
+            self.w.freed_slots.push(c.window.clone());
         }
+        self.shared.wake(self.me, queue_wanting);
         Ok(l)
     }
 

@@ -47,13 +47,7 @@ impl Engine {
     }
 
     fn quarantine(&mut self, queue: &str, version: &str, trip: Trip) -> Result<()> {
-        let q = self.queue_mut(queue)?;
-        let mut held: Vec<JobId> =
-            q.leases.iter().filter(|(_, l)| &*l.worker_version == version).map(|(id, _)| *id).collect();
-        held.sort();
-        for &job in &held {
-            self.give_back(queue, job)?;
-        }
+        let returned = self.return_version_leases(queue, version)?;
         let mut refunded = 0u32;
         for &(job, n) in &trip.refunds {
             refunded += self.refund(queue, job, n)?;
@@ -68,14 +62,14 @@ impl Engine {
             baseline_version: trip.baseline_version,
             baseline_failures: trip.baseline_failures,
             baseline_deliveries: trip.baseline_deliveries,
-            returned_leases: held.len() as u32,
+            returned_leases: returned,
             refunded_attempts: refunded,
         };
         tracing::warn!(queue, worker_version = version, failures = rec.failures, deliveries = rec.deliveries,
             baseline_version = %rec.baseline_version, baseline_failures = rec.baseline_failures,
             baseline_deliveries = rec.baseline_deliveries, returned_leases = rec.returned_leases,
             refunded_attempts = refunded, "worker version quarantined by the circuit breaker");
-        q.quarantine.insert(version.to_string(), rec);
+        q.quarantine.insert(version.to_string(), rec.clone());
         // Its old failures were refunded; after a lift it starts afresh.
         q.breaker.reset(version);
         q.counters.quarantines_total += 1;
@@ -83,6 +77,7 @@ impl Engine {
         sync_alert(q, now);
         self.stage_meta(queue);
         self.publish_health();
+        self.share_quarantine(queue, &rec);
         Ok(())
     }
 

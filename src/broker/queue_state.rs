@@ -160,10 +160,26 @@ pub struct QueueState {
     /// `QueueObs::save_due`): saved with the next commit.
     pub alerts_dirty: bool,
     pub dirty_groups: FastSet<(String, String)>,
+    /// What this queue's partitions share: the split between them and the
+    /// queue's leases in flight in all of them (counted here as leases
+    /// begin and end, and for the ones this state holds when it goes).
+    pub shares: Arc<crate::partition::queue_shares::QueueShares>,
+}
+
+impl Drop for QueueState {
+    fn drop(&mut self) {
+        // A dropped queue, or state replaced by a reload from disk, no
+        // longer holds its leases (a reload counts them again).
+        self.shares.leases_ended(self.leases.len() as u64);
+    }
 }
 
 impl QueueState {
-    pub fn new(meta: &QueueMeta, counters: QueueCounters) -> QueueState {
+    pub fn new(
+        meta: &QueueMeta,
+        counters: QueueCounters,
+        shares: Arc<crate::partition::queue_shares::QueueShares>,
+    ) -> QueueState {
         QueueState {
             name: meta.name.clone(),
             config: config_from_meta(meta),
@@ -185,6 +201,7 @@ impl QueueState {
             totals_dirty: false,
             alerts_dirty: false,
             dirty_groups: FastSet::default(),
+            shares,
         }
     }
 
@@ -241,9 +258,9 @@ impl QueueState {
         !self.paused && !self.scheduler.is_empty() && self.has_room()
     }
 
-    /// Under the queue-wide in-flight limit.
+    /// Under the queue-wide in-flight limit, counted over all partitions.
     pub fn has_room(&self) -> bool {
-        self.config.max_in_flight == 0 || (self.leases.len() as u64) < u64::from(self.config.max_in_flight)
+        self.shares.has_room(self.config.max_in_flight)
     }
 
     /// The in-flight limit of a tenant, if any: its policy, else the queue's

@@ -116,10 +116,7 @@ pub async fn serve(
 async fn prometheus(State(app): State<App>) -> HttpResult<Response> {
     let snapshot = app.broker.metrics().await?;
     let names: Vec<String> = snapshot.queues.iter().map(|q| q.name.clone()).collect();
-    let store = app.broker.store().clone();
-    let figures = tokio::task::spawn_blocking(move || store.figures(&names))
-        .await
-        .map_err(|e| BrokerError::Storage(format!("reading RocksDB figures: {e}")))?;
+    let figures = app.broker.store_figures(names).await?;
     let body = metrics::render(&snapshot, &figures);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response())
 }

@@ -26,8 +26,14 @@ pub struct QueueShares {
     demand: Vec<AtomicU64>,
     /// Per partition: its virtual time (wrapping).
     vtime: Vec<AtomicU64>,
+    /// Per partition: its ready jobs as of its last alert check.
+    ready: Vec<AtomicU64>,
     /// Leases of this queue in flight in all partitions.
     leased: AtomicU64,
+    /// Bit p set: partition p had ready work but the queue was at its
+    /// in-flight limit; it wants a wake when a lease ends (as
+    /// `Window::want`).
+    wanting: AtomicU64,
 }
 
 impl QueueShares {
@@ -36,8 +42,30 @@ impl QueueShares {
         QueueShares {
             demand: (0..n).map(|_| AtomicU64::new(0)).collect(),
             vtime: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            ready: (0..n).map(|_| AtomicU64::new(0)).collect(),
             leased: AtomicU64::new(0),
+            wanting: AtomicU64::new(0),
         }
+    }
+
+    /// Partition `me` holds `ready` ready jobs; returns the queue's ready
+    /// jobs over all partitions (each as of its last post).
+    pub fn post_ready(&self, me: usize, ready: u64) -> u64 {
+        self.ready[me].store(ready, Ordering::Release);
+        self.ready.iter().map(|r| r.load(Ordering::Acquire)).sum()
+    }
+
+    /// Partition `me` wants a wake when the queue is under its limit again.
+    pub fn want(&self, me: usize) {
+        self.wanting.fetch_or(1u64 << me.min(63), Ordering::SeqCst);
+    }
+
+    /// Takes the set of wanting partitions, clearing it.
+    pub fn take_wanting(&self) -> u64 {
+        if self.wanting.load(Ordering::SeqCst) == 0 {
+            return 0;
+        }
+        self.wanting.swap(0, Ordering::SeqCst)
     }
 
     pub fn partitions(&self) -> usize {
@@ -50,6 +78,17 @@ impl QueueShares {
             .zip(&self.vtime)
             .map(|(d, v)| Share { demand: d.load(Ordering::Acquire), vtime: v.load(Ordering::Acquire) })
             .collect()
+    }
+
+    /// How a unary call of `n` jobs on this queue alone is split between
+    /// partitions (see [`split::quotas_from`]).
+    pub fn quotas(&self, n: u32) -> Vec<u32> {
+        split::quotas_from(n, &self.snapshot())
+    }
+
+    /// Every partition's demand (as last posted).
+    pub fn demands(&self) -> Vec<u64> {
+        self.demand.iter().map(|d| d.load(Ordering::Acquire)).collect()
     }
 
     /// Whether partition `me` may use a free slot of a stream now. With one
@@ -92,15 +131,15 @@ impl QueueShares {
     /// false when the queue is at it.
     pub fn try_lease(&self, max: u32) -> bool {
         if max == 0 {
-            self.leased.fetch_add(1, Ordering::AcqRel);
+            self.leased.fetch_add(1, Ordering::SeqCst);
             return true;
         }
-        self.leased.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < u64::from(max)).then_some(n + 1)).is_ok()
+        self.leased.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < u64::from(max)).then_some(n + 1)).is_ok()
     }
 
     /// `n` leases ended (or were dropped with their queue).
     pub fn leases_ended(&self, n: u64) {
-        let _ = self.leased.fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| Some(l.saturating_sub(n)));
+        let _ = self.leased.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| Some(l.saturating_sub(n)));
     }
 
     /// `n` leases found by recovery.
@@ -110,7 +149,7 @@ impl QueueShares {
 
     /// Leases in flight in all partitions.
     pub fn leased(&self) -> u64 {
-        self.leased.load(Ordering::Acquire)
+        self.leased.load(Ordering::SeqCst)
     }
 
     /// Whether another lease fits under `max` (0 = no limit) now.

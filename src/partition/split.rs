@@ -58,6 +58,68 @@ pub fn may_take(me: usize, shares: &[Share], slack: u32) -> bool {
     diff(s.vtime, min) <= lead
 }
 
+/// Splits `n` deliveries of one unary call between partitions in
+/// proportion to their demand (largest remainder; evenly when none has
+/// any): partition p's part is served by its own scheduler, so tenant i
+/// gets w_i / Σ w of the call, as one scheduler over all tenants would give.
+pub fn quotas(n: u32, demand: &[u64]) -> Vec<u32> {
+    let total: u64 = demand.iter().sum();
+    if demand.is_empty() {
+        return Vec::new();
+    }
+    let weights: Vec<u64> = if total == 0 { vec![1; demand.len()] } else { demand.to_vec() };
+    let total: u128 = weights.iter().map(|w| u128::from(*w)).sum();
+    let exact: Vec<u128> = weights.iter().map(|w| u128::from(n) * u128::from(*w)).collect();
+    let mut out: Vec<u32> = exact.iter().map(|e| (e / total) as u32).collect();
+    let mut left = n - out.iter().sum::<u32>();
+    let mut order: Vec<usize> = (0..weights.len()).filter(|i| weights[*i] > 0).collect();
+    order.sort_by(|a, b| (exact[*b] % total).cmp(&(exact[*a] % total)).then(a.cmp(b)));
+    for i in order.into_iter().cycle() {
+        if left == 0 {
+            break;
+        }
+        out[i] += 1;
+        left -= 1;
+    }
+    out
+}
+
+/// Splits `n` deliveries of one unary call between partitions as the split
+/// would hand them out one by one from where the partitions' virtual times
+/// stand (the lowest next finish goes; ties to the lowest index), so
+/// successive calls add up to the shares a stream would get. Evenly when no
+/// partition has demand.
+pub fn quotas_from(n: u32, shares: &[Share]) -> Vec<u32> {
+    if shares.iter().all(|s| s.demand == 0) {
+        return quotas(n, &vec![0; shares.len()]);
+    }
+    let mut sim: Vec<Share> = shares.to_vec();
+    let base = min_active(&sim).unwrap_or(0);
+    for s in sim.iter_mut().filter(|s| s.demand > 0) {
+        // Behind the lowest active time: starts there (as `activate`).
+        if diff(s.vtime, base) < 0 {
+            s.vtime = base;
+        }
+    }
+    let mut out = vec![0u32; shares.len()];
+    for _ in 0..n {
+        let next = sim
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.demand > 0)
+            .min_by(|(i, a), (j, b)| {
+                let fa = a.vtime.wrapping_add(stride(a.demand));
+                let fb = b.vtime.wrapping_add(stride(b.demand));
+                diff(fa, fb).cmp(&0).then(i.cmp(j))
+            })
+            .map(|(i, _)| i);
+        let Some(i) = next else { break };
+        out[i] += 1;
+        charge(&mut sim[i]);
+    }
+    out
+}
+
 /// Counts one delivery by `s`.
 pub fn charge(s: &mut Share) {
     s.vtime = s.vtime.wrapping_add(stride(s.demand));
@@ -91,6 +153,52 @@ mod tests {
     use proptest::prelude::*;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn a_calls_quotas_follow_demand_and_add_up() {
+        assert_eq!(quotas(7, &[1, 2, 4]), [1, 2, 4]);
+        assert_eq!(quotas(2, &[1, 0, 1]), [1, 0, 1]);
+        assert_eq!(quotas(5, &[0, 0]), [3, 2], "evenly when nobody posted demand");
+        assert_eq!(quotas(1, &[1, 1, 1]), [1, 0, 0]);
+        assert!(quotas(3, &[]).is_empty());
+    }
+
+    #[test]
+    fn successive_calls_add_up_to_the_weighted_shares() {
+        // Weights 1 and 3 in two partitions, leased 50 then 30: 20 and 60,
+        // as one scheduler would give over the 80.
+        let mut s = vec![Share { demand: 1, vtime: 0 }, Share { demand: 3, vtime: 0 }];
+        let mut total = [0u32; 2];
+        for n in [50, 30] {
+            let q = quotas_from(n, &s);
+            for (i, k) in q.iter().enumerate() {
+                total[i] += k;
+                for _ in 0..*k {
+                    charge(&mut s[i]);
+                }
+            }
+        }
+        assert_eq!(total, [20, 60]);
+        assert_eq!(quotas_from(4, &[Share::default(), Share::default()]), [2, 2]);
+    }
+
+    proptest! {
+        #[test]
+        fn quotas_always_add_up_and_stay_within_one_of_the_exact_share(
+            n in 0u32..5000,
+            demand in proptest::collection::vec(0u64..50, 1..8),
+        ) {
+            let q = quotas(n, &demand);
+            prop_assert_eq!(q.iter().sum::<u32>(), n);
+            let total: u64 = demand.iter().sum();
+            if total > 0 {
+                for (qi, d) in q.iter().zip(&demand) {
+                    let exact = f64::from(n) * *d as f64 / total as f64;
+                    prop_assert!((f64::from(*qi) - exact).abs() < 1.0 + 1e-9);
+                }
+            }
+        }
+    }
 
     #[test]
     fn only_partitions_with_demand_take_and_the_one_behind_goes_first() {

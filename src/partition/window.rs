@@ -43,7 +43,7 @@ impl Window {
     }
 
     pub fn used(&self) -> u32 {
-        self.used.load(Ordering::Acquire)
+        self.used.load(Ordering::SeqCst)
     }
 
     /// True while a slot is free and the window is open.
@@ -56,26 +56,26 @@ impl Window {
         if self.is_closed() {
             return false;
         }
-        self.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| (u < self.max).then_some(u + 1)).is_ok()
+        self.used.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| (u < self.max).then_some(u + 1)).is_ok()
     }
 
     /// Gives a slot back (a lease ended, or a taken slot was not used).
     pub fn give_back(&self) {
-        let _ = self.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| Some(u.saturating_sub(1)));
+        let _ = self.used.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| Some(u.saturating_sub(1)));
     }
 
     /// Partition `p` wants a wake when a slot is free.
     pub fn want(&self, p: usize) {
-        self.wanting.fetch_or(bit(p), Ordering::AcqRel);
+        self.wanting.fetch_or(bit(p), Ordering::SeqCst);
     }
 
     /// Takes the set of wanting partitions (bit p = partition p; bit 63 also
     /// stands for every partition past it), clearing it.
     pub fn take_wanting(&self) -> u64 {
-        if self.wanting.load(Ordering::Acquire) == 0 {
+        if self.wanting.load(Ordering::SeqCst) == 0 {
             return 0;
         }
-        self.wanting.swap(0, Ordering::AcqRel)
+        self.wanting.swap(0, Ordering::SeqCst)
     }
 
     /// No more slots are handed out (a unary call was answered).

@@ -137,6 +137,28 @@ fn open_error(dir: &Path, e: rocksdb::Error) -> BrokerError {
     }
 }
 
+/// The block cache and the memtable budget of a broker, shared by the
+/// RocksDB of each of its partitions.
+pub struct Memory {
+    cache: Cache,
+    write_buffers: WriteBufferManager,
+}
+
+impl Memory {
+    pub fn new() -> Memory {
+        Memory {
+            cache: Cache::new_lru_cache(BLOCK_CACHE_BYTES),
+            write_buffers: WriteBufferManager::new_write_buffer_manager(WRITE_BUFFER_BUDGET, false),
+        }
+    }
+}
+
+impl Default for Memory {
+    fn default() -> Self {
+        Memory::new()
+    }
+}
+
 impl Store {
     pub fn open(dir: &Path, durability: Durability) -> Result<Store> {
         Store::open_with_tap(dir, durability, None)
@@ -145,19 +167,25 @@ impl Store {
     /// [`Self::open`], with `tap` called after each commit (from the first:
     /// the format stamp of a new data dir).
     pub fn open_with_tap(dir: &Path, durability: Durability, tap: Option<CommitTap>) -> Result<Store> {
+        Store::open_sharing(dir, durability, tap, &Memory::new())
+    }
+
+    /// [`Self::open_with_tap`], with the block cache and memtable budget
+    /// `memory` shares with the other partitions of a broker: a broker's
+    /// memory does not grow with its number of partitions.
+    pub fn open_sharing(dir: &Path, durability: Durability, tap: Option<CommitTap>, memory: &Memory) -> Result<Store> {
         std::fs::create_dir_all(dir)
             .map_err(|e| BrokerError::Storage(format!("cannot create data dir {}: {e}", dir.display())))?;
-        let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
-        let wbm = WriteBufferManager::new_write_buffer_manager(WRITE_BUFFER_BUDGET, false);
+        let (cache, wbm) = (&memory.cache, &memory.write_buffers);
         let mut db_opts = Options::default();
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
         db_opts.increase_parallelism(2);
         db_opts.set_max_background_jobs(2);
-        db_opts.set_write_buffer_manager(&wbm);
+        db_opts.set_write_buffer_manager(wbm);
         db_opts.set_max_total_wal_size(256 << 20);
         db_opts.set_keep_log_file_num(3);
-        let cf_opts = queue_cf_options(&cache);
+        let cf_opts = queue_cf_options(cache);
         let existing = Db::list_cf(&db_opts, dir).unwrap_or_default();
         let mut descriptors = vec![ColumnFamilyDescriptor::new(META_CF, Options::default())];
         for name in existing.iter().filter(|n| n.starts_with("q.")) {

@@ -74,7 +74,10 @@ impl TestServer {
         s
     }
 
-    pub async fn start_config(config: ServeConfig) -> TestServer {
+    pub async fn start_config(mut config: ServeConfig) -> TestServer {
+        if config.partitions.is_none() {
+            config.partitions = test_partitions();
+        }
         let dir = config.data_dir.clone();
         let (hold, tls) = (config.recovery_hold, config.tls_cert.is_some());
         let (bound_tx, bound) = oneshot::channel::<(SocketAddr, SocketAddr)>();
@@ -200,6 +203,13 @@ impl TestServer {
             .await
             .map(|_| ())
     }
+}
+
+/// Partitions for the brokers tests start on new data dirs:
+/// `FAIRWAY_TEST_PARTITIONS` (CI runs the guarantees' suites again with 4),
+/// else the broker's default.
+pub fn test_partitions() -> Option<u32> {
+    std::env::var("FAIRWAY_TEST_PARTITIONS").ok().and_then(|v| v.parse().ok())
 }
 
 /// Runs `fairway::server::run` on a runtime of its own until `stopped`:

@@ -21,15 +21,18 @@ pub struct BrokerProcess {
 impl BrokerProcess {
     /// Starts `fairway serve` on `dir`, listening on `listen` (port 0 = any).
     pub async fn spawn_at(dir: &Path, listen: &str, extra: &[&str]) -> BrokerProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fairway"))
-            .args(["serve", "--listen", listen, "--metrics-listen", "off", "--data-dir"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fairway"));
+        cmd.args(["serve", "--listen", listen, "--metrics-listen", "off", "--data-dir"])
             .arg(dir)
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn fairway");
+            .stderr(Stdio::inherit());
+        // CI runs the guarantees' suites again with 4 partitions.
+        if let Ok(n) = std::env::var("FAIRWAY_TEST_PARTITIONS") {
+            cmd.env("FAIRWAY_PARTITIONS", n);
+        }
+        let mut child = cmd.spawn().expect("spawn fairway");
         let stdout = child.stdout.take().expect("stdout");
         let line = tokio::task::spawn_blocking(move || {
             let mut line = String::new();
