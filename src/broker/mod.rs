@@ -399,8 +399,8 @@ pub struct RecoveryReport {
 
 impl Broker {
     /// Opens (or creates) the data dir and starts a writer per partition,
-    /// each of which first rebuilds its in-memory state (O(queues + groups
-    /// + leases), never O(jobs)) and then serves. Returns at once after
+    /// each of which first rebuilds its in-memory state (O(queues, groups
+    /// and leases), never O(jobs)) and then serves. Returns at once after
     /// opening RocksDB (a locked or incompatible data dir is refused here);
     /// `Recovery` says when the broker is ready. Blocking: call it off the
     /// async runtime.
