@@ -382,3 +382,93 @@ async fn definitions_agree_in_every_partition_after_a_kill_at_any_point_of_an_ad
         }
     }
 }
+
+async fn lease_as(s: &TestServer, version: &str, max: u32) -> Vec<pb::Delivery> {
+    let req = pb::LeaseRequest {
+        queues: vec!["q".into()],
+        max_jobs: max,
+        wait: Some(dur(Duration::from_millis(500))),
+        worker_id: format!("worker-{version}"),
+        worker_version: version.into(),
+        ..Default::default()
+    };
+    s.workers().lease(req).await.expect("lease").into_inner().deliveries
+}
+
+/// A bad worker version whose jobs live in three partitions is quarantined
+/// once it has `breaker_min_deliveries` failures over all partitions (each
+/// alone holds a third of them), against a baseline that lives in a fourth;
+/// the quarantine reaches every partition, and each gives back the
+/// attempts the version's failures spent on its jobs.
+#[tokio::test]
+async fn a_bad_version_trips_on_its_failures_in_all_partitions() {
+    let s = broker().await;
+    let config = pb::QueueConfig {
+        breaker_failure_percent: Some(50),
+        breaker_min_deliveries: Some(12),
+        breaker_window: Some(50),
+        max_attempts: 20,
+        ..Default::default()
+    };
+    s.create_queue("q", config).await;
+    let t = tenants_in("q", &[0, 1, 2, 3]);
+    for i in 0..12 {
+        s.enqueue(job("q", &t[0], "e", &format!("ok-{i}"))).await;
+    }
+    let mut acked = 0;
+    while acked < 12 {
+        for d in lease_as(&s, "v1", 12).await {
+            s.ack("q", &d).await.expect("ack");
+            acked += 1;
+        }
+    }
+    let mut bad = Vec::new();
+    for tenant in &t[1..] {
+        for i in 0..4 {
+            bad.push(s.enqueue(job("q", tenant, "e", &format!("bad-{i}"))).await.job_id);
+        }
+    }
+    // v2 fails every job it gets, retried at once, until it is fenced.
+    let mut failed_in: HashMap<u16, u32> = HashMap::new();
+    let mut nacks = 0;
+    loop {
+        let got = lease_as(&s, "v2", 3).await;
+        if got.is_empty() {
+            break;
+        }
+        for d in got {
+            let id = d.job.as_ref().expect("job").id.clone();
+            let req = pb::NackRequest {
+                queue: "q".into(),
+                job_id: id.clone(),
+                lease_id: d.lease_id.clone(),
+                error: "boom".into(),
+                retry_after: Some(dur(Duration::ZERO)),
+                dead: false,
+            };
+            if s.workers().nack(req).await.is_ok() {
+                nacks += 1;
+                *failed_in.entry(partition_of_job(job_id(&id)).0).or_default() += 1;
+            }
+        }
+        assert!(nacks <= 12, "v2 failed {nacks} times and still gets jobs: {failed_in:?}");
+    }
+    assert_eq!(nacks, 12, "{failed_in:?}");
+    assert!(failed_in.len() >= 2 && failed_in.values().all(|n| *n < 12), "{failed_in:?}");
+    // Every partition holds the quarantine and refunded its own failures.
+    let st = eventually(Duration::from_secs(10), || async {
+        let st = s.stats("q").await;
+        let q = st.quarantined_versions.iter().find(|q| q.worker_version == "v2")?;
+        (q.refunded_attempts == 12).then_some(st)
+    })
+    .await;
+    let q = &st.quarantined_versions[0];
+    assert_eq!((q.deliveries, q.failures, q.baseline_version.as_str()), (12, 12, "v1"), "{q:?}");
+    for id in &bad {
+        let req = pb::GetJobRequest { queue: "q".into(), job_id: id.clone() };
+        let j = s.jobs().get_job(req).await.expect("get job").into_inner();
+        assert_eq!(j.attempt, 0, "job {id} kept an attempt of the quarantined version");
+    }
+    assert!(lease_as(&s, "v2", 3).await.is_empty(), "a quarantined version gets nothing");
+    assert_eq!(lease_as(&s, "v3", 12).await.len(), 12, "another version gets every job");
+}

@@ -22,7 +22,7 @@ impl Engine {
         self.w.create_queue(&name);
         let generation = self.alloc_id().0;
         let meta = meta_from_config(&name, &config, false, generation);
-        let q = QueueState::new(&meta, QueueCounters::default(), self.shared.shares.of(&name));
+        let q = QueueState::new(&meta, QueueCounters::default(), self.shared.shares.of(&name), self.me);
         self.queues.insert(name.clone(), q);
         self.stage_meta(&name);
         tracing::info!(queue = %name, "queue created");

@@ -83,7 +83,7 @@ impl Engine {
         }
         if !self.queues.contains_key(&name) {
             self.w.create_queue(&name);
-            let q = QueueState::new(&def.meta, QueueCounters::default(), self.shared.shares.of(&name));
+            let q = QueueState::new(&def.meta, QueueCounters::default(), self.shared.shares.of(&name), self.me);
             self.queues.insert(name.clone(), q);
             tracing::info!(queue = %name, partition = self.me, "queue adopted from the catalog");
         }
@@ -144,15 +144,22 @@ impl Engine {
     }
 
     /// Quarantines `rec.worker_version` in `queue` as another partition's
-    /// breaker decided: its leases here go back to ready (no attempt spent).
-    /// The record keeps the tripping partition's figures, except what this
-    /// partition did itself: the leases it returned (it refunds nothing),
-    /// so the broker's stats add those up over partitions.
+    /// breaker decided: its leases here go back to ready (no attempt spent),
+    /// and the attempts its failures in this partition's window spent are
+    /// given back. The record keeps the tripping partition's figures (over
+    /// all partitions), except what this partition did itself: the leases
+    /// it returned and the attempts it refunded, so the broker's stats add
+    /// those up over partitions.
     pub(super) fn adopt_quarantine(&mut self, queue: &str, mut rec: QuarantineRecord) -> Result<()> {
         let returned = self.return_version_leases(queue, &rec.worker_version)?;
+        let refunds = self.queue_mut(queue)?.breaker.refunds(&rec.worker_version);
+        let mut refunded = 0u32;
+        for (job, n) in refunds {
+            refunded += self.refund(queue, job, n)?;
+        }
         rec.returned_leases = returned;
-        rec.refunded_attempts = 0;
-        tracing::warn!(queue, partition = self.me, worker_version = %rec.worker_version, returned_leases = returned,
+        rec.refunded_attempts = refunded;
+        tracing::warn!(queue, partition = self.me, worker_version = %rec.worker_version, returned_leases = returned, refunded_attempts = refunded,
             "worker version quarantined (decided by another partition's breaker)");
         let q = self.queue_mut(queue)?;
         q.breaker.reset(&rec.worker_version);

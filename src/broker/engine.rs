@@ -322,7 +322,7 @@ impl Engine {
         self.w.records.clear();
         let metas = self.w.store.load_queues()?;
         for meta in metas {
-            let mut q = load_queue(&self.w.store, &meta, self.shared.shares.of(&meta.name))?;
+            let mut q = load_queue(&self.w.store, &meta, self.shared.shares.of(&meta.name), self.me)?;
             if let Some(mut o) = old.remove(&meta.name).filter(|o| o.generation == q.generation) {
                 q.obs = std::mem::replace(&mut o.obs, super::observe::QueueObs::new(0));
                 // The windows in memory are newer than what is on disk, but
@@ -688,6 +688,7 @@ fn load_queue(
     store: &Store,
     meta: &crate::storage::records::QueueMeta,
     shares: std::sync::Arc<crate::partition::queue_shares::QueueShares>,
+    me: usize,
 ) -> Result<QueueState> {
     let table = Table::Queue(&meta.name);
     let counters = match store.get(table, &keys::TOTALS_KEY)? {
@@ -695,7 +696,7 @@ fn load_queue(
             .map_err(|e| BrokerError::Storage(format!("corrupt counters of {}: {e}", meta.name)))?,
         None => QueueCounters::default(),
     };
-    let mut q = QueueState::new(meta, counters, shares);
+    let mut q = QueueState::new(meta, counters, shares, me);
     if let Some(v) = store.get(table, &keys::ALERTS_KEY)? {
         match AlertStateRecord::decode(v.as_slice()) {
             Ok(rec) => q.obs = super::observe::QueueObs::restore(&rec, now_millis()),

@@ -84,7 +84,7 @@ impl Engine {
     /// Gives back up to `n` attempts to a job the quarantined version
     /// failed, if it is still waiting (ready or scheduled). Returns how
     /// many were given back.
-    fn refund(&mut self, queue: &str, job: JobId, n: u32) -> Result<u32> {
+    pub(super) fn refund(&mut self, queue: &str, job: JobId, n: u32) -> Result<u32> {
         if self.queue_mut(queue)?.leases.contains_key(&job) {
             return Ok(0);
         }

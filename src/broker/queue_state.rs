@@ -179,6 +179,7 @@ impl QueueState {
         meta: &QueueMeta,
         counters: QueueCounters,
         shares: Arc<crate::partition::queue_shares::QueueShares>,
+        me: usize,
     ) -> QueueState {
         QueueState {
             name: meta.name.clone(),
@@ -197,7 +198,7 @@ impl QueueState {
             tenant_leased: FastMap::default(),
             obs: super::observe::QueueObs::new(crate::model::now_millis()),
             quarantine: meta.quarantines.iter().map(|r| (r.worker_version.clone(), r.clone())).collect(),
-            breaker: Default::default(),
+            breaker: super::version_breaker::VersionBreaker::on_board(shares.breaker.clone(), me),
             totals_dirty: false,
             alerts_dirty: false,
             dirty_groups: FastSet::default(),

@@ -25,11 +25,19 @@
 //!    since, and today the downstream fails v2 — v1's window says nothing
 //!    about today.
 //!
+//! With several partitions each keeps the windows of the deliveries it
+//! made and posts their figures on the queue's [`BreakerBoard`]; the rule
+//! above is applied to the sums over all partitions (a version's window is
+//! then up to `window` outcomes per partition, and `min_deliveries` counts
+//! over all of them), so a bad version trips after as many outcomes as
+//! with one partition, wherever its jobs live.
+//!
 //! Windows are saved in the queue's column family (see [`VersionBreaker::take_changes`])
 //! at most about once a second, so a restart keeps its baselines; a crash
 //! loses at most that last second of outcomes.
 
-use crate::model::{duration_millis, BreakerConfig, FastMap, FastSet, JobId, Millis};
+use crate::model::{BreakerConfig, FastMap, FastSet, JobId, Millis};
+use crate::partition::breaker_board::{BreakerBoard, Figures};
 use crate::storage::records::BreakerWindowRecord;
 use std::sync::Arc;
 
@@ -75,16 +83,38 @@ impl Window {
         BreakerWindowRecord { jobs, failed, last_at_ms: self.last_at }
     }
 
-    /// Adds one outcome, dropping the oldest once the window is full.
-    fn push(&mut self, job: JobId, failed: bool) {
-        if self.ring.len() < self.size {
+    /// Adds one outcome, dropping the oldest once the window is full;
+    /// returns the dropped outcome's `failed`.
+    fn push(&mut self, job: JobId, failed: bool) -> Option<bool> {
+        let dropped = if self.ring.len() < self.size {
             self.ring.push((job, failed));
+            None
         } else {
             let old = std::mem::replace(&mut self.ring[self.head], (job, failed));
             self.failures -= u32::from(old.1);
             self.head = (self.head + 1) % self.ring.len();
-        }
+            Some(old.1)
+        };
         self.failures += u32::from(failed);
+        dropped
+    }
+
+    /// This window's figures.
+    pub fn figures(&self) -> Figures {
+        Figures { deliveries: self.deliveries(), failures: self.failures, last_at: self.last_at }
+    }
+
+    /// The jobs failed in this window, with how many times.
+    fn refunds(&self) -> Vec<(JobId, u32)> {
+        let mut refunds: FastMap<JobId, u32> = FastMap::default();
+        for (job, failed) in &self.ring {
+            if *failed {
+                *refunds.entry(*job).or_default() += 1;
+            }
+        }
+        let mut refunds: Vec<_> = refunds.into_iter().collect();
+        refunds.sort();
+        refunds
     }
 
     /// Outcomes held.
@@ -95,27 +125,10 @@ impl Window {
     pub fn failures(&self) -> u32 {
         self.failures
     }
-
-    /// At least `min_deliveries` outcomes and a failure rate at or over the
-    /// threshold.
-    fn failing(&self, cfg: &BreakerConfig) -> bool {
-        self.deliveries() >= cfg.min_deliveries.max(1) && self.over(cfg)
-    }
-
-    /// A usable baseline: enough outcomes, under the threshold, and recent.
-    fn healthy(&self, cfg: &BreakerConfig, now: Millis) -> bool {
-        let max_age = duration_millis(cfg.baseline_max_age);
-        self.deliveries() >= cfg.min_deliveries.max(1)
-            && !self.over(cfg)
-            && (max_age == 0 || now.saturating_sub(self.last_at) <= max_age)
-    }
-
-    fn over(&self, cfg: &BreakerConfig) -> bool {
-        u64::from(self.failures) * 100 >= u64::from(cfg.failure_percent) * u64::from(self.deliveries())
-    }
 }
 
-/// Why a version was tripped: the figures for the alert and the stats.
+/// Why a version was tripped: the figures for the alert and the stats
+/// (over all partitions).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Trip {
     pub deliveries: u32,
@@ -124,8 +137,8 @@ pub struct Trip {
     pub baseline_version: String,
     pub baseline_deliveries: u32,
     pub baseline_failures: u32,
-    /// Jobs the tripped version failed in its window, with how many times:
-    /// attempts to give back (see docs/circuit-breaker.md on refunds).
+    /// Jobs the tripped version failed in this partition's window, with how
+    /// many times: attempts to give back (see docs/circuit-breaker.md on refunds).
     pub refunds: Vec<(JobId, u32)>,
 }
 
@@ -146,9 +159,49 @@ pub struct VersionBreaker {
     removed: FastSet<Arc<str>>,
     /// When changes were last taken for saving.
     saved_at: Millis,
+    /// The queue's board and this partition's place on it, when the queue
+    /// has several partitions: every change to a window is posted there.
+    board: Option<(Arc<BreakerBoard>, usize)>,
+}
+
+impl Drop for VersionBreaker {
+    fn drop(&mut self) {
+        // A dropped queue, or state replaced by a reload (which posts its
+        // windows again), no longer holds these outcomes.
+        for (v, w) in &self.windows {
+            self.post_gone(v, w);
+        }
+    }
 }
 
 impl VersionBreaker {
+    /// The breaker of a queue with several partitions: partition `me` of
+    /// the queue's `board`.
+    pub fn on_board(board: Arc<BreakerBoard>, me: usize) -> VersionBreaker {
+        let board = (board.partitions() > 1).then_some((board, me));
+        let mut b = VersionBreaker::default();
+        b.board = board;
+        b
+    }
+
+    fn post(&self, version: &Arc<str>, deliveries: i64, failures: i64, last_at: Option<Millis>) {
+        if let Some((b, me)) = &self.board {
+            b.post(*me, version, deliveries, failures, last_at);
+        }
+    }
+
+    fn post_gone(&self, version: &Arc<str>, w: &Window) {
+        self.post(version, -i64::from(w.deliveries()), -i64::from(w.failures), None);
+    }
+
+    /// `version`'s figures here plus in the other partitions.
+    fn total(&self, version: &str, here: Figures) -> Figures {
+        match &self.board {
+            Some((b, me)) => here.plus(b.elsewhere(*me, version)),
+            None => here,
+        }
+    }
+
     /// Records the outcome of a delivery to `version` and says whether that
     /// version must now be quarantined. `quarantined` tells which versions
     /// already are (they never serve as a baseline).
@@ -169,53 +222,75 @@ impl VersionBreaker {
             self.windows.insert(version.clone(), Window::new(cfg.window as usize));
         }
         let w = self.windows.get_mut(&**version)?;
-        w.push(job, failed);
+        let dropped = w.push(job, failed);
         w.last_seen = clock;
         w.last_at = w.last_at.max(now);
+        let here = w.figures();
+        let failures = i64::from(failed) - dropped.map_or(0, i64::from);
+        self.post(version, i64::from(dropped.is_none()), failures, Some(here.last_at));
         if !self.changed.contains(&**version) {
             self.changed.insert(version.clone());
             // Forgotten earlier in this interval and back now: save, not delete.
             self.removed.remove(&**version);
         }
-        if version.is_empty() || !failed || !w.failing(cfg) || quarantined(version) {
+        if version.is_empty() || !failed || quarantined(version) {
+            return None;
+        }
+        let total = self.total(version, here);
+        if !total.failing(cfg) {
             return None;
         }
         let (bv, base) = self
-            .windows
-            .iter()
-            .filter(|(v, b)| ***v != **version && !quarantined(v) && b.healthy(cfg, now))
+            .candidates()
+            .into_iter()
+            .filter(|(v, b)| **v != **version && !quarantined(v) && b.healthy(cfg, now))
             // The baseline with the most evidence, then the lowest rate.
-            .max_by_key(|(_, b)| (b.deliveries(), std::cmp::Reverse(b.failures)))?;
-        let w = &self.windows[&**version];
-        let mut refunds: FastMap<JobId, u32> = FastMap::default();
-        for (job, failed) in &w.ring {
-            if *failed {
-                *refunds.entry(*job).or_default() += 1;
+            .max_by_key(|(v, b)| (b.deliveries, std::cmp::Reverse(b.failures), std::cmp::Reverse(v.clone())))?;
+        Some(Trip {
+            deliveries: total.deliveries,
+            failures: total.failures,
+            baseline_version: bv.to_string(),
+            baseline_deliveries: base.deliveries,
+            baseline_failures: base.failures,
+            refunds: self.windows[&**version].refunds(),
+        })
+    }
+
+    /// Every version with outcomes here or in another partition, with its
+    /// figures over all partitions.
+    fn candidates(&self) -> Vec<(Arc<str>, Figures)> {
+        let mut all = match &self.board {
+            Some((b, me)) => b.all_elsewhere(*me),
+            None => Vec::with_capacity(self.windows.len()),
+        };
+        for (v, w) in &self.windows {
+            match all.iter_mut().find(|(k, _)| k == v) {
+                Some((_, f)) => *f = f.plus(w.figures()),
+                None => all.push((v.clone(), w.figures())),
             }
         }
-        let mut refunds: Vec<_> = refunds.into_iter().collect();
-        refunds.sort();
-        Some(Trip {
-            deliveries: w.deliveries(),
-            failures: w.failures,
-            baseline_version: bv.to_string(),
-            baseline_deliveries: base.deliveries(),
-            baseline_failures: base.failures,
-            refunds,
-        })
+        all
+    }
+
+    /// The jobs `version` failed in this partition's window, with how many
+    /// times (what a quarantine decided elsewhere refunds here).
+    pub fn refunds(&self, version: &str) -> Vec<(JobId, u32)> {
+        self.windows.get(version).map(Window::refunds).unwrap_or_default()
     }
 
     /// Forgets a version's outcomes (on quarantine and on lift, so a lifted
     /// version starts afresh instead of tripping on its old failures).
     pub fn reset(&mut self, version: &str) {
-        if let Some((k, _)) = self.windows.remove_entry(version) {
+        if let Some((k, w)) = self.windows.remove_entry(version) {
+            self.post_gone(&k, &w);
             self.forgot(k);
         }
     }
 
     /// Forgets everything (the window size changed).
     pub fn clear(&mut self) {
-        for (k, _) in std::mem::take(&mut self.windows) {
+        for (k, w) in std::mem::take(&mut self.windows) {
+            self.post_gone(&k, &w);
             self.forgot(k);
         }
     }
@@ -236,7 +311,9 @@ impl VersionBreaker {
             let oldest = self.windows.iter().min_by_key(|(_, w)| w.last_at).map(|(k, w)| (k.clone(), w.last_at));
             match oldest {
                 Some((k, at)) if at < rec.last_at_ms => {
-                    self.windows.remove(&k);
+                    if let Some(w) = self.windows.remove(&k) {
+                        self.post_gone(&k, &w);
+                    }
                     self.forgot(k);
                 }
                 _ => {
@@ -250,7 +327,11 @@ impl VersionBreaker {
             w.push(JobId(*job), *failed != 0);
         }
         w.last_at = rec.last_at_ms;
-        self.windows.insert(Arc::from(version), w);
+        let version: Arc<str> = Arc::from(version);
+        self.post(&version, i64::from(w.deliveries()), i64::from(w.failures), Some(w.last_at));
+        if let Some(old) = self.windows.insert(version.clone(), w) {
+            self.post_gone(&version, &old);
+        }
         // Eviction order follows the saved times: the clock restarts.
         let mut by_age: Vec<_> = self.windows.values_mut().collect();
         by_age.sort_by_key(|w| w.last_at);
@@ -310,7 +391,9 @@ impl VersionBreaker {
         }
         let stalest = self.windows.iter().min_by_key(|(_, w)| w.last_seen).map(|(k, _)| k.clone());
         if let Some(k) = stalest {
-            self.windows.remove(&k);
+            if let Some(w) = self.windows.remove(&k) {
+                self.post_gone(&k, &w);
+            }
             self.forgot(k);
         }
     }
@@ -417,6 +500,80 @@ mod tests {
     fn a_lone_version_without_history_is_never_quarantined() {
         let mut b = VersionBreaker::default();
         assert!(feed(&mut b, &cfg(), "v1", 100, true).is_none());
+    }
+
+    /// Breakers of one queue in `n` partitions, sharing a board.
+    fn partitions(n: usize) -> Vec<VersionBreaker> {
+        let board = Arc::new(BreakerBoard::new(n));
+        (0..n).map(|p| VersionBreaker::on_board(board.clone(), p)).collect()
+    }
+
+    #[test]
+    fn a_bad_version_spread_over_partitions_trips_after_min_deliveries_in_all() {
+        let c = cfg();
+        let mut ps = partitions(4);
+        // The baseline lives in partition 3 only.
+        feed(&mut ps[3], &c, "v1", 30, false);
+        // v2 fails 6 times in each of partitions 0, 1 and 2, then once more
+        // in 0: 19 failures, no trip (each partition alone is far under
+        // min_deliveries 20).
+        for b in &mut ps[..3] {
+            assert!(feed(b, &c, "v2", 6, true).is_none());
+        }
+        assert!(feed(&mut ps[0], &c, "v2", 1, true).is_none(), "19 of 19");
+        let t = feed(&mut ps[1], &c, "v2", 1, true).expect("20 failures over 3 partitions");
+        assert_eq!((t.deliveries, t.failures), (20, 20));
+        assert_eq!((t.baseline_version.as_str(), t.baseline_deliveries, t.baseline_failures), ("v1", 30, 0));
+        // Refunds are this partition's own window: 7 failures in partition 1.
+        assert_eq!(t.refunds.iter().map(|(_, n)| n).sum::<u32>(), 7);
+        assert_eq!(ps[2].refunds("v2").iter().map(|(_, n)| n).sum::<u32>(), 6);
+    }
+
+    #[test]
+    fn successes_in_another_partition_count_against_a_version() {
+        let c = cfg();
+        let mut ps = partitions(2);
+        feed(&mut ps[0], &c, "v1", 20, false);
+        // v2 fails in partition 0 but succeeds as often in partition 1.
+        feed(&mut ps[1], &c, "v2", 20, false);
+        assert!(feed(&mut ps[0], &c, "v2", 19, true).is_none(), "19 of 39 failed: under 50%");
+        assert!(feed(&mut ps[0], &c, "v2", 1, true).is_some(), "20 of 40: at 50%");
+    }
+
+    #[test]
+    fn a_reset_or_a_dropped_breaker_takes_its_figures_off_the_board() {
+        let c = cfg();
+        let mut ps = partitions(2);
+        feed(&mut ps[0], &c, "v1", 20, false);
+        feed(&mut ps[1], &c, "v2", 15, true);
+        // Partition 1 forgets v2 (a quarantine or lift reached it).
+        ps[1].reset("v2");
+        assert!(feed(&mut ps[0], &c, "v2", 15, true).is_none(), "only 15 failures left");
+        // Partition 0's state is dropped (its queue deleted): its v1
+        // baseline is gone too, and nothing trips without one.
+        let gone = ps.remove(0);
+        drop(gone);
+        assert!(feed(&mut ps[0], &c, "v2", 30, true).is_none());
+        // Windows restored after a restart are posted again.
+        let board = Arc::new(BreakerBoard::new(2));
+        let mut a = VersionBreaker::on_board(board.clone(), 0);
+        let mut b = VersionBreaker::on_board(board.clone(), 1);
+        let mut donor = VersionBreaker::default();
+        feed(&mut donor, &c, "v1", 25, false);
+        a.restore(&c, "v1", &donor.windows["v1"].record());
+        assert!(feed(&mut b, &c, "v2", 20, true).is_some(), "the restored baseline in partition 0 counts");
+    }
+
+    #[test]
+    fn a_full_window_posts_what_it_drops() {
+        let c = BreakerConfig { window: 10, min_deliveries: 10, ..cfg() };
+        let mut ps = partitions(2);
+        feed(&mut ps[0], &c, "v", 10, true);
+        feed(&mut ps[0], &c, "v", 6, false);
+        let board = ps[1].board.as_ref().map(|(b, _)| b.clone()).expect("on a board");
+        assert_eq!((board.elsewhere(1, "v").deliveries, board.elsewhere(1, "v").failures), (10, 4));
+        ps[0].clear();
+        assert!(board.is_empty());
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! partition for one turn, never a broken limit: the limits are the
 //! compare-and-swap counters, the table only orders who goes first.
 
+use super::breaker_board::BreakerBoard;
 use super::split::{self, Share};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +35,9 @@ pub struct QueueShares {
     /// in-flight limit; it wants a wake when a lease ends (as
     /// `Window::want`).
     wanting: AtomicU64,
+    /// Each partition's circuit-breaker figures per worker version, so a
+    /// version is judged on its outcomes in all partitions.
+    pub breaker: Arc<BreakerBoard>,
 }
 
 impl QueueShares {
@@ -45,6 +49,7 @@ impl QueueShares {
             ready: (0..n).map(|_| AtomicU64::new(0)).collect(),
             leased: AtomicU64::new(0),
             wanting: AtomicU64::new(0),
+            breaker: Arc::new(BreakerBoard::new(n)),
         }
     }
 
