@@ -40,6 +40,11 @@ pub struct BenchArgs {
     /// Jobs per EnqueueBatch call.
     #[arg(long, default_value_t = 100)]
     pub batch: usize,
+    /// Tenants the unary, stream, batch and end-to-end jobs are spread over
+    /// (t0, t1, ...). 1 = one tenant, which lives in one partition: that
+    /// partition's rate is the most one tenant gets.
+    #[arg(long, default_value_t = 16)]
+    pub tenants: usize,
     /// Work streams in the end-to-end scenario.
     #[arg(long, default_value_t = 4)]
     pub workers: usize,
@@ -224,12 +229,19 @@ fn now_nanos() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
+/// A job of tenant `t{tenant % 16}` (the scenarios with their own tenant
+/// count use [`job_of`]).
 pub(crate) fn job(queue: &str, tenant: usize, size: usize) -> pb::EnqueueRequest {
+    job_of(queue, tenant % 16, size)
+}
+
+/// A job of tenant `t{tenant}`.
+pub(crate) fn job_of(queue: &str, tenant: usize, size: usize) -> pb::EnqueueRequest {
     let mut payload = vec![b'x'; size.max(8)];
     payload[..8].copy_from_slice(&now_nanos().to_be_bytes());
     pb::EnqueueRequest {
         queue: queue.into(),
-        tenant: format!("t{}", tenant % 16),
+        tenant: format!("t{tenant}"),
         payload: payload.into(),
         ..Default::default()
     }
@@ -276,13 +288,15 @@ where
 
 async fn unary(ch: &Client, a: &BenchArgs) -> BenchResult<Row> {
     create_queue(ch, "bench-unary").await?;
-    let size = a.payload_bytes;
+    let (size, tenants) = (a.payload_bytes, a.tenants.max(1));
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (secs, lat) = timed_calls(a.concurrency, a.jobs, || {
-        let c = ch.jobs();
+        let (c, next) = (ch.jobs(), next.clone());
         move || {
             let mut c = c.clone();
+            let tenant = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % tenants;
             async move {
-                c.enqueue(job("bench-unary", 0, size)).await?;
+                c.enqueue(job_of("bench-unary", tenant, size)).await?;
                 Ok(())
             }
         }
@@ -305,7 +319,7 @@ async fn pipelined(ch: &Client, a: &BenchArgs, window: usize) -> BenchResult<Row
     let mut responses = ch.jobs().enqueue_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
     let sent_at = Arc::new(Mutex::new(std::collections::VecDeque::<Instant>::with_capacity(window)));
     let permits = Arc::new(tokio::sync::Semaphore::new(window));
-    let (n, size) = (a.jobs, a.payload_bytes);
+    let (n, size, tenants) = (a.jobs, a.payload_bytes, a.tenants.max(1));
     let start = Instant::now();
     let producer = {
         let (sent_at, permits) = (sent_at.clone(), permits.clone());
@@ -313,7 +327,7 @@ async fn pipelined(ch: &Client, a: &BenchArgs, window: usize) -> BenchResult<Row
             for i in 0..n {
                 permits.acquire().await?.forget();
                 sent_at.lock().map_err(|_| "poisoned")?.push_back(Instant::now());
-                tx.send(job("bench-stream", i as usize, size)).await?;
+                tx.send(job_of("bench-stream", i as usize % tenants, size)).await?;
             }
             BenchResult::Ok(())
         })
@@ -344,13 +358,13 @@ async fn pipelined(ch: &Client, a: &BenchArgs, window: usize) -> BenchResult<Row
 
 async fn batch(ch: &Client, a: &BenchArgs, queue: &str, jobs: u64, in_flight: usize) -> BenchResult<Row> {
     let batches = jobs.div_ceil(a.batch as u64);
-    let (size, per_batch) = (a.payload_bytes, a.batch);
+    let (size, per_batch, tenants) = (a.payload_bytes, a.batch, a.tenants.max(1));
     let (secs, lat) = timed_calls(in_flight, batches, || {
         let (c, q) = (ch.jobs(), queue.to_string());
         move || {
             let (mut c, q) = (c.clone(), q.clone());
             async move {
-                let jobs = (0..per_batch).map(|i| job(&q, i, size)).collect();
+                let jobs = (0..per_batch).map(|i| job_of(&q, i % tenants, size)).collect();
                 c.enqueue_batch(pb::EnqueueBatchRequest { jobs }).await?;
                 Ok(())
             }

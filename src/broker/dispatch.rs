@@ -34,10 +34,13 @@ pub(super) struct Consumer {
     /// Its slots, shared by every partition that serves it: a slot is
     /// taken before a lease and given back when the lease ends.
     pub window: Arc<Window>,
-    /// It left a free slot to a partition behind in the split: the next
-    /// time, it takes it (so a partition that cannot use the slot delays
-    /// the stream by one turn at most).
-    pub deferred: bool,
+    /// It left a free slot to partition `.0`, behind in the split, when
+    /// that partition had finished `.1` dispatch turns. Once it has
+    /// finished another (it had its chance), this partition takes the
+    /// slot: a partition behind that cannot use it (its jobs are for
+    /// tenants the worker does not take) delays the stream by one of its
+    /// turns, never stops it.
+    pub deferred: Option<(usize, u64)>,
     /// Lease length the worker asked for, if any.
     pub lease_ms: Option<u64>,
     pub tx: StreamTx,
@@ -110,7 +113,7 @@ impl Engine {
                 max_in_flight: sub.max_in_flight.max(1),
                 in_flight: 0,
                 window,
-                deferred: false,
+                deferred: None,
                 lease_ms: sub.lease_duration.map(duration_millis),
                 tx,
                 leases: Default::default(),
@@ -223,9 +226,23 @@ impl Engine {
     /// round so workers share the backlog evenly.
     pub(super) fn dispatch(&mut self) {
         self.post_demand();
-        if !self.queues.values().any(|q| q.has_ready()) {
-            return;
+        if self.queues.values().any(|q| q.has_ready()) {
+            self.dispatch_ready();
+            self.post_demand();
         }
+        if self.shared.partitions > 1 {
+            // This partition had its chance at every free slot: a partition
+            // that left one to it may now take it, and is woken to.
+            self.shared.turn_done(self.me);
+            for c in self.consumers.values().filter(|c| c.window.has_room()) {
+                self.shared.wake(self.me, c.window.take_wanting());
+            }
+        }
+    }
+
+    /// Leases for every stream and long-poll with a free slot, until none
+    /// gets more.
+    fn dispatch_ready(&mut self) {
         loop {
             let mut progress = false;
             let consumers: Vec<u64> =
@@ -241,14 +258,6 @@ impl Engine {
             }
             if !progress || self.w.is_poisoned() {
                 break;
-            }
-        }
-        self.post_demand();
-        // Slots this partition left free go to the partitions that wanted
-        // them.
-        if self.shared.partitions > 1 {
-            for c in self.consumers.values().filter(|c| c.window.has_room()) {
-                self.shared.wake(self.me, c.window.take_wanting());
             }
         }
     }
@@ -381,19 +390,16 @@ impl Engine {
 
     /// With several partitions: whether this one may use the target's free
     /// slot for `queue` now, or should leave it to the partition furthest
-    /// behind in the queue's split (woken for it). A stream leaves a slot
-    /// once; the next time it takes it, so a partition behind that cannot
-    /// use the slot (its jobs are for other tenants than the worker's)
-    /// delays the stream by one turn, never stops it.
+    /// behind in the queue's split (woken for it). A stream leaves the
+    /// slot until that partition has finished a dispatch turn (it had its
+    /// chance at the slot); then this partition takes it, so a partition
+    /// behind that cannot use the slot (its jobs are for other tenants than
+    /// the worker's) delays the stream by one of its turns, never stops it.
     fn split_allows(&mut self, target: Target, queue: &str) -> bool {
         if self.shared.partitions == 1 {
             return true;
         }
         let Some(q) = self.queues.get(queue) else { return false };
-        if q.shares.may_take(self.me) {
-            return true;
-        }
-        let behind = q.shares.behind();
         let (deferred, window) = match target {
             Target::Consumer(id) => match self.consumers.get_mut(&id) {
                 Some(c) => (&mut c.deferred, c.window.clone()),
@@ -402,13 +408,27 @@ impl Engine {
             // A unary call is answered once: it takes what it finds.
             Target::Waiter(_) => return true,
         };
-        if std::mem::take(deferred) {
+        let behind = match q.shares.may_take(self.me, crate::partition::queue_shares::slack(window.max())) {
+            true => None,
+            false => q.shares.behind().filter(|p| *p != self.me),
+        };
+        let Some(behind) = behind else {
+            *deferred = None;
             return true;
-        }
-        *deferred = true;
-        window.want(self.me);
-        if let Some(p) = behind.filter(|p| *p != self.me) {
-            self.shared.send_to(p, super::Command::Wake);
+        };
+        let turns = self.shared.turns(behind);
+        match *deferred {
+            Some((p, at)) if p == behind && turns > at => {
+                *deferred = None;
+                return true;
+            }
+            // Already left to it (and it was woken): wait for its turn.
+            Some((p, _)) if p == behind => window.want(self.me),
+            _ => {
+                *deferred = Some((behind, turns));
+                window.want(self.me);
+                self.shared.send_to(behind, super::Command::Wake);
+            }
         }
         false
     }

@@ -30,6 +30,10 @@ pub(crate) struct Shared {
     /// The first partition's fault, naming the partition when there are
     /// several.
     fault_tx: tokio::sync::watch::Sender<Option<String>>,
+    /// Per partition: dispatch turns it has finished. A partition that
+    /// left a stream's free slot to partition p takes it itself once p has
+    /// finished a turn since (p had its chance and did not use it).
+    turns: Vec<std::sync::atomic::AtomicU64>,
 }
 
 impl Shared {
@@ -43,6 +47,19 @@ impl Shared {
             health_tx: tokio::sync::watch::channel(HealthMap::new()).0,
             faults: Mutex::new(vec![None; partitions]),
             fault_tx: tokio::sync::watch::channel(None).0,
+            turns: (0..partitions).map(|_| std::sync::atomic::AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Dispatch turns partition `p` has finished.
+    pub fn turns(&self, p: usize) -> u64 {
+        self.turns.get(p).map_or(0, |t| t.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    /// Partition `me` finished a dispatch turn.
+    pub fn turn_done(&self, me: usize) {
+        if let Some(t) = self.turns.get(me) {
+            t.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
     }
 
