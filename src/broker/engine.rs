@@ -204,15 +204,7 @@ impl Writes {
         if p.is_default() {
             Store::delete_policy(&mut self.batch, queue, tenant);
         } else {
-            let rec = crate::storage::records::TenantPolicyRecord {
-                tenant: tenant.to_string(),
-                weight: p.weight,
-                max_in_flight: p.max_in_flight,
-                enqueue_rate: p.enqueue_rate,
-                enqueue_burst: p.enqueue_burst,
-                env_weights: p.env_weights.clone(),
-            };
-            Store::put_policy(&mut self.batch, queue, &rec);
+            Store::put_policy(&mut self.batch, queue, &super::catalog::policy_record(tenant, p));
         }
     }
 
