@@ -25,7 +25,12 @@ const WAIT: Duration = Duration::from_secs(10);
 const KIND: &str = "bad_worker_version";
 
 /// Alerts other than the breaker's off; a small breaker (50% of at least
-/// 10 of the last 20) so the tests need few jobs.
+/// 10 of the last 20) so the tests need few jobs. More attempts than the
+/// window holds, so no job is dead-lettered before the breaker can trip:
+/// a nacked job goes back to the front of its group, and the order in
+/// which a busy broker takes nacks in may give one job most of a bad
+/// version's failures (with 5 attempts, one job took 5 of the 10 and was
+/// dead-lettered, so only 5 attempts could be given back).
 fn config() -> pb::QueueConfig {
     pb::QueueConfig {
         alert_oldest_ready_age: Some(dur(Duration::ZERO)),
@@ -36,7 +41,7 @@ fn config() -> pb::QueueConfig {
         breaker_failure_percent: Some(50),
         breaker_min_deliveries: Some(10),
         breaker_window: Some(20),
-        max_attempts: 5,
+        max_attempts: 25,
         ..Default::default()
     }
 }

@@ -264,7 +264,7 @@ impl Engine {
 
     /// With several partitions: tells the split how much this partition
     /// wants of each queue (the weights of its tenants in the rotation).
-    fn post_demand(&self) {
+    pub(super) fn post_demand(&self) {
         if self.shared.partitions == 1 {
             return;
         }
