@@ -11,7 +11,8 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     /// Partitions of a new data dir (fixed when the dir is made; each has
     /// its own writer thread and RocksDB). Unset: what an existing data dir
-    /// holds, 1 for a new one. Asking an existing data dir for another
+    /// holds, and 1 for a new one (one per CPU core, [`new_dir_partitions`],
+    /// once the suite passes at it). Asking an existing data dir for another
     /// number is refused. See docs/partitions.md.
     #[arg(long, env = "FAIRWAY_PARTITIONS")]
     pub partitions: Option<u32>,
@@ -58,6 +59,20 @@ pub struct ServeConfig {
     pub recovery_hold: std::time::Duration,
 }
 
+/// Partitions a new data dir gets when `--partitions` is unset: one per CPU
+/// core (each partition's writer is one thread, so more than the cores only
+/// adds hand-offs), at least 1 and at most what a broker holds. Pure, so
+/// the rule is tested apart from the machine it runs on.
+pub fn new_dir_partitions(cores: usize) -> u32 {
+    cores.clamp(1, crate::partition::placement::MAX_PARTITIONS as usize) as u32
+}
+
+/// [`new_dir_partitions`] of this machine's cores (what the scheduler lets
+/// this process use, so a container's CPU limit counts).
+pub fn machine_partitions() -> u32 {
+    new_dir_partitions(std::thread::available_parallelism().map_or(1, usize::from))
+}
+
 /// A listen address, or `off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Listen {
@@ -93,5 +108,21 @@ impl ServeConfig {
             auth_file: None,
             recovery_hold: std::time::Duration::ZERO,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::partition::placement::MAX_PARTITIONS;
+
+    #[test]
+    fn a_new_data_dir_gets_one_partition_per_core_within_bounds() {
+        assert_eq!(new_dir_partitions(0), 1, "a machine that reports no cores still gets a partition");
+        assert_eq!(new_dir_partitions(1), 1);
+        assert_eq!(new_dir_partitions(2), 2);
+        assert_eq!(new_dir_partitions(16), 16);
+        assert_eq!(new_dir_partitions(100_000), MAX_PARTITIONS);
+        assert!((1..=MAX_PARTITIONS).contains(&machine_partitions()));
     }
 }

@@ -15,6 +15,8 @@ pub mod config;
 pub mod conn_limits;
 pub mod deadline;
 pub mod error;
+#[doc(hidden)]
+pub mod failpoint;
 /// Fuzz targets: not part of the broker's API, compiled only with the
 /// `fuzz` feature (the fuzz drivers and `tests/fuzz_smoke.rs` turn it on).
 #[cfg(feature = "fuzz")]

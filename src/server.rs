@@ -162,7 +162,7 @@ pub async fn run(
     let (dir, durability, hold, partitions) =
         (config.data_dir.clone(), config.durability, config.recovery_hold, config.partitions);
     let (broker, recovery) =
-        tokio::task::spawn_blocking(move || Broker::start_with(&dir, durability, hold, partitions))
+        tokio::task::spawn_blocking(move || Broker::start_with(&dir, durability, hold, partitions, 1))
             .await
             .map_err(|e| BrokerError::Storage(format!("start-up task failed: {e}")))??;
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -289,8 +289,9 @@ async fn a_read_only_data_dir_is_refused_at_start_with_a_clear_message() {
     assert!(stderr.contains("cannot create data dir") && stderr.contains("Read-only file system"), "{stderr}");
 }
 
-/// Partitions of the brokers these tests start (`FAIRWAY_TEST_PARTITIONS`):
-/// each partition's RocksDB needs room of its own.
+/// Partitions of the brokers these tests start (`FAIRWAY_TEST_PARTITIONS`,
+/// else 1): each partition's RocksDB needs
+/// room of its own.
 fn partitions() -> u32 {
-    std::env::var("FAIRWAY_TEST_PARTITIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(1)
+    common::test_partitions().unwrap_or(1)
 }

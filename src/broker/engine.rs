@@ -213,6 +213,31 @@ impl Writes {
         Store::put_queue_meta(&mut self.batch, meta);
     }
 
+    /// Stages a cross-partition batch's intent (already encoded by the
+    /// caller, off this thread); fsynced with the coordinator's own part.
+    pub fn put_intent(&mut self, seq: u64, encoded: &[u8]) {
+        self.needs_sync = true;
+        self.batch.put(Table::Meta, &Store::intent_key(seq), encoded);
+    }
+
+    /// The intent is done with: fsynced, because the markers saying its
+    /// parts were stored are dropped only once it is surely gone.
+    pub fn delete_intent(&mut self, seq: u64) {
+        self.needs_sync = true;
+        Store::delete_intent(&mut self.batch, seq);
+    }
+
+    /// Marks part `seq` of partition `from` as stored, in the part's write.
+    pub fn put_applied(&mut self, from: u16, seq: u64) {
+        self.needs_sync = true;
+        Store::put_applied(&mut self.batch, from, seq);
+    }
+
+    pub fn delete_applied(&mut self, from: u16, seq: u64) {
+        self.needs_sync |= !self.relaxed;
+        Store::delete_applied(&mut self.batch, from, seq);
+    }
+
     /// Creates a queue's storage, fresh, in this batch.
     pub fn create_queue(&mut self, queue: &str) {
         self.needs_sync = true;
@@ -512,6 +537,13 @@ impl Engine {
     fn apply(&mut self, cmd: Command) {
         match cmd {
             Command::Enqueue { jobs, batch, reply } => self.enqueue(jobs, batch, reply),
+            Command::EnqueueCoordinated { jobs, intent, reply } => self.enqueue_coordinated(jobs, intent, reply),
+            Command::ApplyPart { from, seq, jobs, reply } => self.apply_part(from, seq, jobs, reply),
+            Command::DropIntent { seq, reply } => self.drop_intent(seq, reply),
+            Command::DropApplied { which, reply } => self.drop_applied(which, reply),
+            Command::Intents { reply } => {
+                let _ = reply.send(self.w.store.load_intents());
+            }
             Command::Settle { queue, job, lease, action, reply } => self.settle(queue, job, lease, action, reply),
             Command::Acks { acks, tx } => {
                 for (queue, job, lease) in acks {
@@ -596,6 +628,9 @@ impl Engine {
                 for q in self.queues.values_mut() {
                     q.staged_due = None;
                 }
+                // Before the callers hear of it: a lease sent right after an
+                // answered enqueue finds this partition's demand in the split.
+                self.post_demand();
                 for f in after {
                     f(None);
                 }

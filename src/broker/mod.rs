@@ -25,6 +25,7 @@ macro_rules! or_reply {
 }
 
 mod admin;
+mod batch_intent;
 mod catalog;
 mod dispatch;
 mod engine;
@@ -242,6 +243,37 @@ pub(crate) enum Command {
         batch: bool,
         reply: Reply<Vec<EnqueueOutcome>>,
     },
+    /// The coordinating partition's part of a batch across partitions, and
+    /// the intent naming the other parts (encoded), in one write; answered
+    /// with the intent's number. See `batch_intent.rs`.
+    EnqueueCoordinated {
+        jobs: Vec<NewJob>,
+        intent: Vec<u8>,
+        reply: Reply<(Vec<EnqueueOutcome>, u64)>,
+    },
+    /// This partition's part of intent `seq` of partition `from`, stored
+    /// with a marker; `None` when the marker says it was stored already.
+    ApplyPart {
+        from: u16,
+        seq: u64,
+        jobs: Vec<NewJob>,
+        reply: Reply<Option<Vec<EnqueueOutcome>>>,
+    },
+    /// Every part of intent `seq` is stored: drop it (fsynced).
+    DropIntent {
+        seq: u64,
+        reply: Reply<()>,
+    },
+    /// Drop a marker whose intent is gone, or (at start, once every intent
+    /// is done) all of them.
+    DropApplied {
+        which: Option<(u16, u64)>,
+        reply: Option<Reply<()>>,
+    },
+    /// At start: the intents this partition coordinates.
+    Intents {
+        reply: Reply<Vec<(u64, crate::storage::records::BatchIntentRecord)>>,
+    },
     Settle {
         queue: String,
         job: JobId,
@@ -405,21 +437,23 @@ impl Broker {
     /// `Recovery` says when the broker is ready. Blocking: call it off the
     /// async runtime.
     pub fn start(data_dir: &Path, durability: Durability) -> Result<(Broker, Recovery)> {
-        Self::start_with(data_dir, durability, Duration::ZERO, None)
+        Self::start_with(data_dir, durability, Duration::ZERO, None, 1)
     }
 
-    /// [`start`](Self::start) with `partitions` for a new data dir (an
-    /// existing one keeps what it holds; asking for another number is
-    /// refused), the writers pausing `hold` before they recover: lets tests
-    /// observe a broker that is still starting.
+    /// [`start`](Self::start) with `partitions` asked for (`None`: what an
+    /// existing data dir holds, `new_dir_partitions` for a new one; asking
+    /// an existing dir for another number is refused), the writers pausing
+    /// `hold` before they recover: lets tests observe a broker that is
+    /// still starting.
     #[doc(hidden)]
     pub fn start_with(
         data_dir: &Path,
         durability: Durability,
         hold: Duration,
         partitions: Option<u32>,
+        new_dir_partitions: u32,
     ) -> Result<(Broker, Recovery)> {
-        let (layout, _) = crate::storage::data_dir::open(data_dir, partitions, 1)?;
+        let (layout, _) = crate::storage::data_dir::open(data_dir, partitions, new_dir_partitions)?;
         let mut stores = Vec::with_capacity(layout.len());
         let memory = crate::storage::Memory::new();
         for p in 0..layout.len() {
@@ -554,13 +588,18 @@ impl Broker {
         self.until_ready().await?;
         self.admit(&jobs, batch)?;
         let split = self.split_jobs(jobs);
-        let calls = split.into_iter().map(|(p, idx, jobs)| async move {
-            let out = self.parts[p].call(|reply| Command::Enqueue { jobs, batch, reply }).await?;
-            Ok::<_, BrokerError>((idx, out))
-        });
+        let stored = if batch && split.len() > 1 {
+            // All or nothing across partitions, crashes included.
+            self.enqueue_across(split).await?
+        } else {
+            let calls = split.into_iter().map(|(p, idx, jobs)| async move {
+                let out = self.parts[p].call(|reply| Command::Enqueue { jobs, batch, reply }).await?;
+                Ok::<_, BrokerError>((idx, out))
+            });
+            futures::future::join_all(calls).await.into_iter().collect::<Result<Vec<_>>>()?
+        };
         let mut results: Vec<Option<EnqueueOutcome>> = Vec::new();
-        for r in futures::future::join_all(calls).await {
-            let (idx, out) = r?;
+        for (idx, out) in stored {
             for (i, o) in idx.into_iter().zip(out) {
                 if results.len() <= i {
                     results.resize(i + 1, None);
@@ -1159,6 +1198,7 @@ fn recover_all(
         report.leases += got.leases;
     }
     catalog::reconcile(parts)?;
+    batch_intent::replay(parts)?;
     Ok(report)
 }
 

@@ -72,12 +72,21 @@ impl Engine {
     // ------------------------------------------------------------- enqueue
 
     pub(super) fn enqueue(&mut self, jobs: Vec<NewJob>, batch: bool, reply: Reply<Vec<EnqueueOutcome>>) {
-        // Validate all before writing any, so a bad item writes nothing.
+        match self.stage_enqueue(jobs, batch) {
+            Ok(out) => self.w.after(reply_after(reply, out)),
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    /// Stages jobs, all or none: validates all before writing any, so a bad
+    /// item writes nothing, and a failure part way poisons the batch.
+    pub(super) fn stage_enqueue(&mut self, jobs: Vec<NewJob>, batch: bool) -> Result<Vec<EnqueueOutcome>> {
         for (i, job) in jobs.iter().enumerate() {
             if !self.queues.contains_key(&job.queue) {
                 let e = BrokerError::QueueNotFound(job.queue.clone());
-                let _ = reply.send(Err(if batch { e.context(&format!("jobs[{i}]")) } else { e }));
-                return;
+                return Err(if batch { e.context(&format!("jobs[{i}]")) } else { e });
             }
         }
         let mut out = Vec::with_capacity(jobs.len());
@@ -87,12 +96,11 @@ impl Engine {
                 Err(e) => {
                     // Part of the batch may be staged: poison it so none commits.
                     self.w.poison(e.clone());
-                    let _ = reply.send(Err(e));
-                    return;
+                    return Err(e);
                 }
             }
         }
-        self.w.after(reply_after(reply, out));
+        Ok(out)
     }
 
     fn enqueue_one(&mut self, job: NewJob) -> Result<EnqueueOutcome> {

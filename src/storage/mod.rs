@@ -36,6 +36,11 @@ const FORMAT_KEY: &[u8] = b"format_version";
 /// another version instead of guessing.
 pub const FORMAT_VERSION: u32 = 1;
 const QUEUE_PREFIX: &[u8] = b"queue/";
+/// Meta keys of cross-partition batches being completed (see
+/// `broker/batch_intent.rs`): `intent/SEQ` at the coordinating partition,
+/// `applied/FROM SEQ` at each partition that stored its part.
+const INTENT_PREFIX: &[u8] = b"intent/";
+const APPLIED_PREFIX: &[u8] = b"applied/";
 
 /// Block cache shared by every column family: idle queues cost no memory.
 const BLOCK_CACHE_BYTES: usize = 256 << 20;
@@ -488,6 +493,78 @@ impl Store {
     pub fn delete_policies(&self, batch: &mut Batch, queue: &str) -> Result<()> {
         for p in self.load_policies(queue)? {
             Self::delete_policy(batch, queue, &p.tenant);
+        }
+        Ok(())
+    }
+
+    /// Meta key of a cross-partition batch this partition coordinates.
+    pub fn intent_key(seq: u64) -> Vec<u8> {
+        let mut k = INTENT_PREFIX.to_vec();
+        k.extend_from_slice(&seq.to_be_bytes());
+        k
+    }
+
+    /// Meta key saying this partition stored its part of batch `seq` of
+    /// partition `from`, in the same write as the part's jobs.
+    pub fn applied_key(from: u16, seq: u64) -> Vec<u8> {
+        let mut k = APPLIED_PREFIX.to_vec();
+        k.extend_from_slice(&from.to_be_bytes());
+        k.extend_from_slice(&seq.to_be_bytes());
+        k
+    }
+
+    pub fn delete_intent(batch: &mut Batch, seq: u64) {
+        batch.delete(Table::Meta, &Self::intent_key(seq));
+    }
+
+    pub fn put_applied(batch: &mut Batch, from: u16, seq: u64) {
+        batch.put(Table::Meta, &Self::applied_key(from, seq), &[]);
+    }
+
+    pub fn delete_applied(batch: &mut Batch, from: u16, seq: u64) {
+        batch.delete(Table::Meta, &Self::applied_key(from, seq));
+    }
+
+    /// The cross-partition batches this partition coordinates and has not
+    /// seen completed, oldest first (there are none after a clean stop).
+    pub fn load_intents(&self) -> Result<Vec<(u64, records::BatchIntentRecord)>> {
+        let mut out = Vec::new();
+        self.visit_meta(INTENT_PREFIX, |k, v| {
+            let seq = k.get(INTENT_PREFIX.len()..).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+            let Some(seq) = seq else { return Err(BrokerError::Storage("corrupt batch intent key".into())) };
+            let rec = records::BatchIntentRecord::decode(v)
+                .map_err(|e| BrokerError::Storage(format!("corrupt batch intent {seq}: {e}")))?;
+            out.push((seq, rec));
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Every "part stored" marker this partition holds, as (from, seq).
+    pub fn load_applied(&self) -> Result<Vec<(u16, u64)>> {
+        let mut out = Vec::new();
+        self.visit_meta(APPLIED_PREFIX, |k, _| {
+            let rest = &k[APPLIED_PREFIX.len()..];
+            match (rest.get(..2), rest.get(2..10)) {
+                (Some(f), Some(s)) if rest.len() == 10 => {
+                    let from = u16::from_be_bytes([f[0], f[1]]);
+                    let seq = u64::from_be_bytes(s.try_into().unwrap_or_default());
+                    out.push((from, seq));
+                    Ok(())
+                }
+                _ => Err(BrokerError::Storage("corrupt batch marker key".into())),
+            }
+        })?;
+        Ok(out)
+    }
+
+    fn visit_meta(&self, prefix: &[u8], mut f: impl FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
+        let meta = self.meta()?;
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(keys::prefix_end(prefix));
+        for item in self.db.iterator_cf_opt(&meta, ro, IteratorMode::From(prefix, Direction::Forward)) {
+            let (k, v) = item?;
+            f(&k, &v)?;
         }
         Ok(())
     }

@@ -281,3 +281,54 @@ pub struct AlertRecord {
     #[prost(uint64, tag = "4")]
     pub at_ms: u64,
 }
+
+/// An `EnqueueBatch` whose jobs belong to several partitions, as its
+/// coordinating partition stores it (Meta key `intent/SEQ`) in the same
+/// write as its own part: once that write is in, the batch is decided and
+/// the other parts are applied (now, or at the next start) until each is.
+/// See `src/broker/batch_intent.rs`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BatchIntentRecord {
+    /// The parts of the other partitions.
+    #[prost(message, repeated, tag = "1")]
+    pub parts: Vec<IntentPart>,
+}
+
+/// One other partition's jobs of a cross-partition batch.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct IntentPart {
+    #[prost(uint32, tag = "1")]
+    pub partition: u32,
+    #[prost(message, repeated, tag = "2")]
+    pub jobs: Vec<IntentJob>,
+}
+
+/// A job as the producer sent it (validated), not yet stored by its
+/// partition: the fields of `model::NewJob`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct IntentJob {
+    #[prost(string, tag = "1")]
+    pub queue: String,
+    #[prost(string, tag = "2")]
+    pub tenant: String,
+    #[prost(string, tag = "3")]
+    pub environment: String,
+    #[prost(bytes = "bytes", tag = "4")]
+    pub payload: bytes::Bytes,
+    #[prost(map = "string, string", tag = "5")]
+    pub headers: std::collections::HashMap<String, String>,
+    #[prost(int32, tag = "6")]
+    pub priority: i32,
+    /// Absent: at once (when its partition stores it).
+    #[prost(uint64, optional, tag = "7")]
+    pub run_at_ms: Option<u64>,
+    #[prost(string, tag = "8")]
+    pub dedup_key: String,
+    #[prost(uint32, tag = "9")]
+    pub max_attempts: u32,
+    /// Absent: the queue's default.
+    #[prost(uint64, optional, tag = "10")]
+    pub lease_duration_ms: Option<u64>,
+    #[prost(string, tag = "11")]
+    pub traceparent: String,
+}

@@ -21,7 +21,13 @@ pub struct BrokerProcess {
 impl BrokerProcess {
     /// Starts `fairway serve` on `dir`, listening on `listen` (port 0 = any).
     pub async fn spawn_at(dir: &Path, listen: &str, extra: &[&str]) -> BrokerProcess {
+        BrokerProcess::spawn_env(dir, listen, extra, &[]).await
+    }
+
+    /// [`spawn_at`](Self::spawn_at) with extra environment variables.
+    pub async fn spawn_env(dir: &Path, listen: &str, extra: &[&str], envs: &[(&str, &str)]) -> BrokerProcess {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_fairway"));
+        cmd.envs(envs.iter().copied());
         cmd.args(["serve", "--listen", listen, "--metrics-listen", "off", "--data-dir"])
             .arg(dir)
             .args(extra)
