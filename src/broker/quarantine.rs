@@ -36,9 +36,13 @@ impl Engine {
     pub(super) fn note_outcome(&mut self, queue: &str, version: &Arc<str>, job: JobId, failed: bool) {
         let Some(q) = self.queues.get_mut(queue) else { return };
         let cfg = q.config.breaker;
-        let quarantine = &q.quarantine;
+        let (quarantine, generation) = (&q.quarantine, q.generation);
         let now = self.now;
-        let trip = q.breaker.record(&cfg, (version, job, failed), now, |v| quarantine.contains_key(v));
+        // A version another partition fenced is quarantined already: its
+        // quarantine is on its way here, and it never serves as a baseline.
+        let fences = q.breaker.fences();
+        let fenced = |v: &str| quarantine.contains_key(v) || fences.as_ref().is_some_and(|b| b.fenced(v, generation));
+        let trip = q.breaker.record(&cfg, (version, job, failed), now, fenced);
         if let Some(trip) = trip {
             if let Err(e) = self.quarantine(queue, version, trip) {
                 self.w.poison(e);
@@ -70,6 +74,9 @@ impl Engine {
             baseline_deliveries = rec.baseline_deliveries, returned_leases = rec.returned_leases,
             refunded_attempts = refunded, "worker version quarantined by the circuit breaker");
         q.quarantine.insert(version.to_string(), rec.clone());
+        // The other partitions stop delivering to it now, before this
+        // outcome is answered; the quarantine reaches them through partition 0.
+        q.breaker.fence(&Arc::from(version), q.generation);
         // Its old failures were refunded; after a lift it starts afresh.
         q.breaker.reset(version);
         q.counters.quarantines_total += 1;
@@ -118,6 +125,7 @@ impl Engine {
             return;
         };
         q.breaker.reset(&version);
+        q.breaker.unfence(&version);
         sync_alert(q, now);
         tracing::warn!(queue = %queue, worker_version = %version, "worker version quarantine lifted");
         self.stage_meta(&queue);

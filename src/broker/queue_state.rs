@@ -213,10 +213,13 @@ impl QueueState {
         }
     }
 
-    /// True when leases to `version` are stopped in this queue. O(1) and
-    /// free while nothing is quarantined (the common case on the hot path).
+    /// True when leases to `version` are stopped in this queue: quarantined
+    /// here, or tripped by another partition whose quarantine is on its
+    /// way. O(1) and free while nothing is quarantined (the common case on
+    /// the hot path).
     pub fn is_quarantined(&self, version: &str) -> bool {
-        !self.quarantine.is_empty() && self.quarantine.contains_key(version)
+        (!self.quarantine.is_empty() && self.quarantine.contains_key(version))
+            || self.breaker.fenced(version, self.generation)
     }
 
     pub fn group_mut(&mut self, tenant: &str, env: &str) -> &mut Group {

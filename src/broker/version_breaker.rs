@@ -194,6 +194,32 @@ impl VersionBreaker {
         self.post(version, -i64::from(w.deliveries()), -i64::from(w.failures), None);
     }
 
+    /// Fences `version` in every partition (see [`BreakerBoard::fence`]).
+    pub fn fence(&self, version: &Arc<str>, generation: u64) {
+        if let Some((b, _)) = &self.board {
+            b.fence(version, generation);
+        }
+    }
+
+    /// Takes down `version`'s fence.
+    pub fn unfence(&self, version: &str) {
+        if let Some((b, _)) = &self.board {
+            b.unfence(version);
+        }
+    }
+
+    /// Whether another partition tripped `version` (and this one may not
+    /// hold the quarantine yet).
+    pub fn fenced(&self, version: &str, generation: u64) -> bool {
+        self.board.as_ref().is_some_and(|(b, _)| b.fenced(version, generation))
+    }
+
+    /// The queue's board while some version is fenced on it (rare: a
+    /// clone to check fences next to a `record`).
+    pub fn fences(&self) -> Option<Arc<BreakerBoard>> {
+        self.board.as_ref().filter(|(b, _)| b.any_fenced()).map(|(b, _)| b.clone())
+    }
+
     /// `version`'s figures here plus in the other partitions.
     fn total(&self, version: &str, here: Figures) -> Figures {
         match &self.board {

@@ -10,9 +10,19 @@
 //! added and took away); any partition reads every slot. A post holds the
 //! map's read lock while it adds, and an entry whose slots are all zero is
 //! removed under the write lock, so a post never lands in a removed entry.
+//!
+//! The board also carries **fences**: the partition whose outcome trips a
+//! version fences it here, in memory, before that outcome is answered; every
+//! other partition delivers nothing to a fenced version from then on, though
+//! the quarantine itself reaches it only after a round through partition 0
+//! (see `broker/catalog.rs`). So once the tripping nack is answered no
+//! partition hands the bad version another job. A fence names the queue's
+//! generation (a queue deleted and created again starts unfenced) and is
+//! taken down by a lift. It is not stored: after a restart every partition
+//! holds the quarantine itself (the catalog's reconcile).
 
 use crate::model::{duration_millis, BreakerConfig, FastMap, Millis};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// One version's figures, in one partition or summed over several.
@@ -99,11 +109,50 @@ impl Slots {
 pub struct BreakerBoard {
     parts: usize,
     versions: RwLock<FastMap<Arc<str>, Slots>>,
+    /// Fenced versions, each with the queue generation it was fenced in.
+    fences: RwLock<FastMap<Arc<str>, u64>>,
+    /// Whether `fences` holds anything: the delivery path reads only this
+    /// while nothing is fenced (the common case).
+    any_fence: AtomicBool,
 }
 
 impl BreakerBoard {
     pub fn new(partitions: usize) -> BreakerBoard {
-        BreakerBoard { parts: partitions.max(1), versions: RwLock::default() }
+        BreakerBoard {
+            parts: partitions.max(1),
+            versions: RwLock::default(),
+            fences: RwLock::default(),
+            any_fence: AtomicBool::new(false),
+        }
+    }
+
+    /// Stops deliveries to `version` in every partition of the queue (in
+    /// its generation `generation`) until [`BreakerBoard::unfence`].
+    pub fn fence(&self, version: &Arc<str>, generation: u64) {
+        let mut f = self.fences.write().unwrap_or_else(|p| p.into_inner());
+        f.insert(version.clone(), generation);
+        self.any_fence.store(true, Ordering::Release);
+    }
+
+    /// Takes down `version`'s fence (its quarantine was lifted).
+    pub fn unfence(&self, version: &str) {
+        if !self.any_fence.load(Ordering::Acquire) {
+            return;
+        }
+        let mut f = self.fences.write().unwrap_or_else(|p| p.into_inner());
+        f.remove(version);
+        self.any_fence.store(!f.is_empty(), Ordering::Release);
+    }
+
+    /// Whether any version is fenced.
+    pub fn any_fenced(&self) -> bool {
+        self.any_fence.load(Ordering::Acquire)
+    }
+
+    /// Whether `version` is fenced in the queue's generation `generation`.
+    pub fn fenced(&self, version: &str, generation: u64) -> bool {
+        self.any_fence.load(Ordering::Acquire)
+            && self.fences.read().unwrap_or_else(|p| p.into_inner()).get(version) == Some(&generation)
     }
 
     pub fn partitions(&self) -> usize {
@@ -216,6 +265,21 @@ mod tests {
         // A version forgotten twice (a reload's old state dropped late) stays at 0.
         b.post(0, &v("w"), -5, -5, None);
         assert!(b.is_empty());
+    }
+
+    #[test]
+    fn a_fence_holds_in_its_generation_until_lifted() {
+        let b = BreakerBoard::new(3);
+        assert!(!b.fenced("v2", 1));
+        b.fence(&v("v2"), 1);
+        assert!(b.fenced("v2", 1));
+        assert!(!b.fenced("v1", 1), "only the tripped version");
+        assert!(!b.fenced("v2", 2), "a queue created again starts unfenced");
+        b.unfence("v1");
+        assert!(b.fenced("v2", 1));
+        b.unfence("v2");
+        assert!(!b.fenced("v2", 1));
+        assert!(!b.any_fence.load(Ordering::Acquire));
     }
 
     #[test]
