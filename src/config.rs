@@ -11,9 +11,9 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     /// Partitions of a new data dir (fixed when the dir is made; each has
     /// its own writer thread and RocksDB). Unset: what an existing data dir
-    /// holds, and 1 for a new one (one per CPU core, [`new_dir_partitions`],
-    /// once the suite passes at it). Asking an existing data dir for another
-    /// number is refused. See docs/partitions.md.
+    /// holds, and one per CPU core for a new one ([`machine_partitions`]).
+    /// Asking an existing data dir for another number is refused. See
+    /// docs/partitions.md.
     #[arg(long, env = "FAIRWAY_PARTITIONS")]
     pub partitions: Option<u32>,
     /// gRPC listen address (port 0 picks a free port).

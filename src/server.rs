@@ -161,8 +161,9 @@ pub async fn run(
     // NOT_SERVING; it turns SERVING when recovery is done.
     let (dir, durability, hold, partitions) =
         (config.data_dir.clone(), config.durability, config.recovery_hold, config.partitions);
+    let machine_partitions = crate::config::machine_partitions();
     let (broker, recovery) =
-        tokio::task::spawn_blocking(move || Broker::start_with(&dir, durability, hold, partitions, 1))
+        tokio::task::spawn_blocking(move || Broker::start_with(&dir, durability, hold, partitions, machine_partitions))
             .await
             .map_err(|e| BrokerError::Storage(format!("start-up task failed: {e}")))??;
     let (health, health_service) = tonic_health::server::health_reporter();

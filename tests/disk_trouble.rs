@@ -290,8 +290,8 @@ async fn a_read_only_data_dir_is_refused_at_start_with_a_clear_message() {
 }
 
 /// Partitions of the brokers these tests start (`FAIRWAY_TEST_PARTITIONS`,
-/// else 1): each partition's RocksDB needs
-/// room of its own.
+/// else the default of a new data dir, one per core): each partition's
+/// RocksDB needs room of its own.
 fn partitions() -> u32 {
-    common::test_partitions().unwrap_or(1)
+    common::test_partitions().unwrap_or_else(fairway::config::machine_partitions)
 }

@@ -1127,7 +1127,9 @@ impl Broker {
 
     /// A page of a queue's jobs. With several partitions the partitions are
     /// listed one after the other, and the page token names the partition
-    /// (its first two bytes) and the key to go on after.
+    /// (its first two bytes) and the key to go on after. A page is filled
+    /// from the next partitions when one runs out, so an empty page means
+    /// the listing is over, never "look further".
     pub async fn list_jobs(&self, mut req: reads::ListJobs) -> Result<(Vec<pb::Job>, String)> {
         self.until_ready().await?;
         let info = self.queue_info(&req.queue)?;
@@ -1136,37 +1138,54 @@ impl Broker {
             let store = self.parts[0].store.clone();
             return spawn_read(move || reads::list_jobs(&store, &info.config, &req)).await;
         }
-        let (p, key) = match req.page_token.take() {
+        let foreign = || {
+            BrokerError::InvalidArgument(
+                "page_token does not belong to this listing; pass the token from the previous page".into(),
+            )
+        };
+        let (first, key) = match req.page_token.take() {
             None => (0, None),
             Some(t) if t.len() >= 2 => {
                 let p = usize::from(u16::from_be_bytes([t[0], t[1]]));
                 if p >= n {
-                    return Err(BrokerError::InvalidArgument(
-                        "page_token does not belong to this listing; pass the token from the previous page".into(),
-                    ));
+                    return Err(foreign());
                 }
                 (p, (t.len() > 2).then(|| t[2..].to_vec()))
             }
-            Some(_) => {
-                return Err(BrokerError::InvalidArgument(
-                    "page_token does not belong to this listing; pass the token from the previous page".into(),
-                ))
-            }
+            Some(_) => return Err(foreign()),
         };
         req.page_token = key;
-        let store = self.parts[p].store.clone();
-        let (jobs, token) = spawn_read(move || reads::list_jobs(&store, &info.config, &req)).await?;
-        let next = if !token.is_empty() {
-            let key = hex::decode(&token).map_err(|e| BrokerError::Storage(format!("page token: {e}")))?;
-            let mut t = (p as u16).to_be_bytes().to_vec();
-            t.extend(key);
-            hex::encode(t)
-        } else if p + 1 < n {
-            hex::encode(((p + 1) as u16).to_be_bytes())
-        } else {
-            String::new()
-        };
-        Ok((jobs, next))
+        let stores: Vec<_> = self.parts[first..].iter().map(|p| p.store.clone()).collect();
+        spawn_read(move || {
+            let page = if req.page_size == 0 { reads::DEFAULT_PAGE } else { req.page_size.min(reads::MAX_PAGE) };
+            let mut jobs = Vec::new();
+            let mut bytes = 0;
+            for (i, store) in stores.iter().enumerate() {
+                let p = first + i;
+                req.page_size = page - jobs.len();
+                let (got, token) = reads::list_jobs(store, &info.config, &req)?;
+                bytes += got.iter().map(prost::Message::encoded_len).sum::<usize>();
+                jobs.extend(got);
+                let next = if !token.is_empty() {
+                    // This partition has more (a full page, or its scan
+                    // budget spent): go on inside it.
+                    let key = hex::decode(&token).map_err(|e| BrokerError::Storage(format!("page token: {e}")))?;
+                    let mut t = (p as u16).to_be_bytes().to_vec();
+                    t.extend(key);
+                    Some(hex::encode(t))
+                } else if p + 1 < n && (jobs.len() >= page || bytes >= crate::conn_limits::RESPONSE_SOFT_LIMIT) {
+                    Some(hex::encode(((p + 1) as u16).to_be_bytes()))
+                } else {
+                    None
+                };
+                if let Some(next) = next {
+                    return Ok((jobs, next));
+                }
+                req.page_token = None;
+            }
+            Ok((jobs, String::new()))
+        })
+        .await
     }
 
     /// Stops every writer after it has answered everything already sent,
