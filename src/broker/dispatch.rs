@@ -188,12 +188,30 @@ impl Engine {
     }
 
     /// A Work stream ended: its leases go back to ready now (each delivery
-    /// counted as an attempt).
+    /// counted as an attempt). While the broker shuts down they stay,
+    /// detached: the stream ended because another partition stopped, not
+    /// because the worker left.
     pub(super) fn unsubscribe(&mut self, id: u64, why: &str) {
         let Some(c) = self.consumers.remove(&id) else { return };
+        if self.shared.is_stopping() {
+            tracing::info!(consumer = id, worker_id = %c.worker_id, kept = c.leases.len(), "stream ended by shutdown; its leases stay");
+            self.detach_leases(c.leases);
+            return;
+        }
         tracing::info!(consumer = id, worker_id = %c.worker_id, returned = c.leases.len(), "worker left: {why}");
         for (queue, job) in c.leases {
             self.release_lease(&queue, job, why);
+        }
+    }
+
+    /// Leases that stay when their stream ends: nobody is pushed to, and
+    /// the worker may still ack them (after it reconnects) until they
+    /// expire.
+    pub(super) fn detach_leases(&mut self, leases: impl IntoIterator<Item = (String, JobId)>) {
+        for (q, job) in leases {
+            if let Some(l) = self.queues.get_mut(&q).and_then(|q| q.leases.get_mut(&job)) {
+                l.consumer = None;
+            }
         }
     }
 

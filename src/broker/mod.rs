@@ -1191,6 +1191,7 @@ impl Broker {
     /// Stops every writer after it has answered everything already sent,
     /// and closes each RocksDB cleanly (every acknowledged write is on disk).
     pub async fn shutdown(&self) {
+        self.shared.begin_stopping();
         futures::future::join_all(self.parts.iter().map(|p| p.shutdown())).await;
     }
 }

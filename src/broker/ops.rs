@@ -573,11 +573,7 @@ impl Engine {
         // the restarted broker can still ack with their lease ids.
         for (_, c) in std::mem::take(&mut self.consumers) {
             let _ = c.tx.send(Err(tonic::Status::unavailable("broker shutting down; reconnect to continue")));
-            for (q, job) in c.leases {
-                if let Some(l) = self.queues.get_mut(&q).and_then(|q| q.leases.get_mut(&job)) {
-                    l.consumer = None;
-                }
-            }
+            self.detach_leases(c.leases);
         }
         self.stopping = Some(done);
     }

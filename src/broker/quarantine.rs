@@ -41,8 +41,8 @@ impl Engine {
         // A version another partition fenced is quarantined already: its
         // quarantine is on its way here, and it never serves as a baseline.
         let fences = q.breaker.fences();
-        let fenced = |v: &str| quarantine.contains_key(v) || fences.as_ref().is_some_and(|b| b.fenced(v, generation));
-        let trip = q.breaker.record(&cfg, (version, job, failed), now, fenced);
+        let stopped = |v: &str| super::queue_state::version_stopped(quarantine, fences.as_deref(), generation, v);
+        let trip = q.breaker.record(&cfg, (version, job, failed), now, stopped);
         if let Some(trip) = trip {
             if let Err(e) = self.quarantine(queue, version, trip) {
                 self.w.poison(e);

@@ -198,7 +198,7 @@ impl QueueState {
             tenant_leased: FastMap::default(),
             obs: super::observe::QueueObs::new(crate::model::now_millis()),
             quarantine: meta.quarantines.iter().map(|r| (r.worker_version.clone(), r.clone())).collect(),
-            breaker: super::version_breaker::VersionBreaker::on_board(shares.breaker.clone(), me),
+            breaker: super::version_breaker::VersionBreaker::on_board(shares.breaker.clone(), me, meta.generation),
             totals_dirty: false,
             alerts_dirty: false,
             dirty_groups: FastSet::default(),
@@ -218,8 +218,7 @@ impl QueueState {
     /// way. O(1) and free while nothing is quarantined (the common case on
     /// the hot path).
     pub fn is_quarantined(&self, version: &str) -> bool {
-        (!self.quarantine.is_empty() && self.quarantine.contains_key(version))
-            || self.breaker.fenced(version, self.generation)
+        version_stopped(&self.quarantine, self.breaker.board(), self.generation, version)
     }
 
     pub fn group_mut(&mut self, tenant: &str, env: &str) -> &mut Group {
@@ -461,4 +460,18 @@ mod tests {
         assert_eq!(g.cursor, Some(pos(0, HEAD_CAP as u64 - 1)));
         assert_eq!(g.ready, HEAD_CAP as u64 + 10);
     }
+}
+
+/// Whether leases to `version` are stopped in a queue of generation
+/// `generation`: quarantined here, or fenced on the queue's `board` by
+/// another partition whose quarantine is on its way. The one definition
+/// both the delivery path and the breaker (a stopped version is never a
+/// baseline) use.
+pub(super) fn version_stopped(
+    quarantine: &BTreeMap<String, QuarantineRecord>,
+    board: Option<&crate::partition::breaker_board::BreakerBoard>,
+    generation: u64,
+    version: &str,
+) -> bool {
+    (!quarantine.is_empty() && quarantine.contains_key(version)) || board.is_some_and(|b| b.fenced(version, generation))
 }

@@ -34,6 +34,12 @@ pub(crate) struct Shared {
     /// left a stream's free slot to partition p takes it itself once p has
     /// finished a turn since (p had its chance and did not use it).
     turns: Vec<std::sync::atomic::AtomicU64>,
+    /// Set when the broker begins to shut down, before any partition
+    /// does. Partitions stop one by one, and a Work stream ended by the
+    /// first one unsubscribes from the others: those must keep the
+    /// stream's leases (detached, for the worker to ack after it
+    /// reconnects), not return them as if the worker had left.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -48,7 +54,19 @@ impl Shared {
             faults: Mutex::new(vec![None; partitions]),
             fault_tx: tokio::sync::watch::channel(None).0,
             turns: (0..partitions).map(|_| std::sync::atomic::AtomicU64::new(0)).collect(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// The broker is shutting down: a stream that ends from now on keeps
+    /// its leases.
+    pub fn begin_stopping(&self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether the broker is shutting down.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Dispatch turns partition `p` has finished.

@@ -177,7 +177,10 @@ impl Drop for VersionBreaker {
 impl VersionBreaker {
     /// The breaker of a queue with several partitions: partition `me` of
     /// the queue's `board`.
-    pub fn on_board(board: Arc<BreakerBoard>, me: usize) -> VersionBreaker {
+    /// `generation` is the queue's: fences left from an earlier
+    /// generation (a deleted queue of the same name) are taken down.
+    pub fn on_board(board: Arc<BreakerBoard>, me: usize, generation: u64) -> VersionBreaker {
+        board.unfence_before(generation);
         let board = (board.partitions() > 1).then_some((board, me));
         let mut b = VersionBreaker::default();
         b.board = board;
@@ -208,10 +211,10 @@ impl VersionBreaker {
         }
     }
 
-    /// Whether another partition tripped `version` (and this one may not
-    /// hold the quarantine yet).
-    pub fn fenced(&self, version: &str, generation: u64) -> bool {
-        self.board.as_ref().is_some_and(|(b, _)| b.fenced(version, generation))
+    /// The queue's board, when it has several partitions (where another
+    /// partition's fences are read).
+    pub fn board(&self) -> Option<&BreakerBoard> {
+        self.board.as_ref().map(|(b, _)| &**b)
     }
 
     /// The queue's board while some version is fenced on it (rare: a
@@ -531,7 +534,7 @@ mod tests {
     /// Breakers of one queue in `n` partitions, sharing a board.
     fn partitions(n: usize) -> Vec<VersionBreaker> {
         let board = Arc::new(BreakerBoard::new(n));
-        (0..n).map(|p| VersionBreaker::on_board(board.clone(), p)).collect()
+        (0..n).map(|p| VersionBreaker::on_board(board.clone(), p, 1)).collect()
     }
 
     #[test]
@@ -582,8 +585,8 @@ mod tests {
         assert!(feed(&mut ps[0], &c, "v2", 30, true).is_none());
         // Windows restored after a restart are posted again.
         let board = Arc::new(BreakerBoard::new(2));
-        let mut a = VersionBreaker::on_board(board.clone(), 0);
-        let mut b = VersionBreaker::on_board(board.clone(), 1);
+        let mut a = VersionBreaker::on_board(board.clone(), 0, 1);
+        let mut b = VersionBreaker::on_board(board.clone(), 1, 1);
         let mut donor = VersionBreaker::default();
         feed(&mut donor, &c, "v1", 25, false);
         a.restore(&c, "v1", &donor.windows["v1"].record());

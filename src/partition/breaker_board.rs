@@ -144,6 +144,19 @@ impl BreakerBoard {
         self.any_fence.store(!f.is_empty(), Ordering::Release);
     }
 
+    /// Takes down every fence of a generation before `generation`: the
+    /// queue they stopped was deleted, and a queue of the same name was
+    /// made since. Without this they would stay, and every delivery would
+    /// look them up.
+    pub fn unfence_before(&self, generation: u64) {
+        if !self.any_fence.load(Ordering::Acquire) {
+            return;
+        }
+        let mut f = self.fences.write().unwrap_or_else(|p| p.into_inner());
+        f.retain(|_, g| *g >= generation);
+        self.any_fence.store(!f.is_empty(), Ordering::Release);
+    }
+
     /// Whether any version is fenced.
     pub fn any_fenced(&self) -> bool {
         self.any_fence.load(Ordering::Acquire)
