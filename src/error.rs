@@ -38,6 +38,11 @@ pub enum BrokerError {
     PermissionDenied(String),
     #[error("storage error: {0}")]
     Storage(String),
+    /// A bug in the broker: an invariant it keeps did not hold (a lease it
+    /// holds in memory is gone, a thread it started ended). Not the
+    /// caller's fault, and not the disk's.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// The data dir's filesystem is full: the write was not stored.
     #[error(
         "the broker's disk is full, so nothing was stored ({0}). Free space on the data dir's filesystem: \
@@ -82,7 +87,7 @@ impl BrokerError {
             BrokerError::ShuttingDown | BrokerError::Starting => Code::Unavailable,
             BrokerError::Unauthenticated(_) => Code::Unauthenticated,
             BrokerError::PermissionDenied(_) => Code::PermissionDenied,
-            BrokerError::Storage(_) => Code::Internal,
+            BrokerError::Storage(_) | BrokerError::Internal(_) => Code::Internal,
             BrokerError::DiskFull(_) => Code::ResourceExhausted,
             BrokerError::StorageUnavailable(_) => Code::Unavailable,
         }
@@ -92,6 +97,13 @@ impl BrokerError {
     /// happened in must not commit.
     pub fn is_storage(&self) -> bool {
         matches!(self, BrokerError::Storage(_) | BrokerError::DiskFull(_) | BrokerError::StorageUnavailable(_))
+    }
+
+    /// The batch this error happened in while it was being built must not
+    /// commit: a storage failure, or a broken invariant part way through a
+    /// transition (some of its writes may be staged).
+    pub fn poisons_batch(&self) -> bool {
+        self.is_storage() || matches!(self, BrokerError::Internal(_))
     }
 
     /// Prefixes the message, e.g. with the index of a bad batch item.

@@ -387,6 +387,18 @@ pub enum JobState {
     Dead,
 }
 
+impl JobState {
+    /// The state's name in messages and docs.
+    pub fn name(self) -> &'static str {
+        match self {
+            JobState::Scheduled => "scheduled",
+            JobState::Ready => "ready",
+            JobState::Leased => "leased",
+            JobState::Dead => "dead",
+        }
+    }
+}
+
 /// Checks the parts of a job that don't depend on its queue's settings.
 pub fn validate_job_shape(job: &NewJob) -> Result<(), BrokerError> {
     check_len("dedup_key", &job.dedup_key, MAX_DEDUP_KEY)?;

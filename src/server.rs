@@ -165,7 +165,7 @@ pub async fn run(
     let (broker, recovery) =
         tokio::task::spawn_blocking(move || Broker::start_with(&dir, durability, hold, partitions, machine_partitions))
             .await
-            .map_err(|e| BrokerError::Storage(format!("start-up task failed: {e}")))??;
+            .map_err(|e| BrokerError::Internal(format!("start-up task failed: {e}")))??;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::NotServing).await;
     for s in SERVICES {
@@ -198,7 +198,7 @@ pub async fn run(
                     let _ = failed_tx.send(e);
                 }
                 Err(_) => {
-                    let _ = failed_tx.send(BrokerError::Storage("the writer thread ended during recovery".into()));
+                    let _ = failed_tx.send(BrokerError::Internal("the writer thread ended during recovery".into()));
                 }
             }
         })
@@ -221,7 +221,7 @@ pub async fn run(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
-    let addr = listener.local_addr().map_err(|e| BrokerError::Storage(format!("listener: {e}")))?;
+    let addr = listener.local_addr().map_err(|e| BrokerError::Internal(format!("listener: {e}")))?;
     // Started last, so no error below can leave it running without a flush.
     let (export, tracer) = match config.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
         Some(endpoint) => {

@@ -2,8 +2,8 @@
 //! delete, per-tenant policies, and the stats read from the writer's state.
 
 use super::engine::Engine;
-use super::ops::reply_after;
 use super::queue_state::{meta_from_config, QueueState};
+use super::reply_after;
 use super::{view, QueueConfigPatch, Reply};
 use crate::error::{BrokerError, Result};
 use crate::model::{QueueConfig, TenantPolicy};
@@ -22,7 +22,7 @@ impl Engine {
         self.w.create_queue(&name);
         let generation = self.alloc_id().0;
         let meta = meta_from_config(&name, &config, false, generation);
-        let q = QueueState::new(&meta, QueueCounters::default(), self.shared.shares.of(&name), self.me);
+        let q = QueueState::new(&meta, QueueCounters::default(), self.shared.shares.of(&name), self.me, self.now);
         self.queues.insert(name.clone(), q);
         self.stage_meta(&name);
         tracing::info!(queue = %name, "queue created");
@@ -71,7 +71,7 @@ impl Engine {
                  purge it first or delete with force=true",
                 q.ready_total(),
                 q.counters.scheduled,
-                q.leases.len(),
+                q.leases().len(),
                 q.counters.dead
             );
             let _ = reply.send(Err(BrokerError::FailedPrecondition(msg)));
@@ -95,7 +95,6 @@ impl Engine {
             let before = c.leases.len();
             c.leases.retain(|(q, _)| q != name);
             let gone = (before - c.leases.len()) as u32;
-            c.in_flight = c.in_flight.saturating_sub(gone);
             for _ in 0..gone {
                 c.window.give_back();
             }
@@ -135,7 +134,7 @@ impl Engine {
             queue: queue.to_string(),
             scheduled: c.scheduled,
             ready: q.ready_total(),
-            leased: q.leases.len() as u64,
+            leased: q.leases().len() as u64,
             dead: c.dead,
             oldest_ready_age: oldest.map(|o| view::duration(Duration::from_millis(self.now.saturating_sub(o)))),
             paused: q.paused,
@@ -148,11 +147,8 @@ impl Engine {
             dead_lettered_total: c.dead_lettered_total,
             connected_workers: workers as u32,
             tenant_policies: {
-                let mut p: Vec<_> = q
-                    .policies
-                    .iter()
-                    .map(|(t, p)| view::tenant_policy(t, p, q.tenant_leased.get(t).copied().unwrap_or(0)))
-                    .collect();
+                let mut p: Vec<_> =
+                    q.policies.iter().map(|(t, p)| view::tenant_policy(t, p, q.leases().of_tenant(t))).collect();
                 p.sort_by(|a, b| a.tenant.cmp(&b.tenant));
                 p
             },
@@ -209,7 +205,7 @@ impl Engine {
             }
         }
         q.set_policy(&tenant, next.clone());
-        let leased = q.tenant_leased.get(&tenant).copied().unwrap_or(0);
+        let leased = q.leases().of_tenant(&tenant);
         self.w.put_policy(&queue, &tenant, &next);
         self.publish_registry();
         tracing::info!(queue = %queue, tenant = %tenant, weight = next.weight, max_in_flight = next.max_in_flight,

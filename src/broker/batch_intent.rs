@@ -35,8 +35,8 @@
 //! A batch within one partition needs none of this: it is one write.
 
 use super::engine::Engine;
-use super::ops::reply_after;
 use super::partition::Partition;
+use super::reply_after;
 use super::{Broker, Command, EnqueueOutcome, Reply};
 use crate::error::{BrokerError, Result};
 use crate::model::{duration_millis, NewJob};

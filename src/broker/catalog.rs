@@ -25,7 +25,6 @@ use super::engine::Engine;
 use super::queue_state::{config_from_meta, QueueState};
 use super::Reply;
 use crate::error::Result;
-use crate::model::JobId;
 use crate::storage::records::{QuarantineRecord, QueueCounters, QueueMeta, TenantPolicyRecord};
 
 /// One queue's shared definition: its meta (config, paused, generation,
@@ -83,7 +82,8 @@ impl Engine {
         }
         if !self.queues.contains_key(&name) {
             self.w.create_queue(&name);
-            let q = QueueState::new(&def.meta, QueueCounters::default(), self.shared.shares.of(&name), self.me);
+            let q =
+                QueueState::new(&def.meta, QueueCounters::default(), self.shared.shares.of(&name), self.me, self.now);
             self.queues.insert(name.clone(), q);
             tracing::info!(queue = %name, partition = self.me, "queue adopted from the catalog");
         }
@@ -139,7 +139,7 @@ impl Engine {
         self.stage_meta(&name);
         self.publish_health();
         if let Some(reply) = reply {
-            self.w.after(super::ops::reply_after(reply, ()));
+            self.w.after(super::reply_after(reply, ()));
         }
     }
 
@@ -223,19 +223,6 @@ impl Engine {
                 shared.send_surely(0, super::Command::Quarantined { queue, rec, from: me });
             }
         }));
-    }
-
-    /// Returns to ready every lease of `version` in `queue`, the job
-    /// records untouched (the attempts stay what they were before it).
-    pub(super) fn return_version_leases(&mut self, queue: &str, version: &str) -> Result<u32> {
-        let q = self.queue_mut(queue)?;
-        let mut held: Vec<JobId> =
-            q.leases.iter().filter(|(_, l)| &*l.worker_version == version).map(|(id, _)| *id).collect();
-        held.sort();
-        for &job in &held {
-            self.give_back(queue, job)?;
-        }
-        Ok(held.len() as u32)
     }
 }
 

@@ -7,11 +7,11 @@
 //! delivery leaves the broker.
 
 use super::engine::Engine;
-use super::queue_state::ActiveLease;
+use super::lifecycle::Grant;
 use super::{view, LeaseSpec, Reply, StreamTx, Subscription, TenantFilter};
 use crate::conn_limits::RESPONSE_SOFT_LIMIT;
 use crate::error::Result;
-use crate::model::{duration_millis, now_millis, JobId, LeaseId, Millis};
+use crate::model::{duration_millis, JobId, Millis};
 use crate::partition::window::Window;
 use crate::pb;
 use crate::scheduler::QueueRotation;
@@ -29,8 +29,6 @@ pub(super) struct Consumer {
     pub worker_version: Arc<str>,
     /// Prefetch window: most unsettled deliveries at once.
     pub max_in_flight: u32,
-    /// Its leases in this partition (the window counts those of all).
-    pub in_flight: u32,
     /// Its slots, shared by every partition that serves it: a slot is
     /// taken before a lease and given back when the lease ends.
     pub window: Arc<Window>,
@@ -111,7 +109,6 @@ impl Engine {
                 worker_id: sub.worker_id,
                 worker_version: Arc::from(sub.worker_version),
                 max_in_flight: sub.max_in_flight.max(1),
-                in_flight: 0,
                 window,
                 deferred: None,
                 lease_ms: sub.lease_duration.map(duration_millis),
@@ -120,7 +117,7 @@ impl Engine {
                 rotation,
                 tenants: sub.tenants,
                 draining: false,
-                connected_at: now_millis(),
+                connected_at: self.now,
             },
         );
     }
@@ -164,7 +161,7 @@ impl Engine {
                     .leases
                     .iter()
                     .filter_map(|(q, job)| {
-                        let l = self.queues.get(q)?.leases.get(job)?;
+                        let l = self.queues.get(q)?.leases().get(job)?;
                         Some((l.leased_at, view::worker_lease(q, *job, l)))
                     })
                     .collect();
@@ -174,7 +171,7 @@ impl Engine {
                     worker_id: c.worker_id.clone(),
                     worker_version: c.worker_version.to_string(),
                     queues: c.queues.clone(),
-                    in_flight: c.in_flight,
+                    in_flight: c.leases.len() as u32,
                     max_in_flight: c.max_in_flight,
                     connected_at: Some(view::timestamp(c.connected_at)),
                     draining: c.draining,
@@ -199,20 +196,7 @@ impl Engine {
             return;
         }
         tracing::info!(consumer = id, worker_id = %c.worker_id, returned = c.leases.len(), "worker left: {why}");
-        for (queue, job) in c.leases {
-            self.release_lease(&queue, job, why);
-        }
-    }
-
-    /// Leases that stay when their stream ends: nobody is pushed to, and
-    /// the worker may still ack them (after it reconnects) until they
-    /// expire.
-    pub(super) fn detach_leases(&mut self, leases: impl IntoIterator<Item = (String, JobId)>) {
-        for (q, job) in leases {
-            if let Some(l) = self.queues.get_mut(&q).and_then(|q| q.leases.get_mut(&job)) {
-                l.consumer = None;
-            }
-        }
+        self.disconnect(c.leases, why);
     }
 
     pub(super) fn add_waiter(&mut self, spec: LeaseSpec, window: Arc<Window>, reply: Reply<Vec<pb::Delivery>>) {
@@ -230,7 +214,7 @@ impl Engine {
             lease_ms: spec.lease_duration.map(duration_millis),
             worker_id: spec.worker_id,
             worker_version: Arc::from(spec.worker_version),
-            deadline: now_millis().saturating_add(duration_millis(spec.wait)),
+            deadline: self.now.saturating_add(duration_millis(spec.wait)),
             reply: Some(reply),
             got: Vec::new(),
             got_bytes: 0,
@@ -353,26 +337,28 @@ impl Engine {
                 continue;
             };
 
-            let (queue, lease_ms, worker, version, tenants) = match target {
-                Target::Consumer(id) => {
-                    let c = &self.consumers[&id];
-                    let v = c.worker_version.clone();
-                    (c.queues[idx].clone(), c.lease_ms, c.worker_id.clone(), v, c.tenants.clone())
-                }
-                Target::Waiter(i) => {
-                    let w = &self.waiters[i];
-                    let v = w.worker_version.clone();
-                    (w.queues[idx].clone(), w.lease_ms, w.worker_id.clone(), v, w.tenants.clone())
-                }
-            };
+            let queue = queue.clone();
             if !self.split_allows(target, &queue) {
                 continue;
             }
-            let consumer = match target {
-                Target::Consumer(id) => Some(id),
-                Target::Waiter(_) => None,
+            let (lease_ms, worker_id, worker_version, consumer, tenants) = match target {
+                Target::Consumer(id) => {
+                    let c = &self.consumers[&id];
+                    (c.lease_ms, c.worker_id.clone(), c.worker_version.clone(), Some(id), c.tenants.clone())
+                }
+                Target::Waiter(i) => {
+                    let w = &self.waiters[i];
+                    (w.lease_ms, w.worker_id.clone(), w.worker_version.clone(), None, w.tenants.clone())
+                }
             };
-            match self.lease_one(&queue, lease_ms, (worker, version), consumer, tenants.as_deref()) {
+            let grant = Grant {
+                lease_ms,
+                worker_id: &worker_id,
+                worker_version: &worker_version,
+                consumer,
+                tenants: tenants.as_deref(),
+            };
+            match self.lease_next(&queue, &grant) {
                 Ok(Some((job, delivery))) => {
                     if let Some(q) = self.queues.get(&queue) {
                         q.shares.charge(self.me);
@@ -380,7 +366,6 @@ impl Engine {
                     match target {
                         Target::Consumer(id) => {
                             if let Some(c) = self.consumers.get_mut(&id) {
-                                c.in_flight += 1;
                                 c.leases.insert((queue.clone(), job));
                                 c.rotation.charge(idx, weight);
                             }
@@ -451,123 +436,6 @@ impl Engine {
         false
     }
 
-    /// Takes the fair next ready job of `queue` (of one of `tenants`, when
-    /// given) and leases it.
-    fn lease_one(
-        &mut self,
-        queue: &str,
-        lease_ms: Option<u64>,
-        (worker_id, worker_version): (String, Arc<str>),
-        consumer: Option<u64>,
-        tenants: Option<&[String]>,
-    ) -> Result<Option<(JobId, pb::Delivery)>> {
-        let now = self.now.max(now_millis());
-        let Some(q) = self.queues.get_mut(queue) else { return Ok(None) };
-        if q.paused {
-            return Ok(None);
-        }
-        // A unit of the queue's in-flight limit, over all partitions; given
-        // back below if no lease comes of it.
-        if !q.shares.try_lease(q.config.max_in_flight) {
-            q.shares.want(self.me);
-            if !q.shares.try_lease(q.config.max_in_flight) {
-                return Ok(None);
-            }
-        }
-        let leased = self.lease_one_held(queue, lease_ms, (&worker_id, &worker_version), consumer, tenants, now);
-        if !matches!(leased, Ok(Some(_))) {
-            if let Some(q) = self.queues.get(queue) {
-                q.shares.leases_ended(1);
-                self.shared.wake(self.me, q.shares.take_wanting());
-            }
-        }
-        leased
-    }
-
-    /// [`lease_one`](Self::lease_one), once a unit of the queue's in-flight
-    /// limit is held.
-    fn lease_one_held(
-        &mut self,
-        queue: &str,
-        lease_ms: Option<u64>,
-        (worker_id, worker_version): (&str, &Arc<str>),
-        consumer: Option<u64>,
-        tenants: Option<&[String]>,
-        now: Millis,
-    ) -> Result<Option<(JobId, pb::Delivery)>> {
-        let store = self.w.store.clone();
-        loop {
-            let Some(q) = self.queues.get_mut(queue) else { return Ok(None) };
-            let (groups, policies, config, in_flight) = (&q.groups, &q.policies, &q.config, &q.tenant_leased);
-            // A tenant at its in-flight limit leaves the rotation here and
-            // rejoins when one of its leases ends (QueueState::lease_ended).
-            let eligible = |t: &str, e: &str| {
-                groups.get(t).and_then(|m| m.get(e)).is_some_and(|g| g.ready > 0)
-                    && super::queue_state::tenant_limit(policies, config, t)
-                        .is_none_or(|limit| in_flight.get(t).copied().unwrap_or(0) < limit)
-            };
-            let next = match tenants {
-                None => q.scheduler.next(eligible),
-                Some(only) => q.scheduler.next_among(only, eligible),
-            };
-            let Some((t, e)) = next else {
-                return Ok(None);
-            };
-            let g = q.group_mut(&t, &e);
-            if g.needs_refill() {
-                let (loaded, complete) = scan_ready(&store, queue, &t, &e, g.cursor, super::queue_state::REFILL)?;
-                g.refilled(loaded, complete);
-            }
-            let Some((pos, ready_at)) = g.pop() else {
-                // The counter promised jobs the index doesn't have: trust the index.
-                tracing::error!(queue, tenant = %t, environment = %e, ready = g.ready, "ready counter out of step with the index; repairing");
-                g.ready = 0;
-                g.exhausted = true;
-                q.mark_group(&t, &e);
-                continue;
-            };
-            q.mark_group(&t, &e);
-            let id = JobId(pos.1);
-            let rkey = keys::ready(&t, &e, pos);
-            let Some(rec) = self.w.take_job(queue, id)? else {
-                tracing::error!(queue, tenant = %t, environment = %e, job_id = %id,
-                    "ready index names a missing job; dropping the entry");
-                self.w.delete(queue, &rkey);
-                continue;
-            };
-            let q = self.queues.get_mut(queue).expect("checked above");
-            let duration_ms = lease_ms
-                .or((rec.lease_duration_ms > 0).then_some(rec.lease_duration_ms))
-                .unwrap_or_else(|| duration_millis(q.config.default_lease));
-            q.obs.delivery.observe(now.saturating_sub(ready_at));
-            q.obs.last_progress = now;
-            q.counters.leased_total += 1;
-            q.totals_dirty = true;
-            let lease = ActiveLease {
-                lease_id: LeaseId::random(),
-                leased_at: now,
-                expires_at: now.saturating_add(duration_ms),
-                attempt: rec.attempt + 1,
-                duration_ms,
-                worker_id: worker_id.to_string(),
-                worker_version: worker_version.clone(),
-                consumer,
-                record: rec,
-            };
-            let max = super::ops::effective_max_attempts(&lease.record, &q.config);
-            let delivery = view::delivery(queue, id, &lease, max);
-            q.lease_started(&t, &e);
-            q.lease_expiry.insert((lease.expires_at, id));
-            tracing::debug!(queue, tenant = %t, environment = %e, job_id = %id, attempt = lease.attempt,
-                worker_id = %lease.worker_id, "job leased");
-            let lrec = super::ops::lease_record(&lease);
-            q.leases.insert(id, lease);
-            self.w.delete(queue, &rkey);
-            self.w.put(queue, &keys::lease(id), &lrec.encode_to_vec());
-            return Ok(Some((id, delivery)));
-        }
-    }
-
     /// After a successful commit: send Work stream deliveries. A stream that
     /// is gone gives its leases back.
     pub(super) fn deliver_committed(&mut self) {
@@ -581,7 +449,7 @@ impl Engine {
                 let (tenant, env) = self
                     .queues
                     .get(&o.queue)
-                    .and_then(|q| q.leases.get(&o.job))
+                    .and_then(|q| q.leases().get(&o.job))
                     .map(|l| (l.record.tenant.clone(), l.record.environment.clone()))
                     .unwrap_or_default();
                 tracing::debug!(queue = %o.queue, tenant = %tenant, environment = %env, job_id = %o.job,
@@ -609,7 +477,7 @@ impl Engine {
     /// Answers long-polls that got jobs or ran out of time. Jobs leased for a
     /// caller that hung up go straight back to ready, without an attempt.
     pub(super) fn finish_waiters(&mut self) {
-        let now = now_millis();
+        let now = self.now;
         let mut undelivered = Vec::new();
         let mut keep = Vec::with_capacity(self.waiters.len());
         for mut w in std::mem::take(&mut self.waiters) {
@@ -631,17 +499,6 @@ impl Engine {
         self.waiters = keep;
         for (queue, job) in undelivered {
             self.undeliver(&queue, job);
-        }
-    }
-
-    /// Reverts a lease whose delivery never reached anyone (if it is still
-    /// there: the queue may be gone).
-    fn undeliver(&mut self, queue: &str, job: JobId) {
-        if !self.queues.get(queue).is_some_and(|q| q.leases.contains_key(&job)) {
-            return;
-        }
-        if let Err(e) = self.give_back(queue, job) {
-            self.w.poison(e);
         }
     }
 }

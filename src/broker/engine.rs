@@ -11,7 +11,7 @@ use super::queue_state::{ActiveLease, Group, QueueState};
 use super::tasks::Task;
 use super::{Command, Registry, SettleAction, SettleReply};
 use crate::error::{BrokerError, Result};
-use crate::model::{now_millis, JobId, LeaseId, Millis};
+use crate::model::{JobId, LeaseId, Millis};
 use crate::storage::batch::{job_key_id, Batch, Table};
 use crate::storage::keys;
 use crate::storage::records::{AlertStateRecord, BreakerWindowRecord, JobRecord, LeaseRecord, QueueCounters};
@@ -48,24 +48,24 @@ pub(super) type AfterCommit = Box<dyn FnOnce(Option<&BrokerError>) + Send>;
 /// its own writes: job records, dedup and scheduled keys), what waits for
 /// its commit, and whether it must be fsynced.
 pub(super) struct Writes {
-    pub store: Store,
+    pub(super) store: Store,
     batch: Batch,
     /// Run after the commit, with its error if it failed.
     after: Vec<AfterCommit>,
     /// A failure while building the batch: the whole batch must not commit.
     poisoned: Option<BrokerError>,
     /// Records of recently enqueued jobs, so a lease needn't read them back.
-    pub records: super::record_cache::RecordCache,
+    pub(super) records: super::record_cache::RecordCache,
     /// True while staging writes whose loss in an OS crash can only cause a
     /// redelivery (leases, acks, nacks, expiries): those need no fsync.
-    pub relaxed: bool,
+    pub(super) relaxed: bool,
     /// The batch holds a write that must be fsynced before it is answered
     /// (an enqueue, an admin change): any write staged outside `relaxed`.
     needs_sync: bool,
     /// Stream slots freed by leases this batch ends: given back once it has
     /// committed and its answers are out, so a worker never sees a new
     /// delivery (from any partition) before the outcome that freed its slot.
-    pub freed_slots: Vec<std::sync::Arc<crate::partition::window::Window>>,
+    pub(super) freed_slots: Vec<std::sync::Arc<crate::partition::window::Window>>,
 }
 
 impl Writes {
@@ -257,37 +257,37 @@ impl Writes {
 }
 
 pub(super) struct Engine {
-    pub rx: flume::Receiver<Command>,
-    pub w: Writes,
-    pub registry: Registry,
-    pub queues: crate::model::FastMap<String, QueueState>,
-    pub consumers: BTreeMap<u64, Consumer>,
-    pub waiters: Vec<Waiter>,
+    pub(super) rx: flume::Receiver<Command>,
+    pub(super) w: Writes,
+    pub(super) registry: Registry,
+    pub(super) queues: crate::model::FastMap<String, QueueState>,
+    pub(super) consumers: BTreeMap<u64, Consumer>,
+    pub(super) waiters: Vec<Waiter>,
     /// Work stream deliveries waiting for their leases to commit.
-    pub outbox: Vec<Outgoing>,
-    pub tasks: VecDeque<Task>,
+    pub(super) outbox: Vec<Outgoing>,
+    pub(super) tasks: VecDeque<Task>,
     /// Next job id to hand out.
-    pub next_id: u64,
+    pub(super) next_id: u64,
     /// Highest id recorded on disk; ids above it are re-usable after a crash
     /// only because no caller ever saw them.
-    pub id_hwm: u64,
+    pub(super) id_hwm: u64,
     /// The time of this turn: one value for the whole turn so ordering
     /// decisions (scheduled vs ready, promotion) agree with each other.
-    pub now: Millis,
-    pub stopping: Option<tokio::sync::oneshot::Sender<()>>,
+    pub(super) now: Millis,
+    pub(super) stopping: Option<tokio::sync::oneshot::Sender<()>>,
     /// When alerts are next evaluated.
-    pub next_alert_check: Millis,
+    pub(super) next_alert_check: Millis,
     /// Since when committed writes (leases, acks) wait for an fsync; see
     /// [`Engine::sync_lagging_wal`].
-    pub unsynced_since: Option<std::time::Instant>,
-    pub writer_metrics: super::monitor::WriterMetrics,
+    pub(super) unsynced_since: Option<std::time::Instant>,
+    pub(super) writer_metrics: super::monitor::WriterMetrics,
     /// Set while writes fail because of the disk; see [`Engine::probe_storage`].
-    pub storage_fault: Option<StorageFault>,
+    pub(super) storage_fault: Option<StorageFault>,
     /// This partition's index among the broker's partitions: the top bits
     /// of the ids it makes, its entry in shared tables.
-    pub me: usize,
+    pub(super) me: usize,
     /// What the broker's partitions share (peers, split tables, health).
-    pub shared: std::sync::Arc<super::shared::Shared>,
+    pub(super) shared: std::sync::Arc<super::shared::Shared>,
 }
 
 impl Engine {
@@ -311,7 +311,7 @@ impl Engine {
             tasks: VecDeque::new(),
             next_id: id_hwm + 1,
             id_hwm,
-            now: now_millis(),
+            now: shared.clock.now(),
             stopping: None,
             next_alert_check: 0,
             unsynced_since: None,
@@ -328,7 +328,7 @@ impl Engine {
 
     /// Queues and leases held in memory (what start-up recovery loaded).
     pub fn recovered(&self) -> (usize, usize) {
-        (self.queues.len(), self.queues.values().map(|q| q.leases.len()).sum())
+        (self.queues.len(), self.queues.values().map(|q| q.leases().len()).sum())
     }
 
     /// Rebuilds all in-memory state from disk: O(queues + groups + leases),
@@ -339,7 +339,7 @@ impl Engine {
         self.w.records.clear();
         let metas = self.w.store.load_queues()?;
         for meta in metas {
-            let mut q = load_queue(&self.w.store, &meta, self.shared.shares.of(&meta.name), self.me)?;
+            let mut q = load_queue(&self.w.store, &meta, self.shared.shares.of(&meta.name), self.me, self.now)?;
             if let Some(mut o) = old.remove(&meta.name).filter(|o| o.generation == q.generation) {
                 q.obs = std::mem::replace(&mut o.obs, super::observe::QueueObs::new(0));
                 // The windows in memory are newer than what is on disk, but
@@ -359,18 +359,12 @@ impl Engine {
         // keep working.
         for (id, c) in self.consumers.iter_mut() {
             let before = c.leases.len();
-            c.leases.retain(|(q, job)| match self.queues.get_mut(q).and_then(|q| q.leases.get_mut(job)) {
-                Some(l) => {
-                    l.consumer = Some(*id);
-                    true
-                }
-                None => false,
-            });
+            let queues = &mut self.queues;
+            c.leases.retain(|(q, job)| queues.get_mut(q).is_some_and(|q| q.attach_lease(*job, *id)));
             // Leases that did not land give their slots back.
             for _ in c.leases.len()..before {
                 c.window.give_back();
             }
-            c.in_flight = c.leases.len() as u32;
         }
         Ok(())
     }
@@ -402,7 +396,7 @@ impl Engine {
                 Err(flume::RecvTimeoutError::Timeout) => None,
                 Err(flume::RecvTimeoutError::Disconnected) => break,
             };
-            self.now = now_millis();
+            self.now = self.shared.clock.now();
             if let Some(cmd) = first {
                 self.apply(cmd);
             }
@@ -514,15 +508,15 @@ impl Engine {
         if let Some(t) = self.unsynced_since {
             return WAL_SYNC_LAG.saturating_sub(t.elapsed());
         }
-        let now = now_millis();
+        let now = self.shared.clock.now();
         let mut due = now + MAX_IDLE.as_millis() as u64;
         if let Some(f) = &self.storage_fault {
             let wait = STORAGE_PROBE_INTERVAL.saturating_sub(f.last_try.elapsed());
             due = due.min(now + wait.as_millis() as u64);
         }
         for q in self.queues.values() {
-            if let Some((t, _)) = q.lease_expiry.first() {
-                due = due.min(*t);
+            if let Some(t) = q.leases().next_expiry() {
+                due = due.min(t);
             }
             if let Some(t) = q.next_due {
                 due = due.min(t);
@@ -583,6 +577,38 @@ impl Engine {
             Command::LiftQuarantine { queue, version, reply } => self.lift_quarantine(queue, version, reply),
             Command::Shutdown { done } => self.begin_shutdown(done),
         }
+    }
+
+    /// Expires due leases and promotes due scheduled jobs, in every queue.
+    pub(super) fn run_timers(&mut self) {
+        let now = self.now;
+        let names: Vec<String> = self.queues.keys().cloned().collect();
+        for name in names {
+            let Some(q) = self.queues.get(&name) else { continue };
+            let due = q.next_due.is_some_and(|t| t <= now);
+            self.expire_leases(&name);
+            if due {
+                if let Err(e) = self.promote(&name) {
+                    self.w.poison(e);
+                }
+            }
+        }
+    }
+
+    pub(super) fn begin_shutdown(&mut self, done: tokio::sync::oneshot::Sender<()>) {
+        tracing::info!("writer draining for shutdown");
+        for w in self.waiters.drain(..) {
+            if let Some(reply) = w.reply {
+                let _ = reply.send(Err(BrokerError::ShuttingDown));
+            }
+        }
+        // Work streams end, but their leases stay: workers that reconnect to
+        // the restarted broker can still ack with their lease ids.
+        for (_, c) in std::mem::take(&mut self.consumers) {
+            let _ = c.tx.send(Err(tonic::Status::unavailable("broker shutting down; reconnect to continue")));
+            self.detach_leases(c.leases);
+        }
+        self.stopping = Some(done);
     }
 
     /// Commits the batch (one fsync) and runs what waited on it.
@@ -716,6 +742,7 @@ fn load_queue(
     meta: &crate::storage::records::QueueMeta,
     shares: std::sync::Arc<crate::partition::queue_shares::QueueShares>,
     me: usize,
+    now: Millis,
 ) -> Result<QueueState> {
     let table = Table::Queue(&meta.name);
     let counters = match store.get(table, &keys::TOTALS_KEY)? {
@@ -723,10 +750,10 @@ fn load_queue(
             .map_err(|e| BrokerError::Storage(format!("corrupt counters of {}: {e}", meta.name)))?,
         None => QueueCounters::default(),
     };
-    let mut q = QueueState::new(meta, counters, shares, me);
+    let mut q = QueueState::new(meta, counters, shares, me, now);
     if let Some(v) = store.get(table, &keys::ALERTS_KEY)? {
         match AlertStateRecord::decode(v.as_slice()) {
-            Ok(rec) => q.obs = super::observe::QueueObs::restore(&rec, now_millis()),
+            Ok(rec) => q.obs = super::observe::QueueObs::restore(&rec, now),
             // Only what the alerts watch, never a job: start watching afresh.
             Err(e) => tracing::warn!(queue = %meta.name, error = %e, "corrupt alert state; alerts start afresh"),
         }
@@ -766,9 +793,7 @@ fn load_queue(
         if lr.lease_id.len() == 16 {
             lease_id.copy_from_slice(&lr.lease_id);
         }
-        q.lease_started(&record.tenant, &record.environment);
-        q.lease_expiry.insert((lr.expires_at_ms, id));
-        q.leases.insert(
+        q.begin_lease(
             id,
             ActiveLease {
                 lease_id: LeaseId(lease_id),
@@ -793,7 +818,7 @@ fn load_queue(
                 "corrupt breaker window; that version starts without history"),
         }
     }
-    q.shares.leases_recovered(q.leases.len() as u64);
+    q.shares.leases_recovered(q.leases().len() as u64);
     q.next_due = first_scheduled(store, &meta.name, 0)?;
     Ok(q)
 }

@@ -283,8 +283,8 @@ fn a_released_delivery_is_ready_again_without_an_attempt() {
     let got = received(&mut rx);
     assert_eq!(got[0], ("release:true".to_string(), job.to_string()));
     let q = &e.queues["q"];
-    assert_eq!((q.counters.released_total, q.counters.leased_total, q.leases.len()), (1, 2, 1));
-    let attempt = q.leases[&job].attempt;
+    assert_eq!((q.counters.released_total, q.counters.leased_total, q.leases().len()), (1, 2, 1));
+    let attempt = q.leases().get(&job).unwrap().attempt;
     assert_eq!(attempt, 1, "a release is not an attempt");
     assert_eq!(e.w.read_job("q", job).unwrap().unwrap().attempt, 0);
     // The old lease id is fenced.

@@ -1,10 +1,14 @@
-//! The broker: a cheap, cloneable async handle in front of one writer thread
-//! (the [`engine`]) that owns all mutable state and every RocksDB write.
+//! The broker: a cheap, cloneable async handle in front of P partitions,
+//! each a writer thread (the [`engine`]) that owns its partition's state and
+//! every write to its RocksDB.
 //!
-//! Handlers send commands over a bounded channel; the engine applies all
-//! commands waiting, commits them as one synced `WriteBatch` (group commit),
-//! then answers. Reads that need no in-memory state (`GetJob`, `ListJobs`) go
-//! straight to RocksDB on the blocking pool, never on the async runtime.
+//! Handlers send commands over a bounded channel to the partition that owns
+//! them (an enqueue by its queue and tenant, a job by the partition in its
+//! id) or to all of them (Work streams, stats); a writer applies all
+//! commands waiting, commits them as one synced batch (group commit), then
+//! answers. What a command does to a job is in [`lifecycle`]. Reads that
+//! need no in-memory state (`GetJob`, `ListJobs`) go straight to RocksDB on
+//! the blocking pool, never on the async runtime.
 
 /// The value of a `Result`, or: answer `reply` with its error and return
 /// (`None` when a third argument says so). The engine's commands end this
@@ -24,17 +28,30 @@ macro_rules! or_reply {
     };
 }
 
+/// Answers `reply` after the commit: with `value` if it succeeded, else
+/// with the commit's error.
+fn reply_after<T: Send + 'static>(reply: Reply<T>, value: T) -> engine::AfterCommit {
+    Box::new(move |err| {
+        let _ = reply.send(match err {
+            None => Ok(value),
+            Some(e) => Err(e.clone()),
+        });
+    })
+}
+
 mod admin;
 mod batch_intent;
 mod catalog;
+mod clock;
 mod dispatch;
 mod engine;
 #[cfg(test)]
 mod engine_tests;
+mod leases;
+mod lifecycle;
 mod merge;
 pub mod monitor;
 pub mod observe;
-mod ops;
 mod partition;
 mod quarantine;
 pub(crate) mod queue_state;
@@ -507,7 +524,7 @@ impl Broker {
                 }
                 let _ = recovered_tx.send(result);
             })
-            .map_err(|e| BrokerError::Storage(format!("cannot start recovery thread: {e}")))?;
+            .map_err(|e| BrokerError::Internal(format!("cannot start recovery thread: {e}")))?;
         let broker = Broker {
             parts,
             layout: Arc::new(layout),
@@ -548,7 +565,7 @@ impl Broker {
         if !*self.ready.borrow() {
             return Err(BrokerError::Starting);
         }
-        self.parts[0].registry.read().map_err(|_| BrokerError::Storage("queue registry poisoned".into()))
+        self.parts[0].registry.read().map_err(|_| BrokerError::Internal("queue registry poisoned".into()))
     }
 
     fn catalog(&self) -> &partition::Partition {
@@ -609,7 +626,7 @@ impl Broker {
         }
         results
             .into_iter()
-            .map(|o| o.ok_or_else(|| BrokerError::Storage("enqueue returned too few results".into())))
+            .map(|o| o.ok_or_else(|| BrokerError::Internal("enqueue returned too few results".into())))
             .collect()
     }
 
@@ -658,7 +675,7 @@ impl Broker {
                     let mut out = out.into_iter();
                     for i in idx {
                         let r =
-                            out.next().ok_or_else(|| BrokerError::Storage("enqueue returned too few results".into()));
+                            out.next().ok_or_else(|| BrokerError::Internal("enqueue returned too few results".into()));
                         results[places[i]] = Some(r);
                     }
                 }
@@ -671,7 +688,7 @@ impl Broker {
         }
         results
             .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(BrokerError::Storage("enqueue returned too few results".into()))))
+            .map(|r| r.unwrap_or_else(|| Err(BrokerError::Internal("enqueue returned too few results".into()))))
             .collect()
     }
 
@@ -994,7 +1011,7 @@ impl Broker {
                 self.parts[i].call(move |reply| Command::Adopt { def, reply: Some(reply) }).await?;
             }
         }
-        Err(refusal.unwrap_or_else(|| BrokerError::Storage("delete refused".into())))
+        Err(refusal.unwrap_or_else(|| BrokerError::Internal("delete refused".into())))
     }
 
     pub async fn set_paused(&self, name: String, paused: bool) -> Result<pb::Queue> {
@@ -1021,7 +1038,7 @@ impl Broker {
 
     pub async fn stats(&self, queue: String) -> Result<pb::QueueStats> {
         let all = self.call_all(|reply| Command::Stats { queue: queue.clone(), reply }).await?;
-        merge::stats(all).ok_or_else(|| BrokerError::Storage("no partition answered".into()))
+        merge::stats(all).ok_or_else(|| BrokerError::Internal("no partition answered".into()))
     }
 
     /// Every queue's figures, for `/metrics` and the dashboard.
@@ -1169,7 +1186,11 @@ impl Broker {
                 let next = if !token.is_empty() {
                     // This partition has more (a full page, or its scan
                     // budget spent): go on inside it.
-                    let key = hex::decode(&token).map_err(|e| BrokerError::Storage(format!("page token: {e}")))?;
+                    let key = hex::decode(&token).map_err(|e| {
+                        BrokerError::InvalidArgument(format!(
+                            "page_token is not one this broker gave out ({e}); start again without it"
+                        ))
+                    })?;
                     let mut t = (p as u16).to_be_bytes().to_vec();
                     t.extend(key);
                     Some(hex::encode(t))
@@ -1213,7 +1234,7 @@ fn recover_all(
     let mut report = RecoveryReport { queues: 0, leases: 0, elapsed: Duration::ZERO };
     for r in recoveries {
         let got =
-            r.blocking_recv().map_err(|_| BrokerError::Storage("a writer thread ended during recovery".into()))??;
+            r.blocking_recv().map_err(|_| BrokerError::Internal("a writer thread ended during recovery".into()))??;
         report.queues = report.queues.max(got.queues);
         report.leases += got.leases;
     }
@@ -1223,7 +1244,7 @@ fn recover_all(
 }
 
 async fn spawn_read<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| BrokerError::Storage(format!("read task failed: {e}")))?
+    tokio::task::spawn_blocking(f).await.map_err(|e| BrokerError::Internal(format!("read task failed: {e}")))?
 }
 
 pub use reads::ListJobs;

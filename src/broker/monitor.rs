@@ -229,7 +229,7 @@ impl Engine {
                 paused: q.paused,
                 ready: q.ready_total(),
                 scheduled: q.counters.scheduled,
-                leased: q.leases.len() as u64,
+                leased: q.leases().len() as u64,
                 dead: q.counters.dead,
                 oldest_ready_age_ms: oldest.map(|o| self.now.saturating_sub(o)),
                 counters: q.counters,

@@ -66,7 +66,7 @@ impl Partition {
                     }
                 }
             })
-            .map_err(|e| BrokerError::Storage(format!("cannot start writer thread: {e}")))?;
+            .map_err(|e| BrokerError::Internal(format!("cannot start writer thread: {e}")))?;
         let p = Partition { tx, store, registry, writer: Arc::new(WriterThread(Mutex::new(Some(handle)))) };
         Ok((p, recovered))
     }

@@ -20,14 +20,14 @@
 
 use super::engine::Engine;
 use super::observe::AlertKind;
-use super::ops::reply_after;
 use super::queue_state::QueueState;
+use super::reply_after;
 use super::version_breaker::Trip;
 use super::{view, Reply};
 use crate::error::{BrokerError, Result};
 use crate::model::{JobId, Millis};
 use crate::pb;
-use crate::storage::records::{stored_state, QuarantineRecord};
+use crate::storage::records::QuarantineRecord;
 use std::sync::Arc;
 
 impl Engine {
@@ -86,25 +86,6 @@ impl Engine {
         self.publish_health();
         self.share_quarantine(queue, &rec);
         Ok(())
-    }
-
-    /// Gives back up to `n` attempts to a job the quarantined version
-    /// failed, if it is still waiting (ready or scheduled). Returns how
-    /// many were given back.
-    pub(super) fn refund(&mut self, queue: &str, job: JobId, n: u32) -> Result<u32> {
-        if self.queue_mut(queue)?.leases.contains_key(&job) {
-            return Ok(0);
-        }
-        let Some(mut rec) = self.w.read_job(queue, job)? else { return Ok(0) };
-        if rec.state == stored_state::DEAD {
-            return Ok(0);
-        }
-        let back = n.min(rec.attempt);
-        if back > 0 {
-            rec.attempt -= back;
-            self.w.put_job(queue, job, &rec);
-        }
-        Ok(back)
     }
 
     pub(super) fn lift_quarantine(

@@ -15,7 +15,7 @@ use crate::scheduler::FairScheduler;
 use crate::storage::keys::ReadyPos;
 use crate::storage::records::QuarantineRecord;
 use crate::storage::records::{JobRecord, QueueCounters, QueueMeta};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -131,9 +131,10 @@ pub struct QueueState {
     /// tenant -> env -> group.
     pub groups: FastMap<String, FastMap<String, Group>>,
     pub scheduler: FairScheduler,
-    pub leases: FastMap<JobId, ActiveLease>,
-    /// (expires_at, job) of every lease, to expire them in time order.
-    pub lease_expiry: BTreeSet<(Millis, JobId)>,
+    /// Its leases in this partition: changed only through
+    /// [`begin_lease`](Self::begin_lease) and [`end_lease`](Self::end_lease),
+    /// which keep the group, tenant and queue-wide counts in step.
+    leases: super::leases::Leases,
     /// Earliest run_at in the scheduled index; `None` = nothing scheduled.
     pub next_due: Option<Millis>,
     /// Every scheduled key before this run_at has been promoted.
@@ -144,8 +145,6 @@ pub struct QueueState {
     pub counters: QueueCounters,
     /// Tenants with a policy (SetTenantPolicy); others use the defaults.
     pub policies: HashMap<String, TenantPolicy>,
-    /// Jobs leased now, per tenant (absent = 0).
-    pub tenant_leased: FastMap<String, u64>,
     /// Latencies, progress and alerts.
     pub obs: super::observe::QueueObs,
     /// Worker versions quarantined by the circuit breaker, by version;
@@ -180,6 +179,7 @@ impl QueueState {
         counters: QueueCounters,
         shares: Arc<crate::partition::queue_shares::QueueShares>,
         me: usize,
+        now: Millis,
     ) -> QueueState {
         QueueState {
             name: meta.name.clone(),
@@ -188,15 +188,13 @@ impl QueueState {
             generation: meta.generation,
             groups: FastMap::default(),
             scheduler: FairScheduler::new(),
-            leases: FastMap::default(),
-            lease_expiry: BTreeSet::new(),
+            leases: Default::default(),
             next_due: None,
             scheduled_cursor: 0,
             staged_due: None,
             counters,
             policies: HashMap::new(),
-            tenant_leased: FastMap::default(),
-            obs: super::observe::QueueObs::new(crate::model::now_millis()),
+            obs: super::observe::QueueObs::new(now),
             quarantine: meta.quarantines.iter().map(|r| (r.worker_version.clone(), r.clone())).collect(),
             breaker: super::version_breaker::VersionBreaker::on_board(shares.breaker.clone(), me, meta.generation),
             totals_dirty: false,
@@ -272,32 +270,71 @@ impl QueueState {
         tenant_limit(&self.policies, &self.config, tenant)
     }
 
-    /// A lease of a job of group (tenant, env) begins.
-    pub fn lease_started(&mut self, tenant: &str, env: &str) {
-        self.group_mut(tenant, env).leased += 1;
-        *self.tenant_leased.entry(tenant.to_string()).or_default() += 1;
-        self.mark_group(tenant, env);
+    /// The fair next group to lease from (among `only` these tenants, when
+    /// given): one with ready jobs whose tenant is under its in-flight
+    /// limit. A tenant at its limit leaves the rotation here and rejoins
+    /// when one of its leases ends ([`end_lease`](Self::end_lease)).
+    pub fn pick(&mut self, only: Option<&[String]>) -> Option<(String, String)> {
+        let (groups, policies, config, leases) = (&self.groups, &self.policies, &self.config, &self.leases);
+        let eligible = |t: &str, e: &str| {
+            groups.get(t).and_then(|m| m.get(e)).is_some_and(|g| g.ready > 0)
+                && tenant_limit(policies, config, t).is_none_or(|limit| leases.of_tenant(t) < limit)
+        };
+        match only {
+            None => self.scheduler.next(eligible),
+            Some(only) => self.scheduler.next_among(only, eligible),
+        }
     }
 
-    /// A lease ends. A tenant that was at its in-flight limit left the
-    /// rotation; with a slot free again, its groups rejoin.
-    pub fn lease_ended(&mut self, tenant: &str, env: &str) {
-        let g = self.group_mut(tenant, env);
+    /// The queue's leases in this partition.
+    pub fn leases(&self) -> &super::leases::Leases {
+        &self.leases
+    }
+
+    /// A lease begins: its group counts it (and so does its tenant, for
+    /// the in-flight limit). The queue-wide unit was taken before the pick
+    /// (`QueueShares::try_lease`) or, at recovery, is counted for all
+    /// leases at once.
+    pub fn begin_lease(&mut self, job: JobId, lease: ActiveLease) {
+        let (t, e) = (lease.record.tenant.clone(), lease.record.environment.clone());
+        self.group_mut(&t, &e).leased += 1;
+        self.mark_group(&t, &e);
+        self.leases.insert(job, lease);
+    }
+
+    /// A lease ends, whatever ends it. Its group, its tenant and the
+    /// queue's count over all partitions drop by one; a tenant that was at
+    /// its in-flight limit left the rotation, and with a slot free again
+    /// its groups rejoin.
+    pub fn end_lease(&mut self, job: JobId) -> Option<ActiveLease> {
+        let lease = self.leases.remove(job)?;
+        self.shares.leases_ended(1);
+        let (t, e) = (lease.record.tenant.as_str(), lease.record.environment.as_str());
+        let g = self.group_mut(t, e);
         g.leased = g.leased.saturating_sub(1);
-        self.mark_group(tenant, env);
-        let now = match self.tenant_leased.get_mut(tenant) {
-            Some(n) => {
-                *n = n.saturating_sub(1);
-                *n
-            }
-            None => 0,
-        };
-        if now == 0 {
-            self.tenant_leased.remove(tenant);
+        self.mark_group(t, e);
+        let now = self.leases.of_tenant(t);
+        if self.tenant_limit(t).is_some_and(|limit| now + 1 == limit) {
+            self.reactivate_tenant(t);
         }
-        if self.tenant_limit(tenant).is_some_and(|limit| now + 1 == limit) {
-            self.reactivate_tenant(tenant);
-        }
+        Some(lease)
+    }
+
+    /// Moves a lease's expiry (an extend).
+    pub fn extend_lease(&mut self, job: JobId, expires_at: Millis, duration_ms: u64) -> Option<&ActiveLease> {
+        self.leases.extend(job, expires_at, duration_ms)
+    }
+
+    /// The lease's Work stream is gone; the lease stays (see
+    /// [`Leases::detach`](super::leases::Leases::detach)).
+    pub fn detach_lease(&mut self, job: JobId) {
+        self.leases.detach(job);
+    }
+
+    /// Links a lease to Work stream `consumer`; false if there is no such
+    /// lease.
+    pub fn attach_lease(&mut self, job: JobId, consumer: u64) -> bool {
+        self.leases.attach(job, consumer)
     }
 
     /// Puts every group of `tenant` with ready jobs back in the rotation
@@ -417,6 +454,20 @@ pub fn meta_from_config(name: &str, c: &QueueConfig, paused: bool, generation: u
     }
 }
 
+/// Whether leases to `version` are stopped in a queue of generation
+/// `generation`: quarantined here, or fenced on the queue's `board` by
+/// another partition whose quarantine is on its way. The one definition
+/// both the delivery path and the breaker (a stopped version is never a
+/// baseline) use.
+pub(super) fn version_stopped(
+    quarantine: &BTreeMap<String, QuarantineRecord>,
+    board: Option<&crate::partition::breaker_board::BreakerBoard>,
+    generation: u64,
+    version: &str,
+) -> bool {
+    (!quarantine.is_empty() && quarantine.contains_key(version)) || board.is_some_and(|b| b.fenced(version, generation))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -460,18 +511,4 @@ mod tests {
         assert_eq!(g.cursor, Some(pos(0, HEAD_CAP as u64 - 1)));
         assert_eq!(g.ready, HEAD_CAP as u64 + 10);
     }
-}
-
-/// Whether leases to `version` are stopped in a queue of generation
-/// `generation`: quarantined here, or fenced on the queue's `board` by
-/// another partition whose quarantine is on its way. The one definition
-/// both the delivery path and the breaker (a stopped version is never a
-/// baseline) use.
-pub(super) fn version_stopped(
-    quarantine: &BTreeMap<String, QuarantineRecord>,
-    board: Option<&crate::partition::breaker_board::BreakerBoard>,
-    generation: u64,
-    version: &str,
-) -> bool {
-    (!quarantine.is_empty() && quarantine.contains_key(version)) || board.is_some_and(|b| b.fenced(version, generation))
 }

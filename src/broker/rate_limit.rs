@@ -44,7 +44,7 @@ impl RateLimiter {
         if limited.is_empty() {
             return Ok(());
         }
-        let mut buckets = self.buckets.lock().map_err(|_| BrokerError::Storage("rate limiter poisoned".into()))?;
+        let mut buckets = self.buckets.lock().map_err(|_| BrokerError::Internal("rate limiter poisoned".into()))?;
         let now = Instant::now();
         for ((queue, tenant), n, p) in &limited {
             let cap = capacity(p);

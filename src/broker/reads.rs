@@ -2,7 +2,7 @@
 //! through the writer: they need no in-memory state, and a big listing must
 //! never delay enqueues or leases.
 
-use super::ops::effective_max_attempts;
+use super::lifecycle::effective_max_attempts;
 use super::view;
 use crate::conn_limits::RESPONSE_SOFT_LIMIT;
 use crate::error::{BrokerError, Result};
@@ -46,14 +46,12 @@ fn resolve(store: &Store, queue: &str, cfg: &QueueConfig, id: JobId, rec: &JobRe
             .map_err(|e| BrokerError::Storage(format!("corrupt lease of job {id}: {e}")))?;
         return Ok(view::job(queue, id, rec, JobState::Leased, l.attempt, max, Some(view::LeaseShown::stored(&l))));
     }
-    let state = match rec.state {
-        stored_state::DEAD => JobState::Dead,
-        stored_state::SCHEDULED if store.get(table, &keys::scheduled(rec.run_at_ms, id))?.is_some() => {
-            JobState::Scheduled
-        }
-        stored_state::SCHEDULED if rec.run_at_ms > now_millis() => JobState::Scheduled,
-        _ => JobState::Ready,
-    };
+    // A job whose run time is still ahead is scheduled even if this read
+    // missed its schedule entry (written in the same batch as the record,
+    // but read here at another instant).
+    let in_schedule = rec.state == stored_state::SCHEDULED
+        && (rec.run_at_ms > now_millis() || store.get(table, &keys::scheduled(rec.run_at_ms, id))?.is_some());
+    let state = super::lifecycle::state_of(rec, false, in_schedule);
     Ok(view::job(queue, id, rec, state, rec.attempt, max, None))
 }
 

@@ -40,6 +40,8 @@ pub(crate) struct Shared {
     /// stream's leases (detached, for the worker to ack after it
     /// reconnects), not return them as if the worker had left.
     stopping: std::sync::atomic::AtomicBool,
+    /// Where every partition's writer reads the time, once per turn.
+    pub clock: super::clock::Clock,
 }
 
 impl Shared {
@@ -55,7 +57,14 @@ impl Shared {
             fault_tx: tokio::sync::watch::channel(None).0,
             turns: (0..partitions).map(|_| std::sync::atomic::AtomicU64::new(0)).collect(),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            clock: super::clock::Clock::System,
         }
+    }
+
+    /// Partitions that read the time from `clock` (tests).
+    #[cfg(test)]
+    pub fn with_clock(partitions: usize, clock: super::clock::Clock) -> Shared {
+        Shared { clock, ..Shared::new(partitions) }
     }
 
     /// The broker is shutting down: a stream that ends from now on keeps

@@ -2,12 +2,11 @@
 //! writer turn so a huge one never stalls enqueues or leases.
 
 use super::engine::Engine;
-use super::ops::reply_after;
+use super::reply_after;
 use super::{GroupScope, Redrive, Reply};
 use crate::error::{BrokerError, Result};
-use crate::model::{JobId, JobState};
+use crate::model::JobState;
 use crate::storage::keys;
-use crate::storage::records::stored_state;
 use crate::storage::Entry;
 
 /// Most index entries a redrive or purge handles per turn, so a huge one
@@ -62,38 +61,6 @@ impl Engine {
         };
         let remaining = if limit == 0 { u64::MAX } else { limit };
         self.tasks.push_back(Task::Redrive { queue, generation, prefix, env, remaining, done: 0, resume: None, reply });
-    }
-
-    /// Redrives one dead job, answered after the commit.
-    fn redrive_job(&mut self, queue: &str, id: JobId, reply: Reply<u64>) {
-        let rec = or_reply!(self.w.read_job(queue, id), reply);
-        let state = match &rec {
-            None => None,
-            Some(_) if self.queues.get(queue).is_some_and(|q| q.leases.contains_key(&id)) => Some("leased"),
-            Some(r) if r.state == stored_state::DEAD => Some("dead"),
-            Some(r) if r.state == stored_state::SCHEDULED => Some("scheduled"),
-            Some(_) => Some("ready"),
-        };
-        match state {
-            None => {
-                let _ = reply.send(Err(BrokerError::JobNotFound { queue: queue.to_string(), job: id.to_string() }));
-            }
-            Some("dead") => match self.redrive_one(queue, id) {
-                Ok(_) => {
-                    tracing::info!(queue, job_id = %id, "dead letter redriven");
-                    self.w.after(reply_after(reply, 1));
-                }
-                Err(e) => {
-                    self.w.poison(e.clone());
-                    let _ = reply.send(Err(e));
-                }
-            },
-            Some(other) => {
-                let _ = reply.send(Err(BrokerError::NotFound(format!(
-                    "job {id} in queue {queue:?} is not a dead letter (it is {other}); only dead jobs can be redriven"
-                ))));
-            }
-        }
     }
 
     pub(super) fn start_purge(&mut self, queue: String, state: Option<JobState>, scope: GroupScope, reply: Reply<u64>) {
@@ -210,37 +177,6 @@ impl Engine {
                 Some(Task::Purge { queue, generation, tags, scope, resume, done, reply })
             }
         }
-    }
-
-    fn redrive_one(&mut self, queue: &str, id: JobId) -> Result<bool> {
-        let Some(mut rec) = self.w.read_job(queue, id)? else { return Ok(false) };
-        if rec.state != stored_state::DEAD {
-            return Ok(false);
-        }
-        self.w.delete(queue, &keys::dead(&rec.tenant, &rec.environment, id));
-        rec.state = stored_state::READY;
-        rec.attempt = 0;
-        rec.run_at_ms = self.now;
-        let now = self.now;
-        self.stage_ready(queue, id, &rec, now)?;
-        self.w.put_job(queue, id, &rec);
-        let q = self.queue_mut(queue)?;
-        q.counters.dead = q.counters.dead.saturating_sub(1);
-        q.totals_dirty = true;
-        Ok(true)
-    }
-
-    fn purge_one(&mut self, queue: &str, id: JobId, scope: &GroupScope) -> Result<bool> {
-        if self.queue_mut(queue)?.leases.contains_key(&id) {
-            return Ok(false);
-        }
-        let Some(rec) = self.w.read_job(queue, id)? else { return Ok(false) };
-        if !scope.covers(&rec.tenant, &rec.environment) {
-            return Ok(false);
-        }
-        self.remove_stored(queue, id, &rec)?;
-        self.end_job(queue, id, &rec)?;
-        Ok(true)
     }
 
     /// Up to `limit` committed index entries under `prefix`, after `resume`.
