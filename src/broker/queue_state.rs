@@ -417,6 +417,20 @@ pub fn meta_from_config(name: &str, c: &QueueConfig, paused: bool, generation: u
     }
 }
 
+/// Whether leases to `version` are stopped in a queue of generation
+/// `generation`: quarantined here, or fenced on the queue's `board` by
+/// another partition whose quarantine is on its way. The one definition
+/// both the delivery path and the breaker (a stopped version is never a
+/// baseline) use.
+pub(super) fn version_stopped(
+    quarantine: &BTreeMap<String, QuarantineRecord>,
+    board: Option<&crate::partition::breaker_board::BreakerBoard>,
+    generation: u64,
+    version: &str,
+) -> bool {
+    (!quarantine.is_empty() && quarantine.contains_key(version)) || board.is_some_and(|b| b.fenced(version, generation))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -460,18 +474,4 @@ mod tests {
         assert_eq!(g.cursor, Some(pos(0, HEAD_CAP as u64 - 1)));
         assert_eq!(g.ready, HEAD_CAP as u64 + 10);
     }
-}
-
-/// Whether leases to `version` are stopped in a queue of generation
-/// `generation`: quarantined here, or fenced on the queue's `board` by
-/// another partition whose quarantine is on its way. The one definition
-/// both the delivery path and the breaker (a stopped version is never a
-/// baseline) use.
-pub(super) fn version_stopped(
-    quarantine: &BTreeMap<String, QuarantineRecord>,
-    board: Option<&crate::partition::breaker_board::BreakerBoard>,
-    generation: u64,
-    version: &str,
-) -> bool {
-    (!quarantine.is_empty() && quarantine.contains_key(version)) || board.is_some_and(|b| b.fenced(version, generation))
 }
