@@ -1,21 +1,20 @@
-//! The writer thread: the only owner of mutable broker state.
+//! A partition's writer thread: the only owner of its mutable state.
 //!
-//! One turn of the loop: take every command waiting, apply each to memory and
-//! to one `WriteBatch`, run timers (due scheduled jobs, expired leases), commit
-//! the batch with one fsync, answer every caller, then hand ready jobs to
-//! waiting workers (whose leases are committed the same way). A caller is
-//! answered only after its write is durable.
+//! One turn of the loop: read the time, take every command waiting, apply
+//! each to memory and to the pending batch (`writes.rs`; what a command
+//! does to a job is in `lifecycle/`), run timers (due scheduled jobs,
+//! expired leases), commit the batch with one fsync, answer every caller,
+//! then hand ready jobs to waiting workers (whose leases are committed the
+//! same way). A caller is answered only after its write is durable.
+//! Start-up recovery is in `recovery.rs`.
 
 use super::dispatch::{Consumer, Outgoing, Waiter};
-use super::queue_state::{ActiveLease, Group, QueueState};
+use super::queue_state::QueueState;
 use super::tasks::Task;
 use super::{Command, Registry, SettleAction, SettleReply};
-use crate::error::{BrokerError, Result};
-use crate::model::{JobId, LeaseId, Millis};
-use crate::storage::batch::{job_key_id, Batch, Table};
+use crate::error::BrokerError;
+use crate::model::{JobId, Millis};
 use crate::storage::keys;
-use crate::storage::records::{AlertStateRecord, BreakerWindowRecord, JobRecord, LeaseRecord, QueueCounters};
-use crate::storage::Store;
 use prost::Message;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -34,226 +33,13 @@ const WAL_SYNC_LAG: Duration = Duration::from_millis(100);
 /// so health turns SERVING again without waiting for a client to write.
 const STORAGE_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
+pub(super) use super::writes::{AfterCommit, Writes};
+
 /// Writes are failing because of the disk (full, read-only, I/O errors).
 pub(super) struct StorageFault {
     /// The last write tried (a commit or a probe).
     pub last_try: std::time::Instant,
     pub error: BrokerError,
-}
-
-/// Runs once the batch it waited on has committed (or failed to).
-pub(super) type AfterCommit = Box<dyn FnOnce(Option<&BrokerError>) + Send>;
-
-/// The pending batch (whose overlay lets reads made while building it see
-/// its own writes: job records, dedup and scheduled keys), what waits for
-/// its commit, and whether it must be fsynced.
-pub(super) struct Writes {
-    pub(super) store: Store,
-    batch: Batch,
-    /// Run after the commit, with its error if it failed.
-    after: Vec<AfterCommit>,
-    /// A failure while building the batch: the whole batch must not commit.
-    poisoned: Option<BrokerError>,
-    /// Records of recently enqueued jobs, so a lease needn't read them back.
-    pub(super) records: super::record_cache::RecordCache,
-    /// True while staging writes whose loss in an OS crash can only cause a
-    /// redelivery (leases, acks, nacks, expiries): those need no fsync.
-    pub(super) relaxed: bool,
-    /// The batch holds a write that must be fsynced before it is answered
-    /// (an enqueue, an admin change): any write staged outside `relaxed`.
-    needs_sync: bool,
-    /// Stream slots freed by leases this batch ends: given back once it has
-    /// committed and its answers are out, so a worker never sees a new
-    /// delivery (from any partition) before the outcome that freed its slot.
-    pub(super) freed_slots: Vec<std::sync::Arc<crate::partition::window::Window>>,
-}
-
-impl Writes {
-    fn new(store: Store) -> Writes {
-        Writes {
-            store,
-            batch: Batch::new(),
-            after: Vec::new(),
-            poisoned: None,
-            records: super::record_cache::RecordCache::new(super::record_cache::DEFAULT_BUDGET_BYTES),
-            relaxed: false,
-            needs_sync: false,
-            freed_slots: Vec::new(),
-        }
-    }
-
-    /// Stages a write to a queue that exists (in memory): a queue that is
-    /// gone has nowhere to write, and a write to it would fail the commit.
-    fn check_queue(&mut self, queue: &str) -> bool {
-        if self.batch.hides_store(Table::Queue(queue)) || self.store.has_queue(queue) {
-            return true;
-        }
-        self.poison(BrokerError::QueueNotFound(queue.to_string()));
-        false
-    }
-
-    pub fn put(&mut self, queue: &str, key: &[u8], value: &[u8]) {
-        self.needs_sync |= !self.relaxed;
-        if !self.check_queue(queue) {
-            return;
-        }
-        if let Some(id) = job_key_id(key) {
-            self.records.forget(id);
-        }
-        self.batch.put(Table::Queue(queue), key, value);
-    }
-
-    pub fn delete(&mut self, queue: &str, key: &[u8]) {
-        self.needs_sync |= !self.relaxed;
-        if !self.check_queue(queue) {
-            return;
-        }
-        if let Some(id) = job_key_id(key) {
-            self.records.forget(id);
-        }
-        self.batch.delete(Table::Queue(queue), key);
-    }
-
-    /// True when this batch deletes `key`.
-    pub fn deletes(&self, queue: &str, key: &[u8]) -> bool {
-        matches!(self.batch.staged(Table::Queue(queue), key), Some(None))
-    }
-
-    /// Reads a key as it will be after this batch.
-    pub fn get(&self, queue: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let table = Table::Queue(queue);
-        if let Some(v) = self.batch.staged(table, key) {
-            return Ok(v.map(<[u8]>::to_vec));
-        }
-        if self.batch.hides_store(table) {
-            return Ok(None);
-        }
-        self.store.get(table, key)
-    }
-
-    pub fn read_job(&self, queue: &str, id: JobId) -> Result<Option<JobRecord>> {
-        match self.get(queue, &keys::job(id))? {
-            None => Ok(None),
-            Some(v) => JobRecord::decode(v.as_slice())
-                .map(Some)
-                .map_err(|e| BrokerError::Storage(format!("corrupt job {id} in {queue}: {e}"))),
-        }
-    }
-
-    /// Reads a job about to be leased: from the record cache when it is
-    /// there (moving it out), else from the batch or the store.
-    pub fn take_job(&mut self, queue: &str, id: JobId) -> Result<Option<JobRecord>> {
-        if !self.batch.touches(Table::Queue(queue), &keys::job(id)) {
-            if let Some(rec) = self.records.take(id) {
-                return Ok(Some(rec));
-            }
-        }
-        self.read_job(queue, id)
-    }
-
-    pub fn put_job(&mut self, queue: &str, id: JobId, rec: &JobRecord) {
-        self.put(queue, &keys::job(id), &rec.encode_to_vec());
-    }
-
-    /// Stages a brand-new job without copying it into the overlay: nothing
-    /// in the same turn can read a job whose id was just made (reads name
-    /// jobs from committed indexes or from leases), and the copy of every
-    /// payload was a measurable share of the writer's time. The record
-    /// itself moves into the record cache for its lease.
-    pub fn put_new_job(&mut self, queue: &str, id: JobId, rec: JobRecord) {
-        self.needs_sync = true;
-        if !self.check_queue(queue) {
-            return;
-        }
-        let value = rec.encode_to_vec();
-        self.batch.put_unread(Table::Queue(queue), &keys::job(id), &value);
-        self.records.keep(id, rec, value.len());
-    }
-
-    pub fn after(&mut self, f: AfterCommit) {
-        self.after.push(f);
-    }
-
-    /// True when callers are waiting for this batch to commit.
-    pub fn has_waiting(&self) -> bool {
-        !self.after.is_empty()
-    }
-
-    /// Marks the batch as unfit to commit (e.g. a read failed half way
-    /// through an atomic enqueue). Everyone waiting on it gets the error.
-    pub fn poison(&mut self, e: BrokerError) {
-        tracing::error!(error = %e, "storage failure while building a write batch");
-        self.poisoned.get_or_insert(e);
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.batch.is_empty() && self.after.is_empty() && self.poisoned.is_none() && self.freed_slots.is_empty()
-    }
-
-    /// Writes staged in the pending batch.
-    pub fn staged(&self) -> usize {
-        self.batch.len()
-    }
-
-    pub fn is_poisoned(&self) -> bool {
-        self.poisoned.is_some()
-    }
-
-    pub fn put_policy(&mut self, queue: &str, tenant: &str, p: &crate::model::TenantPolicy) {
-        self.needs_sync = true;
-        if p.is_default() {
-            Store::delete_policy(&mut self.batch, queue, tenant);
-        } else {
-            Store::put_policy(&mut self.batch, queue, &super::catalog::policy_record(tenant, p));
-        }
-    }
-
-    pub fn put_queue_meta(&mut self, meta: &crate::storage::records::QueueMeta) {
-        self.needs_sync = true;
-        Store::put_queue_meta(&mut self.batch, meta);
-    }
-
-    /// Stages a cross-partition batch's intent (already encoded by the
-    /// caller, off this thread); fsynced with the coordinator's own part.
-    pub fn put_intent(&mut self, seq: u64, encoded: &[u8]) {
-        self.needs_sync = true;
-        self.batch.put(Table::Meta, &Store::intent_key(seq), encoded);
-    }
-
-    /// The intent is done with: fsynced, because the markers saying its
-    /// parts were stored are dropped only once it is surely gone.
-    pub fn delete_intent(&mut self, seq: u64) {
-        self.needs_sync = true;
-        Store::delete_intent(&mut self.batch, seq);
-    }
-
-    /// Marks part `seq` of partition `from` as stored, in the part's write.
-    pub fn put_applied(&mut self, from: u16, seq: u64) {
-        self.needs_sync = true;
-        Store::put_applied(&mut self.batch, from, seq);
-    }
-
-    pub fn delete_applied(&mut self, from: u16, seq: u64) {
-        self.needs_sync |= !self.relaxed;
-        Store::delete_applied(&mut self.batch, from, seq);
-    }
-
-    /// Creates a queue's storage, fresh, in this batch.
-    pub fn create_queue(&mut self, queue: &str) {
-        self.needs_sync = true;
-        self.batch.create_queue(queue);
-    }
-
-    /// Deletes a queue's definition, its policies and its storage, in this
-    /// batch.
-    pub fn delete_queue(&mut self, queue: &str) {
-        self.needs_sync = true;
-        Store::delete_queue_meta(&mut self.batch, queue);
-        if let Err(e) = self.store.delete_policies(&mut self.batch, queue) {
-            self.poison(e);
-        }
-        self.batch.drop_queue(queue);
-    }
 }
 
 pub(super) struct Engine {
@@ -291,84 +77,6 @@ pub(super) struct Engine {
 }
 
 impl Engine {
-    pub fn recover(
-        store: Store,
-        registry: Registry,
-        rx: flume::Receiver<Command>,
-        me: usize,
-        shared: std::sync::Arc<super::shared::Shared>,
-    ) -> Result<Engine> {
-        let started = std::time::Instant::now();
-        let id_hwm = store.load_id_hwm()?;
-        let mut engine = Engine {
-            rx,
-            w: Writes::new(store),
-            registry,
-            queues: Default::default(),
-            consumers: BTreeMap::new(),
-            waiters: Vec::new(),
-            outbox: Vec::new(),
-            tasks: VecDeque::new(),
-            next_id: id_hwm + 1,
-            id_hwm,
-            now: shared.clock.now(),
-            stopping: None,
-            next_alert_check: 0,
-            unsynced_since: None,
-            writer_metrics: Default::default(),
-            storage_fault: None,
-            me,
-            shared,
-        };
-        engine.load_all()?;
-        let (queues, leases) = engine.recovered();
-        tracing::info!(queues, leases, elapsed_ms = started.elapsed().as_millis() as u64, "recovered broker state");
-        Ok(engine)
-    }
-
-    /// Queues and leases held in memory (what start-up recovery loaded).
-    pub fn recovered(&self) -> (usize, usize) {
-        (self.queues.len(), self.queues.values().map(|q| q.leases().len()).sum())
-    }
-
-    /// Rebuilds all in-memory state from disk: O(queues + groups + leases),
-    /// never O(jobs).
-    pub fn load_all(&mut self) -> Result<()> {
-        // Keep what was observed (alerts in force, latencies) across a reload.
-        let mut old = std::mem::take(&mut self.queues);
-        self.w.records.clear();
-        let metas = self.w.store.load_queues()?;
-        for meta in metas {
-            let mut q = load_queue(&self.w.store, &meta, self.shared.shares.of(&meta.name), self.me, self.now)?;
-            if let Some(mut o) = old.remove(&meta.name).filter(|o| o.generation == q.generation) {
-                q.obs = std::mem::replace(&mut o.obs, super::observe::QueueObs::new(0));
-                // The windows in memory are newer than what is on disk, but
-                // the failed commit may have held their last save.
-                let on_disk: Vec<_> = q.breaker.held().cloned().collect();
-                q.breaker = std::mem::take(&mut o.breaker);
-                q.breaker.resave_all(on_disk);
-            }
-            // The alert follows the quarantines on disk.
-            super::quarantine::sync_alert(&mut q, self.now);
-            self.queues.insert(meta.name.clone(), q);
-        }
-        self.publish_registry();
-        self.publish_health();
-        // Leases on disk come back without their Work streams: re-link the
-        // ones whose stream is still connected, so windows and disconnects
-        // keep working.
-        for (id, c) in self.consumers.iter_mut() {
-            let before = c.leases.len();
-            let queues = &mut self.queues;
-            c.leases.retain(|(q, job)| queues.get_mut(q).is_some_and(|q| q.attach_lease(*job, *id)));
-            // Leases that did not land give their slots back.
-            for _ in c.leases.len()..before {
-                c.window.give_back();
-            }
-        }
-        Ok(())
-    }
-
     pub fn publish_registry(&self) {
         if let Ok(mut reg) = self.registry.write() {
             reg.clear();
@@ -620,11 +328,10 @@ impl Engine {
         if self.w.is_empty() {
             return;
         }
-        let batch = std::mem::take(&mut self.w.batch);
-        let sync = std::mem::take(&mut self.w.needs_sync);
+        let (batch, sync) = self.w.take_batch();
         let writes = batch.len() as u64;
         let started = std::time::Instant::now();
-        let result = match self.w.poisoned.take() {
+        let result = match self.w.take_poison() {
             Some(e) => Err(e),
             None => self.w.store.commit(&batch, sync),
         };
@@ -648,7 +355,7 @@ impl Engine {
             Ok(()) => self.storage_ok(),
             Err(e) => self.storage_failed(e),
         }
-        let after = std::mem::take(&mut self.w.after);
+        let after = self.w.take_after();
         match result {
             Ok(()) => {
                 for q in self.queues.values_mut() {
@@ -728,108 +435,9 @@ impl Engine {
             }
         }
         let last = self.next_id - 1;
-        if last > self.id_hwm && !self.w.batch.is_empty() {
-            Store::put_id_hwm(&mut self.w.batch, last);
+        if last > self.id_hwm && self.w.has_writes() {
+            self.w.put_id_hwm(last);
             self.id_hwm = last;
         }
     }
-}
-
-/// Loads one queue's counters, groups with ready jobs, leases and next
-/// scheduled time.
-fn load_queue(
-    store: &Store,
-    meta: &crate::storage::records::QueueMeta,
-    shares: std::sync::Arc<crate::partition::queue_shares::QueueShares>,
-    me: usize,
-    now: Millis,
-) -> Result<QueueState> {
-    let table = Table::Queue(&meta.name);
-    let counters = match store.get(table, &keys::TOTALS_KEY)? {
-        Some(v) => QueueCounters::decode(v.as_slice())
-            .map_err(|e| BrokerError::Storage(format!("corrupt counters of {}: {e}", meta.name)))?,
-        None => QueueCounters::default(),
-    };
-    let mut q = QueueState::new(meta, counters, shares, me, now);
-    if let Some(v) = store.get(table, &keys::ALERTS_KEY)? {
-        match AlertStateRecord::decode(v.as_slice()) {
-            Ok(rec) => q.obs = super::observe::QueueObs::restore(&rec, now),
-            // Only what the alerts watch, never a job: start watching afresh.
-            Err(e) => tracing::warn!(queue = %meta.name, error = %e, "corrupt alert state; alerts start afresh"),
-        }
-    }
-    for p in store.load_policies(&meta.name)? {
-        let policy = crate::model::TenantPolicy {
-            weight: p.weight.max(1),
-            max_in_flight: p.max_in_flight,
-            enqueue_rate: p.enqueue_rate,
-            enqueue_burst: p.enqueue_burst,
-            env_weights: p.env_weights,
-        };
-        q.set_policy(&p.tenant, policy);
-    }
-    for (k, v) in scan_prefix(store, &meta.name, &[keys::GROUP_COUNT])? {
-        let Some((t, e)) = keys::group_of(&k) else { continue };
-        let ready = v.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(0);
-        if ready > 0 {
-            q.groups.entry(t.to_string()).or_default().insert(e.to_string(), Group::new(ready));
-            q.scheduler.activate(t, e);
-        }
-    }
-    for (k, v) in scan_prefix(store, &meta.name, &[keys::LEASE])? {
-        let Some(id) = keys::trailing_id(&k) else { continue };
-        let lr = LeaseRecord::decode(v.as_slice())
-            .map_err(|e| BrokerError::Storage(format!("corrupt lease of job {id}: {e}")))?;
-        let Some(raw) = store.get(table, &keys::job(id))? else {
-            tracing::warn!(queue = %meta.name, job_id = %id, "lease without a job; dropping it");
-            let mut b = Batch::new();
-            b.delete(table, &k);
-            store.commit(&b, true)?;
-            continue;
-        };
-        let record =
-            JobRecord::decode(raw.as_slice()).map_err(|e| BrokerError::Storage(format!("corrupt job {id}: {e}")))?;
-        let mut lease_id = [0u8; 16];
-        if lr.lease_id.len() == 16 {
-            lease_id.copy_from_slice(&lr.lease_id);
-        }
-        q.begin_lease(
-            id,
-            ActiveLease {
-                lease_id: LeaseId(lease_id),
-                leased_at: lr.leased_at(),
-                expires_at: lr.expires_at_ms,
-                attempt: lr.attempt,
-                duration_ms: lr.duration_ms,
-                worker_id: lr.worker_id,
-                worker_version: std::sync::Arc::from(lr.worker_version),
-                consumer: None,
-                record,
-            },
-        );
-    }
-    for (k, v) in scan_prefix(store, &meta.name, &[keys::BREAKER])? {
-        let Some(version) = keys::breaker_version(&k) else { continue };
-        match BreakerWindowRecord::decode(v.as_slice()) {
-            Ok(rec) => q.breaker.restore(&q.config.breaker, version, &rec),
-            // Only evidence for the breaker, never a job: start that
-            // version afresh rather than refuse to start.
-            Err(e) => tracing::warn!(queue = %meta.name, worker_version = version, error = %e,
-                "corrupt breaker window; that version starts without history"),
-        }
-    }
-    q.shares.leases_recovered(q.leases().len() as u64);
-    q.next_due = first_scheduled(store, &meta.name, 0)?;
-    Ok(q)
-}
-
-/// All entries under a prefix (used at startup for small key ranges).
-fn scan_prefix(store: &Store, queue: &str, prefix: &[u8]) -> Result<Vec<crate::storage::Entry>> {
-    Ok(store.scan(queue, prefix, &keys::prefix_end(prefix), usize::MAX)?.entries)
-}
-
-/// The run_at of the first scheduled job at or after `from`.
-pub(super) fn first_scheduled(store: &Store, queue: &str, from: Millis) -> Result<Option<Millis>> {
-    let scan = store.scan(queue, &keys::scheduled(from, JobId(0)), &[keys::SCHEDULED + 1], 1)?;
-    Ok(scan.entries.first().and_then(|(k, _)| keys::scheduled_parts(k)).map(|(t, _)| t))
 }

@@ -58,10 +58,12 @@ pub(crate) mod queue_state;
 mod rate_limit;
 mod reads;
 mod record_cache;
+mod recovery;
 mod shared;
 mod tasks;
 pub mod version_breaker;
 pub mod view;
+mod writes;
 
 use crate::error::{BrokerError, Result};
 use crate::model::{JobId, JobState, LeaseId, Millis, NewJob, QueueConfig, TenantPolicy};

@@ -4,7 +4,8 @@
 //! the jobs; the job record keeps saying "scheduled" until its next
 //! change, which [`state_of`](super::state_of) accounts for.
 
-use crate::broker::engine::{first_scheduled, Engine};
+use crate::broker::engine::Engine;
+use crate::broker::recovery::first_scheduled;
 use crate::error::{BrokerError, Result};
 use crate::model::JobId;
 use crate::storage::keys;
