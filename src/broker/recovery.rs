@@ -27,7 +27,7 @@ impl Engine {
         let id_hwm = store.load_id_hwm()?;
         let mut engine = Engine {
             rx,
-            w: Writes::new(store),
+            w: Writes::new(store, super::record_cache::partition_budget(shared.partitions)),
             registry,
             queues: Default::default(),
             consumers: BTreeMap::new(),

@@ -39,13 +39,15 @@ pub(super) struct Writes {
 }
 
 impl Writes {
-    pub(super) fn new(store: Store) -> Writes {
+    /// A pending batch for `store`, keeping records of recently enqueued
+    /// jobs up to `record_budget` bytes.
+    pub(super) fn new(store: Store, record_budget: usize) -> Writes {
         Writes {
             store,
             batch: Batch::new(),
             after: Vec::new(),
             poisoned: None,
-            records: super::record_cache::RecordCache::new(super::record_cache::DEFAULT_BUDGET_BYTES),
+            records: super::record_cache::RecordCache::new(record_budget),
             relaxed: false,
             needs_sync: false,
             freed_slots: Vec::new(),
