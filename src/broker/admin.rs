@@ -93,7 +93,7 @@ impl Engine {
         self.queues.remove(name);
         for c in self.consumers.values_mut() {
             let before = c.leases.len();
-            c.leases.retain(|(q, _)| q != name);
+            c.leases.retain(|_, q| &**q != name);
             let gone = (before - c.leases.len()) as u32;
             for _ in 0..gone {
                 c.window.give_back();

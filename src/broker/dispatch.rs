@@ -22,8 +22,10 @@ use std::sync::Arc;
 
 /// A Work stream.
 pub(super) struct Consumer {
-    pub queues: Vec<String>,
-    pub worker_id: String,
+    /// Its queues, each name shared with the leases it holds there.
+    pub queues: Vec<Arc<str>>,
+    /// Shared with its leases, so a lease copies no string.
+    pub worker_id: Arc<str>,
     /// Its `Subscribe.worker_version`: a queue where that version is
     /// quarantined delivers nothing to it.
     pub worker_version: Arc<str>,
@@ -42,8 +44,9 @@ pub(super) struct Consumer {
     /// Lease length the worker asked for, if any.
     pub lease_ms: Option<u64>,
     pub tx: StreamTx,
-    /// (queue, job) of its current leases, returned to ready when it leaves.
-    pub leases: crate::model::FastSet<(String, JobId)>,
+    /// Its current leases in this partition (job -> queue; job ids are
+    /// unique in a partition), returned to ready when it leaves.
+    pub leases: crate::model::FastMap<JobId, Arc<str>>,
     /// Weighted turn order over `queues`.
     pub rotation: QueueRotation,
     /// Tenants whose jobs it may receive (its token's); `None` = all.
@@ -67,7 +70,7 @@ pub(super) struct Waiter {
     /// This partition's share of the response's size.
     pub byte_budget: usize,
     pub lease_ms: Option<u64>,
-    pub worker_id: String,
+    pub worker_id: Arc<str>,
     /// As [`Consumer::worker_version`].
     pub worker_version: Arc<str>,
     pub deadline: Millis,
@@ -86,7 +89,7 @@ pub(super) struct Waiter {
 /// A delivery for a Work stream, held until its lease is committed.
 pub(super) struct Outgoing {
     pub consumer: u64,
-    pub queue: String,
+    pub queue: Arc<str>,
     pub job: JobId,
     pub delivery: pb::Delivery,
 }
@@ -105,8 +108,8 @@ impl Engine {
         self.consumers.insert(
             id,
             Consumer {
-                queues: sub.queues,
-                worker_id: sub.worker_id,
+                queues: sub.queues.into_iter().map(Arc::from).collect(),
+                worker_id: Arc::from(sub.worker_id),
                 worker_version: Arc::from(sub.worker_version),
                 max_in_flight: sub.max_in_flight.max(1),
                 window,
@@ -155,22 +158,22 @@ impl Engine {
         let mut out: Vec<(Millis, u64, pb::WorkerInfo)> = self
             .consumers
             .iter()
-            .filter(|(_, c)| queue.is_none_or(|q| c.queues.iter().any(|n| n == q)))
+            .filter(|(_, c)| queue.is_none_or(|q| c.queues.iter().any(|n| &**n == q)))
             .map(|(id, c)| {
                 let mut held: Vec<(Millis, pb::WorkerLease)> = c
                     .leases
                     .iter()
-                    .filter_map(|(q, job)| {
-                        let l = self.queues.get(q)?.leases().get(job)?;
+                    .filter_map(|(job, q)| {
+                        let l = self.queues.get(&**q)?.leases().get(job)?;
                         Some((l.leased_at, view::worker_lease(q, *job, l)))
                     })
                     .collect();
                 held.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.job_id.cmp(&b.1.job_id)));
                 held.truncate(WORKER_LEASES_SHOWN);
                 let info = pb::WorkerInfo {
-                    worker_id: c.worker_id.clone(),
+                    worker_id: c.worker_id.to_string(),
                     worker_version: c.worker_version.to_string(),
-                    queues: c.queues.clone(),
+                    queues: c.queues.iter().map(|q| q.to_string()).collect(),
                     in_flight: c.leases.len() as u32,
                     max_in_flight: c.max_in_flight,
                     connected_at: Some(view::timestamp(c.connected_at)),
@@ -212,7 +215,7 @@ impl Engine {
             window,
             byte_budget: RESPONSE_SOFT_LIMIT / self.shared.partitions,
             lease_ms: spec.lease_duration.map(duration_millis),
-            worker_id: spec.worker_id,
+            worker_id: Arc::from(spec.worker_id),
             worker_version: Arc::from(spec.worker_version),
             deadline: self.now.saturating_add(duration_millis(spec.wait)),
             reply: Some(reply),
@@ -283,7 +286,7 @@ impl Engine {
         if c.window.has_room() {
             return true;
         }
-        if !c.queues.iter().any(|q| self.queues.get(q).is_some_and(|q| q.has_ready())) {
+        if !c.queues.iter().any(|q| self.queues.get(&**q).is_some_and(|q| q.has_ready())) {
             return false;
         }
         c.window.want(self.me);
@@ -321,7 +324,7 @@ impl Engine {
             Target::Waiter(i) => self.waiters[i].rotation.order(),
         };
         for idx in order {
-            let (queue, version) = match target {
+            let (queue, version): (&str, _) = match target {
                 Target::Consumer(id) => {
                     let c = &self.consumers[&id];
                     (&c.queues[idx], &c.worker_version)
@@ -337,7 +340,10 @@ impl Engine {
                 continue;
             };
 
-            let queue = queue.clone();
+            let queue: Arc<str> = match target {
+                Target::Consumer(id) => self.consumers[&id].queues[idx].clone(),
+                Target::Waiter(i) => Arc::from(self.waiters[i].queues[idx].as_str()),
+            };
             if !self.split_allows(target, &queue) {
                 continue;
             }
@@ -360,13 +366,13 @@ impl Engine {
             };
             match self.lease_next(&queue, &grant) {
                 Ok(Some((job, delivery))) => {
-                    if let Some(q) = self.queues.get(&queue) {
+                    if let Some(q) = self.queues.get(&*queue) {
                         q.shares.charge(self.me);
                     }
                     match target {
                         Target::Consumer(id) => {
                             if let Some(c) = self.consumers.get_mut(&id) {
-                                c.leases.insert((queue.clone(), job));
+                                c.leases.insert(job, queue.clone());
                                 c.rotation.charge(idx, weight);
                             }
                             self.outbox.push(Outgoing { consumer: id, queue, job, delivery });
@@ -375,7 +381,7 @@ impl Engine {
                             let w = &mut self.waiters[i];
                             w.got_bytes += delivery.encoded_len();
                             w.got.push(delivery);
-                            w.leases.push((queue, job));
+                            w.leases.push((queue.to_string(), job));
                             w.rotation.charge(idx, weight);
                         }
                     }
@@ -448,7 +454,7 @@ impl Engine {
             if !sent {
                 let (tenant, env) = self
                     .queues
-                    .get(&o.queue)
+                    .get(&*o.queue)
                     .and_then(|q| q.leases().get(&o.job))
                     .map(|l| (l.record.tenant.clone(), l.record.environment.clone()))
                     .unwrap_or_default();

@@ -124,7 +124,7 @@ mod tests {
             expires_at,
             attempt: 1,
             duration_ms: expires_at,
-            worker_id: "w".into(),
+            worker_id: Arc::from("w"),
             worker_version: Arc::from("v"),
             consumer: Some(1),
             record: JobRecord { tenant: tenant.into(), ..Default::default() },

@@ -156,7 +156,7 @@ impl Engine {
     }
 
     pub(super) fn streams_on(&self, queue: &str) -> usize {
-        self.consumers.values().filter(|c| c.queues.iter().any(|n| n == queue)).count()
+        self.consumers.values().filter(|c| c.queues.iter().any(|n| &**n == queue)).count()
     }
 
     /// When the longest-waiting ready job of any group, of any priority,

@@ -109,7 +109,8 @@ pub struct ActiveLease {
     /// This delivery's attempt number.
     pub attempt: u32,
     pub duration_ms: u64,
-    pub worker_id: String,
+    /// Shared with the worker's stream or call, so a lease copies no string.
+    pub worker_id: Arc<str>,
     /// The leasing worker's version: its outcome counts in that version's
     /// circuit-breaker window, and quarantining the version returns it.
     /// Shared with the worker's stream, so a lease copies no string.

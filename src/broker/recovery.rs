@@ -85,7 +85,7 @@ impl Engine {
         for (id, c) in self.consumers.iter_mut() {
             let before = c.leases.len();
             let queues = &mut self.queues;
-            c.leases.retain(|(q, job)| queues.get_mut(q).is_some_and(|q| q.attach_lease(*job, *id)));
+            c.leases.retain(|job, q| queues.get_mut(&**q).is_some_and(|q| q.attach_lease(*job, *id)));
             // Leases that did not land give their slots back.
             for _ in c.leases.len()..before {
                 c.window.give_back();
@@ -161,7 +161,7 @@ fn load_queue(
                 expires_at: lr.expires_at_ms,
                 attempt: lr.attempt,
                 duration_ms: lr.duration_ms,
-                worker_id: lr.worker_id,
+                worker_id: std::sync::Arc::from(lr.worker_id),
                 worker_version: std::sync::Arc::from(lr.worker_version),
                 consumer: None,
                 record,

@@ -7,11 +7,12 @@
 
 use crate::broker::engine::Engine;
 use crate::model::JobId;
+use std::sync::Arc;
 
 impl Engine {
     /// The leases of a stream that ended (`why`) come back.
-    pub(in crate::broker) fn disconnect(&mut self, leases: impl IntoIterator<Item = (String, JobId)>, why: &str) {
-        for (queue, job) in leases {
+    pub(in crate::broker) fn disconnect(&mut self, leases: impl IntoIterator<Item = (JobId, Arc<str>)>, why: &str) {
+        for (job, queue) in leases {
             if let Err(e) = self.lose_lease(&queue, job, why) {
                 self.w.poison(e);
             }
@@ -21,9 +22,9 @@ impl Engine {
     /// Leases that stay when their stream ends: nobody is pushed to, and
     /// the worker may still settle them (after it reconnects) until they
     /// expire.
-    pub(in crate::broker) fn detach_leases(&mut self, leases: impl IntoIterator<Item = (String, JobId)>) {
-        for (queue, job) in leases {
-            if let Some(q) = self.queues.get_mut(&queue) {
+    pub(in crate::broker) fn detach_leases(&mut self, leases: impl IntoIterator<Item = (JobId, Arc<str>)>) {
+        for (job, queue) in leases {
+            if let Some(q) = self.queues.get_mut(&*queue) {
                 q.detach_lease(job);
             }
         }

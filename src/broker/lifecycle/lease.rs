@@ -17,7 +17,7 @@ use std::sync::Arc;
 pub(in crate::broker) struct Grant<'a> {
     /// The lease length the worker asked for, if any.
     pub lease_ms: Option<u64>,
-    pub worker_id: &'a str,
+    pub worker_id: &'a Arc<str>,
     pub worker_version: &'a Arc<str>,
     /// The Work stream that takes it (none for a unary Lease).
     pub consumer: Option<u64>,
@@ -85,7 +85,7 @@ impl Engine {
                 expires_at: now.saturating_add(duration_ms),
                 attempt: rec.attempt + 1,
                 duration_ms,
-                worker_id: grant.worker_id.to_string(),
+                worker_id: grant.worker_id.clone(),
                 worker_version: grant.worker_version.clone(),
                 consumer: grant.consumer,
                 record: rec,

@@ -71,7 +71,7 @@ pub(in crate::broker) fn lease_record(l: &ActiveLease) -> LeaseRecord {
         lease_id: l.lease_id.0.to_vec(),
         expires_at_ms: l.expires_at,
         attempt: l.attempt,
-        worker_id: l.worker_id.clone(),
+        worker_id: l.worker_id.to_string(),
         duration_ms: l.duration_ms,
         worker_version: l.worker_version.to_string(),
         leased_at_ms: l.leased_at,
@@ -341,7 +341,7 @@ impl Engine {
         let queue_wanting = q.shares.take_wanting();
         self.w.delete(queue, &keys::lease(job));
         if let Some(c) = l.consumer.and_then(|c| self.consumers.get_mut(&c)) {
-            c.leases.remove(&(queue.to_string(), job));
+            c.leases.remove(&job);
             self.w.freed_slots.push(c.window.clone());
         }
         self.shared.wake(self.me, queue_wanting);

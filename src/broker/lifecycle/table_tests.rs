@@ -188,7 +188,7 @@ impl Harness {
                 Ok(())
             }
             Event::Disconnect => {
-                self.e.disconnect([("q".to_string(), id)], "worker disconnected");
+                self.e.disconnect([(id, std::sync::Arc::from("q"))], "worker disconnected");
                 self.e.commit();
                 Ok(())
             }
