@@ -13,7 +13,9 @@ fn engine(dir: &std::path::Path) -> Engine {
     Engine::recover(store, Registry::default(), rx, 0, std::sync::Arc::new(super::shared::Shared::new(1))).unwrap()
 }
 
-fn new_job(run_at: Option<Millis>) -> NewJob {
+/// A job of tenant `t`, environment `e` in queue `q` (shared with the
+/// lifecycle table tests).
+pub(super) fn new_job(run_at: Option<Millis>) -> NewJob {
     NewJob {
         queue: "q".into(),
         tenant: "t".into(),

@@ -51,19 +51,7 @@ fn harness() -> Harness {
 }
 
 fn job(priority: i32, run_at: Option<Millis>, max_attempts: u32) -> NewJob {
-    NewJob {
-        queue: "q".into(),
-        tenant: "t".into(),
-        environment: "e".into(),
-        payload: bytes::Bytes::from_static(b"x"),
-        headers: Default::default(),
-        priority,
-        run_at,
-        dedup_key: String::new(),
-        max_attempts,
-        lease_duration: None,
-        traceparent: String::new(),
-    }
+    NewJob { priority, max_attempts, ..crate::broker::engine_tests::new_job(run_at) }
 }
 
 impl Harness {
