@@ -6,7 +6,9 @@
 //! windows).
 
 use crate::model::Millis;
+#[cfg(test)]
 use std::sync::atomic::{AtomicU64, Ordering};
+#[cfg(test)]
 use std::sync::Arc;
 
 /// A source of milliseconds since the Unix epoch.
@@ -16,7 +18,7 @@ pub(crate) enum Clock {
     #[default]
     System,
     /// A clock that only moves when told to (tests).
-    #[allow(dead_code)]
+    #[cfg(test)]
     Manual(Arc<AtomicU64>),
 }
 
@@ -31,6 +33,7 @@ impl Clock {
     pub fn now(&self) -> Millis {
         match self {
             Clock::System => crate::model::now_millis(),
+            #[cfg(test)]
             Clock::Manual(t) => t.load(Ordering::SeqCst),
         }
     }

@@ -63,7 +63,8 @@ pub(super) const WORKER_LEASES_SHOWN: usize = 100;
 
 /// A unary `Lease` call waiting for jobs.
 pub(super) struct Waiter {
-    pub queues: Vec<String>,
+    /// Its queues, each name shared with the leases it takes there.
+    pub queues: Vec<Arc<str>>,
     /// The call's `max_jobs`, shared by every partition that serves it, and
     /// closed once the call is answered.
     pub window: Arc<Window>,
@@ -80,7 +81,7 @@ pub(super) struct Waiter {
     /// Encoded size of `got`: the batch stops growing at
     /// [`RESPONSE_SOFT_LIMIT`] so the response always fits one message.
     pub got_bytes: usize,
-    pub leases: Vec<(String, JobId)>,
+    pub leases: Vec<(Arc<str>, JobId)>,
     pub rotation: QueueRotation,
     /// Tenants whose jobs it may receive (its token's); `None` = all.
     pub tenants: TenantFilter,
@@ -211,7 +212,7 @@ impl Engine {
         }
         let rotation = QueueRotation::new(spec.queues.len());
         self.waiters.push(Waiter {
-            queues: spec.queues,
+            queues: spec.queues.into_iter().map(Arc::from).collect(),
             window,
             byte_budget: RESPONSE_SOFT_LIMIT / self.shared.partitions,
             lease_ms: spec.lease_duration.map(duration_millis),
@@ -342,7 +343,7 @@ impl Engine {
 
             let queue: Arc<str> = match target {
                 Target::Consumer(id) => self.consumers[&id].queues[idx].clone(),
-                Target::Waiter(i) => Arc::from(self.waiters[i].queues[idx].as_str()),
+                Target::Waiter(i) => self.waiters[i].queues[idx].clone(),
             };
             if !self.split_allows(target, &queue) {
                 continue;
@@ -381,7 +382,7 @@ impl Engine {
                             let w = &mut self.waiters[i];
                             w.got_bytes += delivery.encoded_len();
                             w.got.push(delivery);
-                            w.leases.push((queue.to_string(), job));
+                            w.leases.push((queue, job));
                             w.rotation.charge(idx, weight);
                         }
                     }

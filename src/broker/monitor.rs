@@ -152,7 +152,7 @@ impl Engine {
 
     /// Work streams plus waiting long-polls on `queue`.
     fn workers_on(&self, queue: &str) -> usize {
-        self.streams_on(queue) + self.waiters.iter().filter(|w| w.queues.iter().any(|n| n == queue)).count()
+        self.streams_on(queue) + self.waiters.iter().filter(|w| w.queues.iter().any(|n| &**n == queue)).count()
     }
 
     pub(super) fn streams_on(&self, queue: &str) -> usize {
