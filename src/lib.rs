@@ -11,6 +11,7 @@ pub mod api;
 pub mod auth;
 pub mod broker;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod conn_limits;
 pub mod deadline;

@@ -36,6 +36,13 @@ const FORMAT_KEY: &[u8] = b"format_version";
 /// another version instead of guessing.
 pub const FORMAT_VERSION: u32 = 1;
 const QUEUE_PREFIX: &[u8] = b"queue/";
+/// In a cluster: the last Raft log entry this store has applied (JSON of
+/// openraft's `LogId`), written in the same atomic write as the entry's
+/// changes, so after a crash the store says exactly where replay resumes.
+pub const RAFT_APPLIED_KEY: &[u8] = b"raft/applied";
+/// In a cluster: the partition's last applied membership (JSON of
+/// openraft's `StoredMembership`).
+pub const RAFT_MEMBERSHIP_KEY: &[u8] = b"raft/membership";
 /// Meta keys of cross-partition batches being completed (see
 /// `broker/batch_intent.rs`): `intent/SEQ` at the coordinating partition,
 /// `applied/FROM SEQ` at each partition that stored its part.
@@ -396,6 +403,15 @@ impl Store {
     /// Makes every write so far durable.
     pub fn sync_wal(&self) -> Result<()> {
         self.db.flush_wal(true)?;
+        Ok(())
+    }
+
+    /// A consistent copy of the whole store at `to` (a new directory on the
+    /// same filesystem: table files are hard-linked, so it costs little
+    /// space and time): a cluster's snapshot of a partition.
+    pub fn checkpoint(&self, to: &Path) -> Result<()> {
+        let cp = rocksdb::checkpoint::Checkpoint::new(&self.db)?;
+        cp.create_checkpoint(to)?;
         Ok(())
     }
 

@@ -1,0 +1,27 @@
+//! The cluster: every partition a Raft group replicated on several nodes
+//! (openraft), so losing a machine stops nothing and loses nothing.
+//!
+//! Built so far, each in the file named after it:
+//! - [`config`]: the cluster file (`cluster.toml`), parsed and checked by a
+//!   pure function.
+//! - [`replica_placement`]: which nodes hold each partition in a new
+//!   cluster, and which should lead (pure, property-tested).
+//! - [`raft_types`]: the Raft types of a partition group: one log entry per
+//!   writer turn, carrying that turn's typed batch.
+//! - [`entry_codec`]: log entries as bytes (the batch is stored as it is).
+//! - [`log_store`]: a partition's Raft log on RocksDB, appends written by
+//!   one thread and fsynced once per group.
+//! - [`state_machine`]: the partition's store as the Raft state machine:
+//!   followers apply batches, they do not re-run commands; a RocksDB
+//!   checkpoint is the snapshot ([`snapshot_file`] packs it for sending).
+//!
+//! docs/cluster.md describes the design, what is fsynced where, and what
+//! is still to come (the network, forwarding, failover, membership calls).
+
+pub mod config;
+pub mod entry_codec;
+pub mod log_store;
+pub mod raft_types;
+pub mod replica_placement;
+pub mod snapshot_file;
+pub mod state_machine;
