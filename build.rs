@@ -14,5 +14,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".fairway.v1.Job.payload")
         .bytes(".fairway.v1.EnqueueRequest.payload")
         .compile_fds(fds)?;
+    // Node-to-node Raft traffic: its own package, not served by reflection.
+    let raft = protox::compile(["fairway/raft/v1/raft.proto"], ["proto"])?;
+    tonic_prost_build::configure()
+        .bytes(".fairway.raft.v1.AppendEntriesMessage.entries")
+        .bytes(".fairway.raft.v1.SnapshotChunk.data")
+        .compile_fds(raft)?;
     Ok(())
 }

@@ -36,6 +36,10 @@ pub enum BrokerError {
     /// A known token, outside its role, queues or tenants.
     #[error("{0}")]
     PermissionDenied(String),
+    /// In a cluster: the write could not be committed (this node does not
+    /// lead the partition, or its group has no quorum); says where to go.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("storage error: {0}")]
     Storage(String),
     /// A bug in the broker: an invariant it keeps did not hold (a lease it
@@ -84,7 +88,7 @@ impl BrokerError {
             BrokerError::QueueExists(_) => Code::AlreadyExists,
             BrokerError::LeaseNotHeld(_) | BrokerError::FailedPrecondition(_) => Code::FailedPrecondition,
             BrokerError::ResourceExhausted(_) | BrokerError::RateLimited { .. } => Code::ResourceExhausted,
-            BrokerError::ShuttingDown | BrokerError::Starting => Code::Unavailable,
+            BrokerError::ShuttingDown | BrokerError::Starting | BrokerError::Unavailable(_) => Code::Unavailable,
             BrokerError::Unauthenticated(_) => Code::Unauthenticated,
             BrokerError::PermissionDenied(_) => Code::PermissionDenied,
             BrokerError::Storage(_) | BrokerError::Internal(_) => Code::Internal,
@@ -146,6 +150,7 @@ mod tests {
         assert_eq!(Status::from(BrokerError::LeaseNotHeld("x".into())).code(), Code::FailedPrecondition);
         assert_eq!(Status::from(BrokerError::ShuttingDown).code(), Code::Unavailable);
         assert_eq!(Status::from(BrokerError::Starting).code(), Code::Unavailable);
+        assert_eq!(Status::from(BrokerError::Unavailable("p".into())).code(), Code::Unavailable);
         assert_eq!(Status::from(BrokerError::Unauthenticated("x".into())).code(), Code::Unauthenticated);
         assert_eq!(Status::from(BrokerError::PermissionDenied("x".into())).code(), Code::PermissionDenied);
         let s = Status::from(BrokerError::QueueNotFound("emails".into()));

@@ -33,6 +33,12 @@ pub mod telemetry;
 pub mod tls;
 
 /// Code generated from `proto/fairway/v1/fairway.proto`.
+/// Node-to-node Raft messages of a cluster (internal; see src/cluster/network.rs).
+pub mod raft_pb {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("fairway.raft.v1");
+}
+
 pub mod pb {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("fairway.v1");

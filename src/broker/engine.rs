@@ -74,6 +74,9 @@ pub(super) struct Engine {
     pub(super) me: usize,
     /// What the broker's partitions share (peers, split tables, health).
     pub(super) shared: std::sync::Arc<super::shared::Shared>,
+    /// Where each turn's batch goes: this partition's RocksDB, or its Raft
+    /// group in a cluster.
+    pub(super) log: super::turn_log::TurnLog,
 }
 
 impl Engine {
@@ -333,9 +336,9 @@ impl Engine {
         let started = std::time::Instant::now();
         let result = match self.w.take_poison() {
             Some(e) => Err(e),
-            None => self.w.store.commit(&batch, sync),
+            None => self.log.commit(&self.w.store, &batch, sync),
         };
-        let synced = sync && self.w.store.syncs_commits();
+        let synced = self.log.synced(&self.w.store, sync);
         let m = &mut self.writer_metrics;
         match &result {
             Ok(()) => {
@@ -345,7 +348,7 @@ impl Engine {
                 if synced {
                     m.syncs += 1;
                     self.unsynced_since = None;
-                } else if self.w.store.syncs_commits() {
+                } else if self.log.leaves_unsynced(&self.w.store) {
                     self.unsynced_since.get_or_insert(std::time::Instant::now());
                 }
             }

@@ -10,7 +10,8 @@ use tokio::sync::oneshot;
 fn engine(dir: &std::path::Path) -> Engine {
     let store = Store::open(dir, Durability::Relaxed).unwrap();
     let (_tx, rx) = flume::bounded::<Command>(1);
-    Engine::recover(store, Registry::default(), rx, 0, std::sync::Arc::new(super::shared::Shared::new(1))).unwrap()
+    let shared = std::sync::Arc::new(super::shared::Shared::new(1));
+    Engine::recover(store, Registry::default(), rx, 0, shared, super::turn_log::TurnLog::Local).unwrap()
 }
 
 /// A job of tenant `t`, environment `e` in queue `q` (shared with the

@@ -61,6 +61,7 @@ mod record_cache;
 mod recovery;
 mod shared;
 mod tasks;
+pub(crate) mod turn_log;
 pub mod version_breaker;
 pub mod view;
 mod writes;
@@ -479,7 +480,8 @@ impl Broker {
             let dir = crate::storage::data_dir::partition_dir(data_dir, PartitionId(p as u16));
             stores.push(Store::open_sharing(&dir, durability, None, &memory)?);
         }
-        Self::start_on(layout, stores, hold)
+        let logs = stores.iter().map(|_| turn_log::TurnLog::Local).collect();
+        Self::start_on(layout, stores, logs, hold)
     }
 
     /// [`start`](Self::start) of a data dir of one partition, with `tap`
@@ -496,15 +498,41 @@ impl Broker {
             return Err(BrokerError::InvalidArgument("a commit tap follows a data dir of one partition".into()));
         }
         let dir = crate::storage::data_dir::partition_dir(data_dir, PartitionId(0));
-        Self::start_on(layout, vec![Store::open_with_tap(&dir, durability, Some(tap))?], Duration::ZERO)
+        let store = Store::open_with_tap(&dir, durability, Some(tap))?;
+        Self::start_on(layout, vec![store], vec![turn_log::TurnLog::Local], Duration::ZERO)
     }
 
-    fn start_on(layout: Layout, stores: Vec<Store>, hold: Duration) -> Result<(Broker, Recovery)> {
+    /// A cluster node's broker over its replicas of every partition: each
+    /// partition's store is its Raft group's state machine (opened by the
+    /// caller in `partition_dir(data_dir, p)`), and each writer turn is
+    /// proposed through `proposers[p]` and answered once a majority has it.
+    /// Blocking: call it off the async runtime.
+    #[doc(hidden)]
+    pub fn start_replicated(
+        data_dir: &Path,
+        stores: Vec<Store>,
+        proposers: Vec<crate::cluster::proposer::RaftProposer>,
+    ) -> Result<(Broker, Recovery)> {
+        let n = stores.len() as u32;
+        if proposers.len() != stores.len() {
+            return Err(BrokerError::Internal(format!("{} stores but {} Raft groups", stores.len(), proposers.len())));
+        }
+        let (layout, _) = crate::storage::data_dir::open(data_dir, Some(n), n)?;
+        let logs = proposers.into_iter().map(turn_log::TurnLog::Raft).collect();
+        Self::start_on(layout, stores, logs, Duration::ZERO)
+    }
+
+    fn start_on(
+        layout: Layout,
+        stores: Vec<Store>,
+        logs: Vec<turn_log::TurnLog>,
+        hold: Duration,
+    ) -> Result<(Broker, Recovery)> {
         let shared = Arc::new(shared::Shared::new(stores.len()));
         let mut parts = Vec::with_capacity(stores.len());
         let mut recoveries = Vec::with_capacity(stores.len());
-        for (p, store) in stores.into_iter().enumerate() {
-            let (part, recovery) = partition::Partition::start(store, p, shared.clone(), hold)?;
+        for (p, (store, log)) in stores.into_iter().zip(logs).enumerate() {
+            let (part, recovery) = partition::Partition::start(store, p, shared.clone(), hold, log)?;
             parts.push(part);
             recoveries.push(recovery);
         }

@@ -43,6 +43,7 @@ impl Partition {
         me: usize,
         shared: Arc<Shared>,
         hold: Duration,
+        log: super::turn_log::TurnLog,
     ) -> Result<(Partition, PartitionRecovery)> {
         let registry: Registry = Arc::default();
         let (tx, rx) = flume::bounded(COMMAND_QUEUE);
@@ -55,7 +56,7 @@ impl Partition {
                     std::thread::sleep(hold);
                 }
                 let started = std::time::Instant::now();
-                match Engine::recover(engine_store, engine_registry, rx, me, shared) {
+                match Engine::recover(engine_store, engine_registry, rx, me, shared, log) {
                     Ok(engine) => {
                         let (queues, leases) = engine.recovered();
                         let _ = recovered_tx.send(Ok(RecoveryReport { queues, leases, elapsed: started.elapsed() }));

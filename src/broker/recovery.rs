@@ -22,6 +22,7 @@ impl Engine {
         rx: flume::Receiver<Command>,
         me: usize,
         shared: std::sync::Arc<super::shared::Shared>,
+        log: super::turn_log::TurnLog,
     ) -> Result<Engine> {
         let started = std::time::Instant::now();
         let id_hwm = store.load_id_hwm()?;
@@ -44,6 +45,7 @@ impl Engine {
             storage_fault: None,
             me,
             shared,
+            log,
         };
         engine.load_all()?;
         let (queues, leases) = engine.recovered();

@@ -14,6 +14,10 @@
 //! - [`state_machine`]: the partition's store as the Raft state machine:
 //!   followers apply batches, they do not re-run commands; a RocksDB
 //!   checkpoint is the snapshot ([`snapshot_file`] packs it for sending).
+//! - [`proposer`]: a partition writer's side: each turn's batch proposed as
+//!   one entry, the writer waiting until a majority has it.
+//! - [`network`]: Raft traffic between nodes, every partition's group over
+//!   one gRPC service on each node's `raft` address.
 //!
 //! docs/cluster.md describes the design, what is fsynced where, and what
 //! is still to come (the network, forwarding, failover, membership calls).
@@ -21,7 +25,12 @@
 pub mod config;
 pub mod entry_codec;
 pub mod log_store;
+pub mod network;
+pub mod proposer;
 pub mod raft_types;
 pub mod replica_placement;
 pub mod snapshot_file;
 pub mod state_machine;
+
+#[cfg(test)]
+mod replication_tests;

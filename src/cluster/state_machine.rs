@@ -11,9 +11,11 @@
 //!
 //! A snapshot is a RocksDB checkpoint of the store, packed into one file
 //! ([`super::snapshot_file`]) under `<store dir>.snapshots/`. Installing one
-//! unpacks it beside the store and swaps the directories: the partition's
-//! writer must not hold the store then (only followers install snapshots,
-//! and a follower's writer is idle).
+//! unpacks it beside the store and swaps the directories, once every other
+//! handle on the store is closed: others reach the store through a
+//! [`StoreSlot`] and hold it only while they need it (a partition's writer
+//! holds it only while this node leads the partition, and a leader never
+//! installs a snapshot).
 
 use super::raft_types::{Entry, LogId, NodeId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use super::snapshot_file;
@@ -69,14 +71,42 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// Where others find a partition's store: empty while a snapshot replaces
+/// it. Take a handle ([`Self::get`]) only for as long as it is needed; an
+/// install waits until every handle is closed.
+#[derive(Clone, Default)]
+pub struct StoreSlot(std::sync::Arc<std::sync::Mutex<Option<Store>>>);
+
+impl StoreSlot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Store>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A handle on the store, unless a snapshot is replacing it.
+    pub fn get(&self) -> Option<Store> {
+        self.lock().clone()
+    }
+
+    fn take(&self) -> Option<Store> {
+        self.lock().take()
+    }
+
+    fn put(&self, store: Store) {
+        *self.lock() = Some(store);
+    }
+}
+
+/// How long an install waits for other handles on the store to close.
+const INSTALL_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A partition's store, applied to by its Raft group.
 pub struct PartitionStateMachine {
     /// The store's directory.
     dir: PathBuf,
     /// Snapshots built here and received here (`<dir>.snapshots`).
     snapshots: PathBuf,
-    /// `None` only while a snapshot is being installed.
-    store: Option<Store>,
+    /// Empty only while a snapshot is being installed.
+    store: StoreSlot,
     /// The last entry applied (also in the store, see the module doc).
     applied: Option<LogId>,
     /// The last membership applied.
@@ -99,17 +129,20 @@ impl PartitionStateMachine {
         snapshots.push(".snapshots");
         let snapshots = PathBuf::from(snapshots);
         std::fs::create_dir_all(&snapshots).map_err(|e| format!("cannot create {}: {e}", snapshots.display()))?;
-        Ok(PartitionStateMachine { dir: dir.to_path_buf(), snapshots, store: Some(store), applied, membership, seq: 0 })
+        let slot = StoreSlot::default();
+        slot.put(store);
+        Ok(PartitionStateMachine { dir: dir.to_path_buf(), snapshots, store: slot, applied, membership, seq: 0 })
     }
 
-    /// The store (for the partition's writer while it leads, and for reads).
-    pub fn store(&self) -> Option<&Store> {
-        self.store.as_ref()
+    /// Where the store is found (for the partition's writer while this node
+    /// leads, and for reads).
+    pub fn slot(&self) -> StoreSlot {
+        self.store.clone()
     }
 
     /// The open store, or why there is none (an install in progress).
     fn open_store(&self) -> Result<Store, &'static str> {
-        self.store.clone().ok_or("the store is being replaced by a snapshot")
+        self.store.get().ok_or("the store is being replaced by a snapshot")
     }
 
     fn next_name(&mut self, what: &str) -> String {
@@ -121,17 +154,19 @@ impl PartitionStateMachine {
 
 /// Builds a snapshot from a checkpoint of the store, off the apply path.
 pub struct SnapshotBuilder {
-    store: Store,
+    store: StoreSlot,
     snapshots: PathBuf,
     name: String,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let (store, snapshots, name) = (self.store.clone(), self.snapshots.clone(), self.name.clone());
+        let (slot, snapshots, name) = (self.store.clone(), self.snapshots.clone(), self.name.clone());
         let (meta, path) = blocking(move || {
             let ckpt = snapshots.join(format!("{name}.ckpt"));
+            let store = slot.get().ok_or("the store is being replaced by a snapshot")?;
             store.checkpoint(&ckpt).map_err(|e| e.to_string())?;
+            drop(store);
             let built = (|| {
                 // The checkpoint says which entry it holds: applies may go on
                 // while this builds, so the store's live value could be later.
@@ -215,10 +250,7 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         let name = self.next_name("snapshot");
-        // A builder is asked for only while the store is open (never during
-        // an install, which holds `&mut self` until it is done).
-        let store = self.store.clone().expect("the store is open outside an install");
-        SnapshotBuilder { store, snapshots: self.snapshots.clone(), name }
+        SnapshotBuilder { store: self.store.clone(), snapshots: self.snapshots.clone(), name }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
@@ -249,7 +281,16 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
         let store = self.store.take();
         let result = blocking(move || {
             use std::io::Seek;
-            drop(store);
+            // Every other handle must close first: the directory is replaced.
+            if let Some(store) = store {
+                let since = std::time::Instant::now();
+                while store.holders() > 1 {
+                    if since.elapsed() > INSTALL_WAIT {
+                        return Err(format!("the store is still open elsewhere after {INSTALL_WAIT:?}"));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            }
             let copy = snapshots.join(format!("{name}.tmp"));
             received.seek(std::io::SeekFrom::Start(0)).map_err(|e| e.to_string())?;
             let mut out = std::fs::File::create(&copy).map_err(|e| e.to_string())?;
@@ -287,7 +328,7 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
         .await;
         match reopened {
             Ok((store, applied, membership)) => {
-                self.store = Some(store);
+                self.store.put(store);
                 self.applied = applied;
                 self.membership = membership;
             }
@@ -365,7 +406,7 @@ mod tests {
     }
 
     fn contents(sm: &PartitionStateMachine) -> Vec<crate::storage::DumpEntry> {
-        sm.store().unwrap().dump().unwrap()
+        sm.slot().get().unwrap().dump().unwrap()
     }
 
     /// Followers apply batches, not commands: two stores that apply the

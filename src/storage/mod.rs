@@ -406,6 +406,12 @@ impl Store {
         Ok(())
     }
 
+    /// Handles open on this store (this one included): it is closed when
+    /// the last is dropped.
+    pub fn holders(&self) -> usize {
+        Arc::strong_count(&self.db)
+    }
+
     /// A consistent copy of the whole store at `to` (a new directory on the
     /// same filesystem: table files are hard-linked, so it costs little
     /// space and time): a cluster's snapshot of a partition.

@@ -42,7 +42,8 @@ fn harness() -> Harness {
     let (_tx, rx) = flume::bounded::<Command>(1);
     let (clock, _) = Clock::manual(T0);
     let shared = std::sync::Arc::new(crate::broker::shared::Shared::with_clock(1, clock));
-    let mut e = Engine::recover(store, Registry::default(), rx, 0, shared).unwrap();
+    let mut e =
+        Engine::recover(store, Registry::default(), rx, 0, shared, crate::broker::turn_log::TurnLog::Local).unwrap();
     assert_eq!(e.now, T0, "the engine reads the time from its clock");
     let (tx, _rx) = oneshot::channel();
     e.create_queue("q".into(), config(), tx);
