@@ -77,6 +77,9 @@ pub(super) struct Engine {
     /// Where each turn's batch goes: this partition's RocksDB, or its Raft
     /// group in a cluster.
     pub(super) log: super::turn_log::TurnLog,
+    /// In a cluster: the Raft term in which this writer took the partition
+    /// over (`None` while it does not lead); see `leadership.rs`.
+    pub(super) term: Option<u64>,
 }
 
 impl Engine {
@@ -100,6 +103,9 @@ impl Engine {
     }
 
     pub fn run(mut self) {
+        // In a cluster: learn at once whether this node leads, so calls are
+        // served or sent to the leader from the start.
+        self.follow_leadership();
         loop {
             let timeout = self.next_wakeup();
             let first = match self.rx.recv_timeout(timeout) {
@@ -108,6 +114,7 @@ impl Engine {
                 Err(flume::RecvTimeoutError::Disconnected) => break,
             };
             self.now = self.shared.clock.now();
+            let serving = self.follow_leadership();
             if let Some(cmd) = first {
                 self.apply(cmd);
             }
@@ -119,17 +126,21 @@ impl Engine {
                 }
                 n += 1;
             }
-            self.w.relaxed = true;
-            self.run_timers();
-            self.w.relaxed = false;
-            self.check_alerts();
-            self.run_tasks();
+            if serving {
+                self.w.relaxed = true;
+                self.run_timers();
+                self.w.relaxed = false;
+                self.check_alerts();
+                self.run_tasks();
+            }
             self.commit();
-            // Dispatch reads the ready index, so it runs on committed state.
-            self.w.relaxed = true;
-            self.dispatch();
-            self.w.relaxed = false;
-            self.commit();
+            if serving {
+                // Dispatch reads the ready index, so it runs on committed state.
+                self.w.relaxed = true;
+                self.dispatch();
+                self.w.relaxed = false;
+                self.commit();
+            }
             self.sync_lagging_wal();
             self.probe_storage();
             self.finish_waiters();

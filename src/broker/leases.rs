@@ -30,6 +30,16 @@ impl Leases {
         self.by_job.insert(job, lease);
     }
 
+    /// Moves every lease's expiry `by_ms` later (in memory only): a new
+    /// leader's grace for leases granted by the one before it, whose clock
+    /// may run behind this node's.
+    pub fn postpone_all(&mut self, by_ms: u64) {
+        self.expiry = self.expiry.iter().map(|(at, job)| (at.saturating_add(by_ms), *job)).collect();
+        for lease in self.by_job.values_mut() {
+            lease.expires_at = lease.expires_at.saturating_add(by_ms);
+        }
+    }
+
     /// Takes a lease out, with its tenant's count.
     pub fn remove(&mut self, job: JobId) -> Option<ActiveLease> {
         let lease = self.by_job.remove(&job)?;

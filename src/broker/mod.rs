@@ -47,6 +47,7 @@ mod dispatch;
 mod engine;
 #[cfg(test)]
 mod engine_tests;
+mod leadership;
 mod leases;
 mod lifecycle;
 mod merge;
@@ -594,6 +595,11 @@ impl Broker {
     fn reg(&self) -> Result<std::sync::RwLockReadGuard<'_, HashMap<String, QueueInfo>>> {
         if !*self.ready.borrow() {
             return Err(BrokerError::Starting);
+        }
+        // In a cluster the catalog is partition 0's: on a node that does not
+        // lead it, the copy here may be stale, so nothing is judged by it.
+        if let Some(why) = self.shared.not_leading(0) {
+            return Err(BrokerError::Unavailable(why));
         }
         self.parts[0].registry.read().map_err(|_| BrokerError::Internal("queue registry poisoned".into()))
     }

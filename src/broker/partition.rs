@@ -26,6 +26,10 @@ pub(super) struct Partition {
     pub store: Store,
     /// Its queue definitions, readable from any thread.
     pub registry: Registry,
+    /// This partition's index, and what the broker's partitions share:
+    /// whether this node serves the partition now (in a cluster).
+    me: usize,
+    shared: Arc<Shared>,
     /// The writer thread; joined by [`Self::join`], or by the last handle's
     /// drop so storage is closed when the broker is gone.
     writer: Arc<WriterThread>,
@@ -46,9 +50,13 @@ impl Partition {
         log: super::turn_log::TurnLog,
     ) -> Result<(Partition, PartitionRecovery)> {
         let registry: Registry = Arc::default();
+        if matches!(log, super::turn_log::TurnLog::Raft(_)) {
+            // Refused until its writer has asked Raft who leads.
+            shared.set_not_leading(me, Some(format!("partition {me}: this node is starting; retry in a moment")));
+        }
         let (tx, rx) = flume::bounded(COMMAND_QUEUE);
         let (recovered_tx, recovered) = oneshot::channel();
-        let (engine_store, engine_registry) = (store.clone(), registry.clone());
+        let (engine_store, engine_registry, engine_shared) = (store.clone(), registry.clone(), shared.clone());
         let handle = std::thread::Builder::new()
             .name(format!("fairway-writer-{me}"))
             .spawn(move || {
@@ -56,7 +64,7 @@ impl Partition {
                     std::thread::sleep(hold);
                 }
                 let started = std::time::Instant::now();
-                match Engine::recover(engine_store, engine_registry, rx, me, shared, log) {
+                match Engine::recover(engine_store, engine_registry, rx, me, engine_shared, log) {
                     Ok(engine) => {
                         let (queues, leases) = engine.recovered();
                         let _ = recovered_tx.send(Ok(RecoveryReport { queues, leases, elapsed: started.elapsed() }));
@@ -68,12 +76,22 @@ impl Partition {
                 }
             })
             .map_err(|e| BrokerError::Internal(format!("cannot start writer thread: {e}")))?;
-        let p = Partition { tx, store, registry, writer: Arc::new(WriterThread(Mutex::new(Some(handle)))) };
+        let p = Partition { tx, store, registry, me, shared, writer: Arc::new(WriterThread(Mutex::new(Some(handle)))) };
         Ok((p, recovered))
+    }
+
+    /// In a cluster, refuses at once a call to a partition this node does
+    /// not lead (saying which node does); its writer would refuse it too.
+    fn served(&self) -> Result<()> {
+        match self.shared.not_leading(self.me) {
+            None => Ok(()),
+            Some(why) => Err(BrokerError::Unavailable(why)),
+        }
     }
 
     /// Sends a command and waits for its answer.
     pub async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
+        self.served()?;
         let (reply, rx) = oneshot::channel();
         self.tx.send_async(make(reply)).await.map_err(|_| BrokerError::ShuttingDown)?;
         rx.await.map_err(|_| BrokerError::ShuttingDown)?
@@ -89,6 +107,7 @@ impl Partition {
 
     /// Sends a command answered elsewhere (on a stream) or not at all.
     pub async fn send(&self, cmd: Command) -> Result<()> {
+        self.served()?;
         self.tx.send_async(cmd).await.map_err(|_| BrokerError::ShuttingDown)
     }
 

@@ -288,6 +288,11 @@ impl QueueState {
     }
 
     /// The queue's leases in this partition.
+    /// See [`Leases::postpone_all`](super::leases::Leases::postpone_all).
+    pub fn postpone_leases(&mut self, by_ms: u64) {
+        self.leases.postpone_all(by_ms);
+    }
+
     pub fn leases(&self) -> &super::leases::Leases {
         &self.leases
     }

@@ -46,6 +46,7 @@ impl Engine {
             me,
             shared,
             log,
+            term: None,
         };
         engine.load_all()?;
         let (queues, leases) = engine.recovered();

@@ -42,6 +42,13 @@ pub(crate) struct Shared {
     stopping: std::sync::atomic::AtomicBool,
     /// Where every partition's writer reads the time, once per turn.
     pub clock: super::clock::Clock,
+    /// In a cluster, per partition: why this node does not serve it now
+    /// (another node leads it; says which), or `None` while it does. Always
+    /// `None` on a single node.
+    not_leading: Mutex<Vec<Option<String>>>,
+    /// Per partition: whether `not_leading` holds a reason, so the common
+    /// case (served here) costs every call one atomic load, not a lock.
+    refused: Vec<std::sync::atomic::AtomicBool>,
 }
 
 impl Shared {
@@ -58,7 +65,26 @@ impl Shared {
             turns: (0..partitions).map(|_| std::sync::atomic::AtomicU64::new(0)).collect(),
             stopping: std::sync::atomic::AtomicBool::new(false),
             clock: super::clock::Clock::System,
+            not_leading: Mutex::new(vec![None; partitions]),
+            refused: (0..partitions).map(|_| std::sync::atomic::AtomicBool::new(false)).collect(),
         }
+    }
+
+    /// Partition `p`'s writer says whether this node serves it.
+    pub fn set_not_leading(&self, p: usize, why: Option<String>) {
+        let mut all = self.not_leading.lock().unwrap_or_else(|e| e.into_inner());
+        if let (Some(slot), Some(flag)) = (all.get_mut(p), self.refused.get(p)) {
+            flag.store(why.is_some(), std::sync::atomic::Ordering::Release);
+            *slot = why;
+        }
+    }
+
+    /// Why this node does not serve partition `p` now, if it does not.
+    pub fn not_leading(&self, p: usize) -> Option<String> {
+        if !self.refused.get(p).is_some_and(|f| f.load(std::sync::atomic::Ordering::Acquire)) {
+            return None;
+        }
+        self.not_leading.lock().unwrap_or_else(|e| e.into_inner()).get(p).cloned().flatten()
     }
 
     /// Partitions that read the time from `clock` (tests).

@@ -8,6 +8,16 @@ use crate::storage::batch::Batch;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::Raft;
 
+/// Whether this node leads a partition now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// It leads, in this term.
+    Leader { term: u64 },
+    /// It does not; why, naming the leader if one is known.
+    Follower { why: String },
+}
+
+#[derive(Clone)]
 pub struct RaftProposer {
     /// The partition's number, for messages that name it.
     partition: u32,
@@ -15,11 +25,60 @@ pub struct RaftProposer {
     /// The runtime the Raft group runs on: the writer is a thread of its
     /// own and waits here for each commit (as it waits for an fsync alone).
     runtime: tokio::runtime::Handle,
+    /// How much later than stored a new leader expires the leases it finds:
+    /// election timeout plus the clock skew allowed between nodes.
+    lease_grace_ms: u64,
 }
 
 impl RaftProposer {
-    pub fn new(partition: u32, raft: Raft<TypeConfig>, runtime: tokio::runtime::Handle) -> RaftProposer {
-        RaftProposer { partition, raft, runtime }
+    pub fn new(
+        partition: u32,
+        raft: Raft<TypeConfig>,
+        runtime: tokio::runtime::Handle,
+        lease_grace: std::time::Duration,
+    ) -> RaftProposer {
+        RaftProposer { partition, raft, runtime, lease_grace_ms: lease_grace.as_millis() as u64 }
+    }
+
+    pub fn lease_grace_ms(&self) -> u64 {
+        self.lease_grace_ms
+    }
+
+    /// Whether this node leads the partition now (as Raft last said).
+    pub fn role(&self) -> Role {
+        let m = self.raft.metrics().borrow().clone();
+        if m.state == openraft::ServerState::Leader && m.current_leader == Some(m.id) {
+            return Role::Leader { term: m.current_term };
+        }
+        let p = self.partition;
+        let why = match m
+            .current_leader
+            .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| (l, n.addr.clone())))
+        {
+            Some((id, addr)) => format!("partition {p} is led by node {id} at {addr}, not by this node: retry there"),
+            None => {
+                format!("partition {p} has no leader this node knows of (an election is running?): retry in a moment")
+            }
+        };
+        Role::Follower { why }
+    }
+
+    /// Before a new leader serves: confirms with a majority that it still
+    /// leads and waits until everything committed before, and the first
+    /// entry of its own term, is applied to its store. Blocking.
+    pub fn take_over(&self, timeout: std::time::Duration) -> Result<()> {
+        let confirmed =
+            self.runtime.block_on(async { tokio::time::timeout(timeout, self.raft.ensure_linearizable()).await });
+        match confirmed {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => {
+                Err(BrokerError::Unavailable(format!("partition {}: taking over failed: {e}", self.partition)))
+            }
+            Err(_) => Err(BrokerError::Unavailable(format!(
+                "partition {}: no majority confirmed this node's leadership within {timeout:?}",
+                self.partition
+            ))),
+        }
     }
 
     /// Proposes `batch` and waits for it to be committed and applied.

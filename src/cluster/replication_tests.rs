@@ -202,7 +202,8 @@ async fn a_partition_replicates_fails_over_and_catches_a_new_node_up() {
 /// A one-partition broker on `node`, its writer committing every turn
 /// through the node's Raft group.
 async fn broker_on(node: &Node) -> Broker {
-    let proposer = super::proposer::RaftProposer::new(0, node.raft.clone(), tokio::runtime::Handle::current());
+    let grace = Duration::from_millis(800 + 2000);
+    let proposer = super::proposer::RaftProposer::new(0, node.raft.clone(), tokio::runtime::Handle::current(), grace);
     let (data, store) = (node.data.clone(), node.store.get().expect("store open"));
     let (broker, recovery) =
         tokio::task::spawn_blocking(move || Broker::start_replicated(&data, vec![store], vec![proposer]))
@@ -252,7 +253,7 @@ async fn a_broker_on_raft_loses_no_acknowledged_job_when_its_leader_stops() {
 
     // The leader's broker: a queue, 30 acknowledged enqueues, 10 leased, 4 acked.
     let broker = broker_on(l).await;
-    broker.create_queue("emails".into(), Default::default()).await.unwrap();
+    until_served("create on the leader", || broker.create_queue("emails".into(), Default::default())).await;
     let mut ids = Vec::new();
     for i in 0..30 {
         ids.push(broker.enqueue(vec![job(i)], false).await.unwrap()[0].id);
@@ -280,6 +281,7 @@ async fn a_broker_on_raft_loses_no_acknowledged_job_when_its_leader_stops() {
     let new_leader = leader_among(&live).await;
     let nl: &Node = live.iter().find(|n| n.id == new_leader).unwrap();
     let broker = broker_on(nl).await;
+    until_served("the new leader", || broker.stats("emails".into())).await;
     for id in &ids {
         let got = broker.get_job("emails".into(), *id).await;
         assert_eq!(got.is_ok(), !acked.contains(id), "job {id}: {got:?}");
@@ -296,6 +298,105 @@ async fn a_broker_on_raft_loses_no_acknowledged_job_when_its_leader_stops() {
     }
     broker.shutdown().await;
     all_applied(&live, nl).await;
+    for n in nodes.iter_mut() {
+        stop(n).await;
+    }
+}
+
+fn on(brokers: &[(u64, Broker)], id: u64) -> Broker {
+    brokers.iter().find(|(n, _)| *n == id).map(|(_, b)| b.clone()).expect("a broker on that node")
+}
+
+/// Retries `f` until it succeeds (a writer taking over refuses meanwhile),
+/// returning how long that took.
+async fn until_served<T, F, Fut>(what: &str, f: F) -> (T, Duration)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = crate::error::Result<T>>,
+{
+    let since = std::time::Instant::now();
+    loop {
+        match f().await {
+            Ok(v) => return (v, since.elapsed()),
+            Err(e) if since.elapsed() < Duration::from_secs(20) => {
+                assert!(matches!(e, crate::error::BrokerError::Unavailable(_)), "{what}: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{what}: still refused after 20 s: {e}"),
+        }
+    }
+}
+
+/// Brokers run on all three nodes at once. Only the leader's serves; the
+/// others refuse with UNAVAILABLE naming the leader. When the leader's node
+/// stops, the broker already running on the new leader takes over by
+/// itself, within seconds, with every acknowledged job and the leases
+/// still held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_on_the_new_leader_takes_over_by_itself() {
+    let mut nodes = [start(1, 0).await, start(2, 0).await, start(3, 0).await];
+    let members: BTreeMap<u64, BasicNode> = nodes.iter().map(|n| (n.id, BasicNode::new(&n.addr))).collect();
+    nodes[0].raft.initialize(members).await.unwrap();
+    let all: Vec<&Node> = nodes.iter().collect();
+    let leader = leader_among(&all).await;
+    let mut brokers = Vec::new();
+    for n in &nodes {
+        brokers.push((n.id, broker_on(n).await));
+    }
+
+    let b = on(&brokers, leader);
+    until_served("create on the leader", || b.create_queue("emails".into(), Default::default())).await;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(b.enqueue(vec![job(i)], false).await.unwrap()[0].id);
+    }
+    let old_leases = b.lease(lease_spec(5)).await.unwrap();
+    assert_eq!(old_leases.len(), 5);
+
+    // A follower refuses, naming the leader's address.
+    let leader_addr = nodes.iter().find(|n| n.id == leader).unwrap().addr.clone();
+    let follower = nodes.iter().find(|n| n.id != leader).unwrap().id;
+    // (A follower that has not yet heard from the leader says so: retry.)
+    let since = std::time::Instant::now();
+    loop {
+        let refused = on(&brokers, follower).enqueue(vec![job(99)], false).await.unwrap_err();
+        let crate::error::BrokerError::Unavailable(m) = &refused else { panic!("{refused}") };
+        if m.contains(&leader_addr) {
+            break;
+        }
+        assert!(since.elapsed() < Duration::from_secs(5), "the follower never named the leader: {m}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The leader's node stops (its broker with it).
+    let li = nodes.iter().position(|n| n.id == leader).unwrap();
+    stop(&mut nodes[li]).await;
+    let old = brokers.remove(brokers.iter().position(|(n, _)| *n == leader).unwrap()).1;
+    tokio::task::spawn_blocking(move || drop(old)).await.unwrap();
+    let live: Vec<&Node> = nodes.iter().filter(|n| n.id != leader).collect();
+    let new_leader = leader_among(&live).await;
+
+    // The broker already running there serves, with everything acknowledged.
+    let b = on(&brokers, new_leader);
+    let (stats, took) = until_served("stats on the new leader", || b.stats("emails".into())).await;
+    assert!(took < Duration::from_secs(5), "took over in {took:?}");
+    assert_eq!((stats.ready, stats.leased), (15, 5), "{stats:?}");
+    for id in &ids {
+        b.get_job("emails".into(), *id).await.unwrap();
+    }
+    // A lease granted by the old leader is acked on the new one.
+    let d = &old_leases[0];
+    let (id, lease) = (
+        crate::model::JobId::parse(&d.job.as_ref().unwrap().id).unwrap(),
+        crate::model::LeaseId::parse(&d.lease_id).unwrap(),
+    );
+    b.settle("emails".into(), id, lease, crate::broker::SettleAction::Ack).await.unwrap();
+    b.enqueue(vec![job(20)], false).await.unwrap();
+    assert_eq!(b.lease(lease_spec(50)).await.unwrap().len(), 16, "the 4 other old leases are still held");
+
+    for (_, b) in brokers {
+        b.shutdown().await;
+    }
     for n in nodes.iter_mut() {
         stop(n).await;
     }
