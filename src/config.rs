@@ -53,6 +53,14 @@ pub struct ServeConfig {
     /// Unset: every caller may do everything.
     #[arg(long, env = "FAIRWAY_AUTH_FILE")]
     pub auth_file: Option<PathBuf>,
+    /// Runs this broker as a node of the cluster this file declares (see
+    /// docs/cluster.md): every partition is a Raft group over the nodes.
+    /// Needs --node-id. Unset: a single node, as always.
+    #[arg(long, env = "FAIRWAY_CLUSTER", requires = "node_id")]
+    pub cluster: Option<PathBuf>,
+    /// Which of the cluster file's nodes this is (its `id`).
+    #[arg(long, env = "FAIRWAY_NODE_ID", requires = "cluster")]
+    pub node_id: Option<String>,
     /// Tests only: the writer waits this long before recovering, so a test
     /// can watch a broker that is still starting. Not a flag.
     #[arg(skip)]
@@ -107,6 +115,8 @@ impl ServeConfig {
             tls_client_ca: None,
             auth_file: None,
             recovery_hold: std::time::Duration::ZERO,
+            cluster: None,
+            node_id: None,
         }
     }
 }

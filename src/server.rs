@@ -162,10 +162,20 @@ pub async fn run(
     let (dir, durability, hold, partitions) =
         (config.data_dir.clone(), config.durability, config.recovery_hold, config.partitions);
     let machine_partitions = crate::config::machine_partitions();
-    let (broker, recovery) =
-        tokio::task::spawn_blocking(move || Broker::start_with(&dir, durability, hold, partitions, machine_partitions))
+    let (broker, recovery, cluster_node) = match (&config.cluster, &config.node_id) {
+        (Some(file), Some(node_id)) => {
+            let (broker, recovery, node) = crate::cluster::node::start(file, node_id, &config.data_dir).await?;
+            (broker, recovery, Some(node))
+        }
+        _ => {
+            let (broker, recovery) = tokio::task::spawn_blocking(move || {
+                Broker::start_with(&dir, durability, hold, partitions, machine_partitions)
+            })
             .await
             .map_err(|e| BrokerError::Internal(format!("start-up task failed: {e}")))??;
+            (broker, recovery, None)
+        }
+    };
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::NotServing).await;
     for s in SERVICES {
@@ -310,6 +320,9 @@ pub async fn run(
         }
     };
     broker.shutdown().await;
+    if let Some(node) = cluster_node {
+        node.shutdown().await;
+    }
     recovered.abort();
     if let Some(h) = http {
         match h.await {

@@ -16,6 +16,8 @@
 //!   checkpoint is the snapshot ([`snapshot_file`] packs it for sending).
 //! - [`proposer`]: a partition writer's side: each turn's batch proposed as
 //!   one entry, the writer waiting until a majority has it.
+//! - [`node`]: `fairway serve --cluster`: a node's groups, its
+//!   node-to-node server and its broker.
 //! - [`network`]: Raft traffic between nodes, every partition's group over
 //!   one gRPC service on each node's `raft` address.
 //!
@@ -26,6 +28,7 @@ pub mod config;
 pub mod entry_codec;
 pub mod log_store;
 pub mod network;
+pub mod node;
 pub mod proposer;
 pub mod raft_types;
 pub mod replica_placement;

@@ -1,0 +1,143 @@
+//! A cluster node: `fairway serve --cluster FILE --node-id ID`.
+//!
+//! Opens this node's replica of every partition (its Raft log under
+//! `DIR/raft/pNNNN`, its store under `DIR/store/pNNNN`), starts each
+//! partition's Raft group and the node-to-node service on this node's
+//! `raft` address, joins the groups to the cluster file's nodes the first
+//! time (every node does so with the same membership, which Raft allows),
+//! and starts a broker whose writers commit through the groups and serve
+//! the partitions this node leads.
+//!
+//! This release runs clusters in which every node holds every partition
+//! (`replicas` equal to the number of nodes), and a node serves the
+//! partitions it leads: clients reach the leader themselves (a refusal
+//! names it). Forwarding from any node, and replicas on a subset of the
+//! nodes, are still to come (docs/cluster.md).
+
+use super::config::ClusterConfig;
+use super::log_store::LogStore;
+use super::network::{Connections, Groups, NetworkFactory, TransportService};
+use super::proposer::RaftProposer;
+use super::raft_types::TypeConfig;
+use super::state_machine::PartitionStateMachine;
+use crate::broker::{Broker, Recovery};
+use crate::error::{BrokerError, Result};
+use crate::partition::placement::PartitionId;
+use crate::storage::data_dir::partition_dir;
+use openraft::{BasicNode, Raft};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a running node keeps besides its broker: its Raft groups and the
+/// node-to-node server.
+pub struct Node {
+    rafts: Vec<Raft<TypeConfig>>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Node {
+    /// Stops every group, then the node-to-node server (after the broker).
+    pub async fn shutdown(self) {
+        for r in &self.rafts {
+            let _ = r.shutdown().await;
+        }
+        let _ = self.stop.send(());
+        let _ = self.server.await;
+    }
+}
+
+fn bad_config(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::InvalidArgument(e.to_string())
+}
+
+/// Raft's timing for a cluster's election timeout: heartbeats five times
+/// per timeout; a candidate waits between one and two timeouts.
+fn raft_config(c: &ClusterConfig) -> Result<Arc<openraft::Config>> {
+    let cfg = openraft::Config {
+        cluster_name: "fairway".into(),
+        heartbeat_interval: (c.election_timeout_ms / 5).max(20),
+        election_timeout_min: c.election_timeout_ms,
+        election_timeout_max: c.election_timeout_ms * 2,
+        ..Default::default()
+    };
+    Ok(Arc::new(cfg.validate().map_err(|e| BrokerError::Internal(format!("Raft settings: {e}")))?))
+}
+
+/// Starts this node (see the module doc).
+pub async fn start(file: &Path, node_id: &str, data_dir: &Path) -> Result<(Broker, Recovery, Node)> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| bad_config(format!("cannot read the cluster file {}: {e}", file.display())))?;
+    let cluster = ClusterConfig::parse(&text).map_err(bad_config)?;
+    let me = cluster.node(node_id).map_err(bad_config)?.clone();
+    if usize::from(cluster.replicas) != cluster.nodes.len() {
+        return Err(bad_config(format!(
+            "the cluster file declares {} nodes and replicas = {}: this release runs clusters in which every node \
+             holds every partition, so set replicas = {} (or declare {} nodes)",
+            cluster.nodes.len(),
+            cluster.replicas,
+            cluster.nodes.len(),
+            cluster.replicas
+        )));
+    }
+    let partitions = cluster.partitions;
+    let stores_root = data_dir.join("store");
+    let raft_root = data_dir.join("raft");
+    {
+        let root = stores_root.clone();
+        tokio::task::spawn_blocking(move || crate::storage::data_dir::open(&root, Some(partitions), partitions))
+            .await
+            .map_err(|e| BrokerError::Internal(format!("start-up task failed: {e}")))??;
+    }
+    let config = raft_config(&cluster)?;
+    let members: BTreeMap<u64, BasicNode> =
+        cluster.nodes.iter().map(|n| (n.raft_id, BasicNode::new(&n.raft))).collect();
+    let grace = Duration::from_millis(cluster.election_timeout_ms + cluster.max_clock_skew_ms);
+    let (groups, connections) = (Groups::default(), Connections::default());
+    let (mut rafts, mut stores, mut proposers) = (Vec::new(), Vec::new(), Vec::new());
+    for p in 0..partitions {
+        let pid = PartitionId(p as u16);
+        let log = LogStore::open(&raft_root.join(pid.to_string()), &pid.to_string()).map_err(BrokerError::Storage)?;
+        let sm = PartitionStateMachine::open(&partition_dir(&stores_root, pid)).await.map_err(BrokerError::Storage)?;
+        stores.push(sm.slot().get().ok_or_else(|| BrokerError::Internal("store closed at start".into()))?);
+        let raft = Raft::new(me.raft_id, config.clone(), NetworkFactory::new(p, connections.clone()), log, sm)
+            .await
+            .map_err(|e| BrokerError::Internal(format!("partition {p}: Raft did not start: {e}")))?;
+        groups.insert(p, raft.clone());
+        proposers.push(RaftProposer::new(p, raft.clone(), tokio::runtime::Handle::current(), grace));
+        rafts.push(raft);
+    }
+    let listener = tokio::net::TcpListener::bind(&me.raft)
+        .await
+        .map_err(|e| bad_config(format!("cannot listen on this node's raft address {}: {e}", me.raft)))?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_service(TransportService::new(groups).into_server())
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
+                let _ = stopped.await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the node-to-node server failed");
+        }
+    });
+    for (p, raft) in rafts.iter().enumerate() {
+        let fresh = !raft.is_initialized().await.map_err(|e| BrokerError::Internal(format!("partition {p}: {e}")))?;
+        if fresh {
+            // Every node joins the same first membership; Raft accepts it
+            // from each (a node that already has a log refuses, harmlessly).
+            if let Err(e) = raft.initialize(members.clone()).await {
+                tracing::debug!(partition = p, error = %e, "initialize refused (another node was first)");
+            }
+        }
+    }
+    tracing::info!(node = %me.id, raft = %me.raft, partitions, nodes = cluster.nodes.len(), "cluster node started");
+    let root = stores_root.clone();
+    let (broker, recovery) = tokio::task::spawn_blocking(move || Broker::start_replicated(&root, stores, proposers))
+        .await
+        .map_err(|e| BrokerError::Internal(format!("start-up task failed: {e}")))??;
+    Ok((broker, recovery, Node { rafts, stop, server }))
+}
