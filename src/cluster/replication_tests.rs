@@ -33,22 +33,31 @@ struct Node {
     _dir: tempfile::TempDir,
 }
 
-fn config() -> Arc<Config> {
-    let c = Config {
+/// Raft settings for the tests; `purging` builds a snapshot every 8
+/// entries and purges the log behind it at once, so a late node can only
+/// catch up from a snapshot. (Not for nodes running a broker: a follower's
+/// writer holds its store, and an install waits for it; docs/cluster.md.)
+fn config(purging: bool) -> Arc<Config> {
+    let mut c = Config {
         cluster_name: "test".into(),
         heartbeat_interval: 100,
         election_timeout_min: 400,
         election_timeout_max: 800,
-        // Small, so the test builds snapshots and purges the log behind them.
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(8),
-        max_in_snapshot_log_to_keep: 0,
-        purge_batch_size: 1,
         ..Default::default()
     };
+    if purging {
+        c.snapshot_policy = SnapshotPolicy::LogsSinceLast(8);
+        c.max_in_snapshot_log_to_keep = 0;
+        c.purge_batch_size = 1;
+    }
     Arc::new(c.validate().expect("a valid Raft config"))
 }
 
 async fn start(id: u64, partition: u32) -> Node {
+    start_with(id, partition, false).await
+}
+
+async fn start_with(id: u64, partition: u32, purging: bool) -> Node {
     // `RUST_LOG=openraft=debug` shows the groups' traffic when a test fails.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -62,7 +71,8 @@ async fn start(id: u64, partition: u32) -> Node {
     let log = LogStore::open(&dir.path().join("raft"), &format!("n{id}")).unwrap();
     let sm = PartitionStateMachine::open(&partition_dir(&data, PartitionId(partition as u16))).await.unwrap();
     let store = sm.slot();
-    let raft = Raft::new(id, config(), NetworkFactory::new(partition, Connections::default()), log, sm).await.unwrap();
+    let raft =
+        Raft::new(id, config(purging), NetworkFactory::new(partition, Connections::default()), log, sm).await.unwrap();
     let groups = Groups::default();
     groups.insert(partition, raft.clone());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -150,7 +160,11 @@ async fn all_applied(nodes: &[&Node], leader: &Node) -> Vec<DumpEntry> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_replicates_fails_over_and_catches_a_new_node_up() {
-    let mut nodes = [start(1, PARTITION).await, start(2, PARTITION).await, start(3, PARTITION).await];
+    let mut nodes = [
+        start_with(1, PARTITION, true).await,
+        start_with(2, PARTITION, true).await,
+        start_with(3, PARTITION, true).await,
+    ];
     let members: BTreeMap<u64, BasicNode> = nodes.iter().map(|n| (n.id, BasicNode::new(&n.addr))).collect();
     nodes[0].raft.initialize(members).await.unwrap();
 
@@ -181,7 +195,7 @@ async fn a_partition_replicates_fails_over_and_catches_a_new_node_up() {
     // can only catch up from a snapshot: it does, and holds the same bytes.
     let m = nl.raft.metrics().borrow().clone();
     assert!(m.snapshot.is_some() && m.purged.is_some(), "snapshot {:?}, purged {:?}", m.snapshot, m.purged);
-    let n4 = start(4, PARTITION).await;
+    let n4 = start_with(4, PARTITION, true).await;
     nl.raft.add_learner(4, BasicNode::new(&n4.addr), true).await.unwrap();
     let voters: BTreeSet<u64> = live.iter().map(|n| n.id).chain([4]).collect();
     nl.raft.change_membership(voters, false).await.unwrap();
