@@ -34,10 +34,6 @@ impl Groups {
         self.by_partition.write().unwrap_or_else(|e| e.into_inner()).insert(partition, raft);
     }
 
-    pub fn remove(&self, partition: u32) -> Option<Raft<TypeConfig>> {
-        self.by_partition.write().unwrap_or_else(|e| e.into_inner()).remove(&partition)
-    }
-
     fn get(&self, partition: u32) -> Result<Raft<TypeConfig>, tonic::Status> {
         self.by_partition
             .read()

@@ -53,10 +53,6 @@ fn config(purging: bool) -> Arc<Config> {
     Arc::new(c.validate().expect("a valid Raft config"))
 }
 
-async fn start(id: u64, partition: u32) -> Node {
-    start_with(id, partition, false).await
-}
-
 async fn start_with(id: u64, partition: u32, purging: bool) -> Node {
     // `RUST_LOG=openraft=debug` shows the groups' traffic when a test fails.
     let _ = tracing_subscriber::fmt()
@@ -84,6 +80,19 @@ async fn start_with(id: u64, partition: u32, purging: bool) -> Node {
             }),
     );
     Node { id, addr, data, raft, store, stop: Some(stop), _dir: dir }
+}
+
+/// Nodes 1 to 3, joined as one group of `partition` (see [`config`] for
+/// `purging`).
+async fn group_of_three(partition: u32, purging: bool) -> [Node; 3] {
+    let nodes = [
+        start_with(1, partition, purging).await,
+        start_with(2, partition, purging).await,
+        start_with(3, partition, purging).await,
+    ];
+    let members: BTreeMap<u64, BasicNode> = nodes.iter().map(|n| (n.id, BasicNode::new(&n.addr))).collect();
+    nodes[0].raft.initialize(members).await.unwrap();
+    nodes
 }
 
 async fn stop(node: &mut Node) {
@@ -160,13 +169,7 @@ async fn all_applied(nodes: &[&Node], leader: &Node) -> Vec<DumpEntry> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_replicates_fails_over_and_catches_a_new_node_up() {
-    let mut nodes = [
-        start_with(1, PARTITION, true).await,
-        start_with(2, PARTITION, true).await,
-        start_with(3, PARTITION, true).await,
-    ];
-    let members: BTreeMap<u64, BasicNode> = nodes.iter().map(|n| (n.id, BasicNode::new(&n.addr))).collect();
-    nodes[0].raft.initialize(members).await.unwrap();
+    let mut nodes = group_of_three(PARTITION, true).await;
 
     // Turns committed on the leader reach every replica, byte for byte.
     let all: Vec<&Node> = nodes.iter().collect();
@@ -258,9 +261,7 @@ fn lease_spec(n: u32) -> crate::broker::LeaseSpec {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_on_raft_loses_no_acknowledged_job_when_its_leader_stops() {
-    let mut nodes = [start(1, 0).await, start(2, 0).await, start(3, 0).await];
-    let members: BTreeMap<u64, BasicNode> = nodes.iter().map(|n| (n.id, BasicNode::new(&n.addr))).collect();
-    nodes[0].raft.initialize(members).await.unwrap();
+    let mut nodes = group_of_three(0, false).await;
     let all: Vec<&Node> = nodes.iter().collect();
     let leader = leader_among(&all).await;
     let l = nodes.iter().find(|n| n.id == leader).unwrap();
@@ -348,9 +349,7 @@ where
 /// still held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_on_the_new_leader_takes_over_by_itself() {
-    let mut nodes = [start(1, 0).await, start(2, 0).await, start(3, 0).await];
-    let members: BTreeMap<u64, BasicNode> = nodes.iter().map(|n| (n.id, BasicNode::new(&n.addr))).collect();
-    nodes[0].raft.initialize(members).await.unwrap();
+    let mut nodes = group_of_three(0, false).await;
     let all: Vec<&Node> = nodes.iter().collect();
     let leader = leader_among(&all).await;
     let mut brokers = Vec::new();
