@@ -46,7 +46,25 @@ enum Io {
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
-    io: flume::Sender<Io>,
+    writer: Arc<Writer>,
+}
+
+/// The writer thread and its queue. When the last handle goes, the queue
+/// closes, the thread ends and is joined here, so the log's RocksDB is
+/// closed before the drop returns: a RocksDB closed by a thread racing with
+/// the process's exit aborts it ("pthread lock: Invalid argument").
+struct Writer {
+    io: Option<flume::Sender<Io>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.io.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 fn key(index: u64) -> [u8; 8] {
@@ -80,11 +98,11 @@ impl LogStore {
         );
         let (tx, rx) = flume::unbounded();
         let writer_db = db.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(format!("raft-log-{name}"))
             .spawn(move || write_loop(&writer_db, &rx))
             .map_err(|e| format!("cannot start the Raft log's writer thread: {e}"))?;
-        Ok(LogStore { db, io: tx })
+        Ok(LogStore { db, writer: Arc::new(Writer { io: Some(tx), thread: Some(thread) }) })
     }
 
     async fn blocking<T: Send + 'static>(
@@ -96,8 +114,9 @@ impl LogStore {
     }
 
     async fn request(&self, io: Io, done: tokio::sync::oneshot::Receiver<Result<(), String>>) -> Result<(), String> {
-        self.io.send_async(io).await.map_err(|_| "the Raft log's writer thread has stopped".to_string())?;
-        done.await.map_err(|_| "the Raft log's writer thread has stopped".to_string())?
+        let stopped = || "the Raft log's writer thread has stopped".to_string();
+        self.writer.io.as_ref().ok_or_else(stopped)?.send_async(io).await.map_err(|_| stopped())?;
+        done.await.map_err(|_| stopped())?
     }
 
     async fn put_state(&self, key: &'static [u8], value: Vec<u8>) -> Result<(), String> {
