@@ -13,6 +13,7 @@ use crate::api::{admin::AdminApi, jobs::JobsApi, trace::Tracer, worker::WorkerAp
 use crate::auth::{AuthFileError, Gate, Need, Tokens};
 use crate::broker::monitor::HealthMap;
 use crate::broker::Broker;
+use crate::cluster::forward::ForwardLayer;
 use crate::config::{Listen, ServeConfig};
 use crate::conn_limits::{self, MAX_MESSAGE};
 use crate::deadline::DeadlineLayer;
@@ -278,7 +279,9 @@ pub async fn run(
         builder = builder.tls_config(tls.grpc.clone())?;
     }
     let gate = |need| Gate::new(tokens.clone(), need);
+    let forward = cluster_node.as_ref().map_or_else(ForwardLayer::off, |n| n.forward.clone());
     let serve = builder
+        .layer(forward)
         .layer(DeadlineLayer { timeout: config.limits.request_timeout })
         .layer(crate::api::oversize::OversizeLayer { broker: broker.clone() })
         .add_service(health_service)

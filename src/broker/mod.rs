@@ -523,13 +523,43 @@ impl Broker {
         Self::start_on(layout, stores, logs, Duration::ZERO)
     }
 
+    /// In a cluster, on the node that has just come to lead every
+    /// partition: completes what an earlier home may have left half done
+    /// (a queue created or deleted on some partitions only, a batch across
+    /// partitions with parts unstored), as a single node does at start.
+    /// Calls are refused until [`Broker::repaired`]. Blocking.
+    #[doc(hidden)]
+    pub fn repair(&self) -> Result<()> {
+        catalog::reconcile(&self.parts)?;
+        batch_intent::replay(&self.parts)?;
+        Ok(())
+    }
+
+    /// Refuses calls until the next [`Broker::repair`] and
+    /// [`Broker::repaired`] (a cluster node that is not, or no longer, the
+    /// home of every partition).
+    #[doc(hidden)]
+    pub fn hold_for_repair(&self) {
+        self.shared.set_repairing(true);
+    }
+
+    /// Ends what [`Broker::repair`] began: calls are served again.
+    #[doc(hidden)]
+    pub fn repaired(&self) {
+        self.shared.set_repairing(false);
+    }
+
     fn start_on(
         layout: Layout,
         stores: Vec<Store>,
         logs: Vec<turn_log::TurnLog>,
         hold: Duration,
     ) -> Result<(Broker, Recovery)> {
+        let replicated = logs.iter().any(|l| matches!(l, turn_log::TurnLog::Raft(_)));
         let shared = Arc::new(shared::Shared::new(stores.len()));
+        // A cluster node repairs when it becomes the home, not at start
+        // (it leads nothing yet). One partition has nothing to repair.
+        shared.set_repairing(replicated && stores.len() > 1);
         let mut parts = Vec::with_capacity(stores.len());
         let mut recoveries = Vec::with_capacity(stores.len());
         for (p, (store, log)) in stores.into_iter().zip(logs).enumerate() {
@@ -546,7 +576,7 @@ impl Broker {
             .name("fairway-recovery".into())
             .spawn(move || {
                 let started = std::time::Instant::now();
-                let result = recover_all(&waiting, recoveries).map(|mut report| {
+                let result = recover_all(&waiting, recoveries, !replicated).map(|mut report| {
                     report.elapsed = started.elapsed();
                     report
                 });
@@ -565,6 +595,15 @@ impl Broker {
             ready,
         };
         Ok((broker, recovered))
+    }
+
+    /// Wakes partition `p`'s writer for a turn now (in a cluster, when its
+    /// node's role in the partition changed). A full command queue means
+    /// the writer is turning anyway.
+    pub fn wake_partition(&self, p: usize) {
+        if let Some(part) = self.parts.get(p) {
+            let _ = part.tx.try_send(Command::Wake);
+        }
     }
 
     /// Partitions this broker holds.
@@ -1266,6 +1305,7 @@ async fn lift_in(p: partition::Partition, queue: String, version: String) -> Res
 fn recover_all(
     parts: &[partition::Partition],
     recoveries: Vec<partition::PartitionRecovery>,
+    repair: bool,
 ) -> Result<RecoveryReport> {
     let mut report = RecoveryReport { queues: 0, leases: 0, elapsed: Duration::ZERO };
     for r in recoveries {
@@ -1274,8 +1314,10 @@ fn recover_all(
         report.queues = report.queues.max(got.queues);
         report.leases += got.leases;
     }
-    catalog::reconcile(parts)?;
-    batch_intent::replay(parts)?;
+    if repair {
+        catalog::reconcile(parts)?;
+        batch_intent::replay(parts)?;
+    }
     Ok(report)
 }
 

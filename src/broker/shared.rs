@@ -49,6 +49,11 @@ pub(crate) struct Shared {
     /// Per partition: whether `not_leading` holds a reason, so the common
     /// case (served here) costs every call one atomic load, not a lock.
     refused: Vec<std::sync::atomic::AtomicBool>,
+    /// In a cluster: set while this node, just become the home, completes
+    /// what an earlier home may have left half done (queue definitions,
+    /// batches across partitions); every call is refused meanwhile. Set
+    /// from the start on a cluster node, never on a single node.
+    repairing: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -67,6 +72,7 @@ impl Shared {
             clock: super::clock::Clock::System,
             not_leading: Mutex::new(vec![None; partitions]),
             refused: (0..partitions).map(|_| std::sync::atomic::AtomicBool::new(false)).collect(),
+            repairing: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -79,12 +85,25 @@ impl Shared {
         }
     }
 
+    /// Whether calls wait for the home's repairs (see `repairing`).
+    pub fn set_repairing(&self, on: bool) {
+        self.repairing.store(on, std::sync::atomic::Ordering::Release);
+    }
+
     /// Why this node does not serve partition `p` now, if it does not.
     pub fn not_leading(&self, p: usize) -> Option<String> {
-        if !self.refused.get(p).is_some_and(|f| f.load(std::sync::atomic::Ordering::Acquire)) {
-            return None;
+        if self.refused.get(p).is_some_and(|f| f.load(std::sync::atomic::Ordering::Acquire)) {
+            let why = self.not_leading.lock().unwrap_or_else(|e| e.into_inner()).get(p).cloned().flatten();
+            if why.is_some() {
+                return why;
+            }
         }
-        self.not_leading.lock().unwrap_or_else(|e| e.into_inner()).get(p).cloned().flatten()
+        self.repairing.load(std::sync::atomic::Ordering::Acquire).then(|| {
+            format!(
+                "partition {p}: this node is taking over as the cluster's home and completing what the previous \
+                 one left half done (queue definitions, batches across partitions): retry in a moment"
+            )
+        })
     }
 
     /// Partitions that read the time from `clock` (tests).

@@ -103,11 +103,11 @@ mod tests {
     #[test]
     fn every_kind_round_trips() {
         let members: BTreeSet<u64> = [1, 2, 3].into();
-        let nodes: BTreeMap<u64, openraft::BasicNode> = [
-            (1, openraft::BasicNode::new("a:1")),
-            (2, openraft::BasicNode::new("b:1")),
-            (3, openraft::BasicNode::new("c:1")),
-            (9, openraft::BasicNode::new("learner:1")),
+        let nodes: BTreeMap<u64, crate::cluster::raft_types::Member> = [
+            (1, crate::cluster::raft_types::Member::new("a", "a:1", "a:2")),
+            (2, crate::cluster::raft_types::Member::new("b", "b:1", "b:2")),
+            (3, crate::cluster::raft_types::Member::new("c", "c:1", "c:2")),
+            (9, crate::cluster::raft_types::Member::new("learner", "learner:1", "learner:2")),
         ]
         .into();
         let entries = [

@@ -20,12 +20,18 @@
 //!   node-to-node server and its broker.
 //! - [`network`]: Raft traffic between nodes, every partition's group over
 //!   one gRPC service on each node's `raft` address.
+//! - [`colocation`]: every partition led by one node, the leader of
+//!   partition 0 (the home); elections steered towards it, writers woken
+//!   when their node's role changes.
+//! - [`forward`]: any node accepts any call and forwards it to the home.
 //!
 //! docs/cluster.md describes the design, what is fsynced where, and what
 //! is still to come (the network, forwarding, failover, membership calls).
 
+pub mod colocation;
 pub mod config;
 pub mod entry_codec;
+pub mod forward;
 pub mod log_store;
 pub mod network;
 pub mod node;

@@ -8,7 +8,7 @@
 //! pair of nodes carries every partition ([`Connections`]).
 
 use super::entry_codec;
-use super::raft_types::{NodeId, TypeConfig};
+use super::raft_types::{Member, NodeId, TypeConfig};
 use crate::raft_pb::raft_transport_client::RaftTransportClient;
 use crate::raft_pb::raft_transport_server::RaftTransport;
 use crate::raft_pb::{AppendEntriesMessage, RaftMessage, RaftReply, SnapshotChunk};
@@ -18,7 +18,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
-use openraft::{BasicNode, Raft};
+use openraft::Raft;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use tonic::transport::Channel;
@@ -132,12 +132,13 @@ pub struct Connections {
 }
 
 impl Connections {
-    fn channel(&self, addr: &str) -> Result<Channel, String> {
+    /// The connection to `addr` (made on first use, then shared).
+    pub(crate) fn channel(&self, addr: &str) -> Result<Channel, String> {
         if let Some(c) = self.by_addr.read().unwrap_or_else(|e| e.into_inner()).get(addr) {
             return Ok(c.clone());
         }
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| format!("bad Raft address {addr:?}: {e}"))?
+            .map_err(|e| format!("bad node address {addr:?}: {e}"))?
             .tcp_nodelay(true)
             .connect_timeout(std::time::Duration::from_secs(1));
         let channel = endpoint.connect_lazy();
@@ -161,8 +162,8 @@ impl NetworkFactory {
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = Peer;
 
-    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
-        Peer { partition: self.partition, target, addr: node.addr.clone(), connections: self.connections.clone() }
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> Peer {
+        Peer { partition: self.partition, target, addr: node.raft.clone(), connections: self.connections.clone() }
     }
 }
 
@@ -178,7 +179,7 @@ pub struct Peer {
 #[error("{0}")]
 struct TransportError(String);
 
-type RpcResult<T, E = openraft::error::Infallible> = Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
+type RpcResult<T, E = openraft::error::Infallible> = Result<T, RPCError<NodeId, Member, RaftError<NodeId, E>>>;
 
 impl Peer {
     fn client(&self) -> Result<RaftTransportClient<Channel>, Unreachable> {

@@ -8,40 +8,47 @@
 //! and starts a broker whose writers commit through the groups and serve
 //! the partitions this node leads.
 //!
-//! This release runs clusters in which every node holds every partition
-//! (`replicas` equal to the number of nodes), and a node serves the
-//! partitions it leads: clients reach the leader themselves (a refusal
-//! names it). Forwarding from any node, and replicas on a subset of the
-//! nodes, are still to come (docs/cluster.md).
+//! Every partition is led by one node, the home (the leader of partition
+//! 0, see [`super::colocation`]); any other node forwards calls to it
+//! ([`super::forward`]). This release runs clusters in which every node
+//! holds every partition (`replicas` equal to the number of nodes);
+//! replicas on a subset of the nodes are still to come (docs/cluster.md).
 
+use super::colocation::{self, Leaders};
 use super::config::ClusterConfig;
+use super::forward::ForwardLayer;
 use super::log_store::LogStore;
 use super::network::{Connections, Groups, NetworkFactory, TransportService};
 use super::proposer::RaftProposer;
-use super::raft_types::TypeConfig;
+use super::raft_types::{Member, TypeConfig};
 use super::state_machine::PartitionStateMachine;
 use crate::broker::{Broker, Recovery};
 use crate::error::{BrokerError, Result};
 use crate::partition::placement::PartitionId;
 use crate::storage::data_dir::partition_dir;
-use openraft::{BasicNode, Raft};
+use openraft::Raft;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// What a running node keeps besides its broker: its Raft groups and the
-/// node-to-node server.
+/// What a running node keeps besides its broker: its Raft groups, the
+/// node-to-node server, and what its client port needs to forward calls.
 pub struct Node {
-    rafts: Vec<Raft<TypeConfig>>,
+    rafts: Arc<[Raft<TypeConfig>]>,
     stop: tokio::sync::oneshot::Sender<()>,
     server: tokio::task::JoinHandle<()>,
+    /// Stops the steering of leaders ([`colocation::keep_together`]).
+    steering: tokio::sync::watch::Sender<bool>,
+    /// Forwards calls this node does not serve to the home.
+    pub forward: ForwardLayer,
 }
 
 impl Node {
     /// Stops every group, then the node-to-node server (after the broker).
     pub async fn shutdown(self) {
-        for r in &self.rafts {
+        let _ = self.steering.send(true);
+        for r in self.rafts.iter() {
             let _ = r.shutdown().await;
         }
         let _ = self.stop.send(());
@@ -92,8 +99,8 @@ pub async fn start(file: &Path, node_id: &str, data_dir: &Path) -> Result<(Broke
             .map_err(|e| BrokerError::Internal(format!("start-up task failed: {e}")))??;
     }
     let config = raft_config(&cluster)?;
-    let members: BTreeMap<u64, BasicNode> =
-        cluster.nodes.iter().map(|n| (n.raft_id, BasicNode::new(&n.raft))).collect();
+    let members: BTreeMap<u64, Member> =
+        cluster.nodes.iter().map(|n| (n.raft_id, Member::new(&n.id, &n.raft, &n.grpc))).collect();
     let grace = Duration::from_millis(cluster.election_timeout_ms + cluster.max_clock_skew_ms);
     let (groups, connections) = (Groups::default(), Connections::default());
     let (mut rafts, mut stores, mut proposers) = (Vec::new(), Vec::new(), Vec::new());
@@ -139,5 +146,14 @@ pub async fn start(file: &Path, node_id: &str, data_dir: &Path) -> Result<(Broke
     let (broker, recovery) = tokio::task::spawn_blocking(move || Broker::start_replicated(&root, stores, proposers))
         .await
         .map_err(|e| BrokerError::Internal(format!("start-up task failed: {e}")))??;
-    Ok((broker, recovery, Node { rafts, stop, server }))
+    let rafts: Arc<[Raft<TypeConfig>]> = rafts.into();
+    for (p, raft) in rafts.iter().enumerate() {
+        tokio::spawn(colocation::watch_roles(p, raft.clone(), broker.clone()));
+    }
+    let leaders = Leaders::new(me.raft_id, rafts.clone());
+    let (steering, steering_stop) = tokio::sync::watch::channel(false);
+    let timeout = Duration::from_millis(cluster.election_timeout_ms);
+    tokio::spawn(colocation::keep_together(leaders.clone(), broker.clone(), timeout, steering_stop));
+    let forward = ForwardLayer::to_home(leaders, connections, &me.id);
+    Ok((broker, recovery, Node { rafts, stop, server, steering, forward }))
 }

@@ -51,11 +51,8 @@ impl RaftProposer {
             return Role::Leader { term: m.current_term };
         }
         let p = self.partition;
-        let why = match m
-            .current_leader
-            .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| (l, n.addr.clone())))
-        {
-            Some((id, addr)) => format!("partition {p} is led by node {id} at {addr}, not by this node: retry there"),
+        let why = match m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l).cloned()) {
+            Some(leader) => format!("partition {p} is led by {leader}, not by this node: retry there"),
             None => {
                 format!("partition {p} has no leader this node knows of (an election is running?): retry in a moment")
             }
@@ -94,12 +91,11 @@ impl RaftProposer {
 }
 
 /// A failed proposal as the broker's error: nothing of the turn is stored.
-fn refusal(partition: u32, e: RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>) -> BrokerError {
+fn refusal(partition: u32, e: RaftError<NodeId, ClientWriteError<NodeId, super::raft_types::Member>>) -> BrokerError {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => BrokerError::Unavailable(match (f.leader_id, f.leader_node) {
-            (Some(id), Some(node)) => format!(
-                "partition {partition} is led by node {id} at {} now, not by this node; nothing was stored: retry there",
-                node.addr
+            (Some(_), Some(leader)) => format!(
+                "partition {partition} is led by {leader} now, not by this node; nothing was stored: retry there"
             ),
             _ => format!("partition {partition} has no leader this node knows of (an election is running?); nothing was stored: retry"),
         }),

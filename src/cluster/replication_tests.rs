@@ -7,6 +7,7 @@
 
 use super::log_store::LogStore;
 use super::network::{Connections, Groups, NetworkFactory, TransportService};
+use super::raft_types::Member;
 use super::raft_types::{TurnBatch, TypeConfig};
 use super::state_machine::{PartitionStateMachine, StoreSlot};
 use crate::broker::Broker;
@@ -14,7 +15,7 @@ use crate::partition::placement::PartitionId;
 use crate::storage::batch::{Batch, Table};
 use crate::storage::data_dir::partition_dir;
 use crate::storage::DumpEntry;
-use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
+use openraft::{Config, Raft, ServerState, SnapshotPolicy};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,7 +91,8 @@ async fn group_of_three(partition: u32, purging: bool) -> [Node; 3] {
         start_with(2, partition, purging).await,
         start_with(3, partition, purging).await,
     ];
-    let members: BTreeMap<u64, BasicNode> = nodes.iter().map(|n| (n.id, BasicNode::new(&n.addr))).collect();
+    let members: BTreeMap<u64, Member> =
+        nodes.iter().map(|n| (n.id, Member::new(&n.id.to_string(), &n.addr, &n.addr))).collect();
     nodes[0].raft.initialize(members).await.unwrap();
     nodes
 }
@@ -199,7 +201,7 @@ async fn a_partition_replicates_fails_over_and_catches_a_new_node_up() {
     let m = nl.raft.metrics().borrow().clone();
     assert!(m.snapshot.is_some() && m.purged.is_some(), "snapshot {:?}, purged {:?}", m.snapshot, m.purged);
     let n4 = start_with(4, PARTITION, true).await;
-    nl.raft.add_learner(4, BasicNode::new(&n4.addr), true).await.unwrap();
+    nl.raft.add_learner(4, Member::new("4", &n4.addr, &n4.addr), true).await.unwrap();
     let voters: BTreeSet<u64> = live.iter().map(|n| n.id).chain([4]).collect();
     nl.raft.change_membership(voters, false).await.unwrap();
     nl.raft.client_write(turn(24, false)).await.unwrap();

@@ -1,0 +1,290 @@
+//! Where a cluster's partitions are led: all on one node, the leader of
+//! partition 0, called the cluster's *home*. The home's broker then holds
+//! every partition that a call may span (a batch made atomic across
+//! partitions, a Work stream fair across every partition, a queue's
+//! statistics), and every other node forwards calls to it
+//! ([`super::forward`]).
+//!
+//! Raft elects each partition's leader on its own; this module steers the
+//! elections of partitions 1.. towards the home, never their safety (who
+//! may win is still Raft's rule: a candidate whose log is behind loses).
+//! For each partition `p` ≥ 1, every tick, a node decides from what it sees
+//! ([`steer`], pure and unit-tested):
+//! - it lets its own election timer run for `p` only if it is the home,
+//!   or no home is known, or `p` has had no leader for long (so a home
+//!   whose replica of `p` cannot win never leaves `p` leaderless);
+//! - the home, not leading `p`, stands for election: its higher term makes
+//!   the current leader step down at its next heartbeat, and with the other
+//!   nodes' timers held, the home wins the vote that follows;
+//! - a leader of `p` that is not the home stops its heartbeats, so the
+//!   other followers' leases lapse and they can vote for the home.
+//!
+//! Also here: a partition's writer is woken the moment its node's role in
+//! the partition changes, rather than on its next idle turn, so a new
+//! leader takes over at once ([`watch_roles`]).
+//!
+//! Why not spread leaders over the nodes: what spans partitions would then
+//! span processes (a Work stream fed from partitions led elsewhere, a
+//! batch atomic across nodes). docs/cluster.md says what that needs.
+
+use super::raft_types::{Member, NodeId, TypeConfig};
+use crate::broker::Broker;
+use openraft::{Raft, ServerState};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// This node's replicas of every partition, to ask who leads.
+#[derive(Clone)]
+pub struct Leaders {
+    /// This node's Raft id.
+    me: NodeId,
+    /// By partition number.
+    rafts: Arc<[Raft<TypeConfig>]>,
+}
+
+/// Where the cluster's home (partition 0's leader) is, as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Home {
+    Here,
+    At(Member),
+    /// An election is running, or this node is cut off.
+    Unknown,
+}
+
+impl Leaders {
+    pub fn new(me: NodeId, rafts: Arc<[Raft<TypeConfig>]>) -> Leaders {
+        Leaders { me, rafts }
+    }
+
+    /// Who leads partition 0, as Raft last told this node. Cheap: one read
+    /// of the group's metrics, no call.
+    pub fn home(&self) -> Home {
+        let Some(raft) = self.rafts.first() else { return Home::Unknown };
+        let metrics = raft.metrics();
+        let m = metrics.borrow();
+        match m.current_leader {
+            Some(l) if l == self.me && m.state == ServerState::Leader => Home::Here,
+            Some(l) if l != self.me => {
+                m.membership_config.membership().get_node(&l).cloned().map_or(Home::Unknown, Home::At)
+            }
+            _ => Home::Unknown,
+        }
+    }
+
+    /// Each partition's term, if this node leads every partition.
+    fn terms_if_leading_all(&self) -> Option<Vec<u64>> {
+        self.rafts
+            .iter()
+            .map(|r| {
+                let metrics = r.metrics();
+                let m = metrics.borrow();
+                (m.state == ServerState::Leader).then_some(m.current_term)
+            })
+            .collect()
+    }
+
+    fn home_id(&self) -> Option<NodeId> {
+        let metrics = self.rafts.first()?.metrics();
+        let m = metrics.borrow();
+        m.current_leader.filter(|&l| l != self.me || m.state == ServerState::Leader)
+    }
+}
+
+/// What a node sees of one partition `p` ≥ 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    /// Partition 0's leader, if known.
+    pub home: Option<NodeId>,
+    /// Whether this node leads `p`.
+    pub leads: bool,
+    /// `p`'s leader, if known.
+    pub leader: Option<NodeId>,
+    /// How long `p` has had no known leader (zero if it has one).
+    pub leaderless_for: Duration,
+    /// How long since this node last stood for election in `p`.
+    pub since_last_stood: Duration,
+}
+
+/// What a node does about one partition `p` ≥ 1 this tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Steer {
+    /// Whether its own election timer runs for `p`.
+    pub elect: bool,
+    /// Whether, leading `p`, it sends heartbeats.
+    pub heartbeat: bool,
+    /// Whether it stands for election in `p` now.
+    pub stand: bool,
+}
+
+/// The steering rule (see the module doc). `timeout` is the cluster's
+/// election timeout.
+pub fn steer(me: NodeId, seen: Seen, timeout: Duration) -> Steer {
+    let home_is_me = seen.home == Some(me);
+    let lost = seen.leaderless_for > timeout * 3;
+    Steer {
+        elect: home_is_me || seen.home.is_none() || lost,
+        heartbeat: !seen.leads || home_is_me || seen.home.is_none(),
+        stand: home_is_me && !seen.leads && seen.leader != Some(me) && seen.since_last_stood >= timeout * 2,
+    }
+}
+
+/// Steers partitions 1.. towards the home every tick until `stop`; and
+/// when this node has come to lead every partition (a new term in any),
+/// has `broker` complete what an earlier home left half done before it
+/// serves ([`Broker::repair`]).
+pub async fn keep_together(
+    leaders: Leaders,
+    broker: Broker,
+    timeout: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let n = leaders.rafts.len();
+    let long_ago = Instant::now().checked_sub(timeout * 10).unwrap_or_else(Instant::now);
+    let mut leaderless_since: Vec<Option<Instant>> = vec![None; n];
+    let mut stood: Vec<Instant> = vec![long_ago; n];
+    let mut applied: Vec<Option<(bool, bool)>> = vec![None; n];
+    let tick = (timeout / 5).max(Duration::from_millis(20));
+    let mut repaired_for: Option<Vec<u64>> = None;
+    loop {
+        match leaders.terms_if_leading_all() {
+            Some(terms) if repaired_for.as_ref() != Some(&terms) => {
+                let b = broker.clone();
+                b.hold_for_repair();
+                match tokio::task::spawn_blocking(move || b.repair()).await {
+                    Ok(Ok(())) => {
+                        broker.repaired();
+                        tracing::info!(?terms, "this node leads every partition: serving as the cluster's home");
+                        repaired_for = Some(terms);
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "taking over as the cluster's home: repairs failed; retrying")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "taking over as the cluster's home: repair task failed"),
+                }
+            }
+            Some(_) => {}
+            None => {
+                if repaired_for.take().is_some() {
+                    broker.hold_for_repair();
+                }
+            }
+        }
+        let home = leaders.home_id();
+        let now = Instant::now();
+        for p in 1..n {
+            let raft = &leaders.rafts[p];
+            let (leads, leader) = {
+                let metrics = raft.metrics();
+                let m = metrics.borrow();
+                (m.state == ServerState::Leader, m.current_leader)
+            };
+            let leaderless_for = match (leader, leaderless_since[p]) {
+                (Some(_), _) => {
+                    leaderless_since[p] = None;
+                    Duration::ZERO
+                }
+                (None, Some(since)) => now.saturating_duration_since(since),
+                (None, None) => {
+                    leaderless_since[p] = Some(now);
+                    Duration::ZERO
+                }
+            };
+            let seen =
+                Seen { home, leads, leader, leaderless_for, since_last_stood: now.saturating_duration_since(stood[p]) };
+            let s = steer(leaders.me, seen, timeout);
+            if applied[p] != Some((s.elect, s.heartbeat)) {
+                raft.runtime_config().elect(s.elect);
+                raft.runtime_config().heartbeat(s.heartbeat);
+                applied[p] = Some((s.elect, s.heartbeat));
+            }
+            if s.stand {
+                stood[p] = now;
+                tracing::debug!(partition = p, "standing for election: the partition's leader is not the home");
+                if raft.trigger().elect().await.is_err() {
+                    return;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Wakes partition `p`'s writer whenever this node's role in it changes
+/// (a term, a state or a leader), until the group stops.
+pub async fn watch_roles(p: usize, raft: Raft<TypeConfig>, broker: Broker) {
+    let mut metrics = raft.metrics();
+    let mut last = None;
+    loop {
+        let now = {
+            let m = metrics.borrow_and_update();
+            Some((m.current_term, m.state, m.current_leader))
+        };
+        if now != last {
+            broker.wake_partition(p);
+            last = now;
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: Duration = Duration::from_millis(500);
+    const ME: NodeId = 1;
+    const OTHER: NodeId = 2;
+
+    fn seen(home: Option<NodeId>, leads: bool, leader: Option<NodeId>) -> Seen {
+        Seen { home, leads, leader, leaderless_for: Duration::ZERO, since_last_stood: T * 10 }
+    }
+
+    #[test]
+    fn the_home_stands_for_a_partition_led_elsewhere_and_only_it_runs_an_election_timer() {
+        let s = steer(ME, seen(Some(ME), false, Some(OTHER)), T);
+        assert_eq!(s, Steer { elect: true, heartbeat: true, stand: true });
+        let other = steer(ME, seen(Some(OTHER), false, Some(3)), T);
+        assert!(!other.elect && !other.stand, "{other:?}");
+    }
+
+    #[test]
+    fn the_home_stands_at_most_once_per_two_timeouts() {
+        let mut s = seen(Some(ME), false, None);
+        s.since_last_stood = T;
+        assert!(!steer(ME, s, T).stand);
+        s.since_last_stood = T * 2;
+        assert!(steer(ME, s, T).stand);
+    }
+
+    #[test]
+    fn a_leader_that_is_not_the_home_stops_its_heartbeats() {
+        let s = steer(ME, seen(Some(OTHER), true, Some(ME)), T);
+        assert_eq!(s, Steer { elect: false, heartbeat: false, stand: false });
+        // Leading with the home: heartbeats as usual.
+        assert!(steer(ME, seen(Some(ME), true, Some(ME)), T).heartbeat);
+        // No home known (partition 0 is electing): nobody lets go.
+        assert!(steer(ME, seen(None, true, Some(ME)), T).heartbeat);
+    }
+
+    #[test]
+    fn without_a_home_or_when_a_partition_stays_leaderless_every_node_may_be_elected() {
+        assert!(steer(ME, seen(None, false, None), T).elect);
+        let mut s = seen(Some(OTHER), false, None);
+        assert!(!steer(ME, s, T).elect);
+        s.leaderless_for = T * 3 + Duration::from_millis(1);
+        assert!(steer(ME, s, T).elect, "a home whose replica cannot win must not leave the partition leaderless");
+    }
+
+    #[test]
+    fn nothing_changes_once_the_home_leads_everything() {
+        let s = steer(ME, seen(Some(ME), true, Some(ME)), T);
+        assert_eq!(s, Steer { elect: true, heartbeat: true, stand: false });
+        let follower = steer(OTHER, seen(Some(ME), false, Some(ME)), T);
+        assert_eq!(follower, Steer { elect: false, heartbeat: true, stand: false });
+    }
+}
