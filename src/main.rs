@@ -41,6 +41,9 @@ enum Cmd {
     Enqueue(cli::EnqueueArgs),
     /// The workers connected now, and the jobs they hold.
     Workers(cli::WorkersArgs),
+    /// A cluster as the node called sees it: members, the home, partitions.
+    #[command(subcommand)]
+    Cluster(cli::ClusterCmd),
     /// Check the broker's gRPC health (exit 0 only when SERVING).
     Health {
         /// A service name, e.g. fairway.v1.JobService; empty = the whole broker.
@@ -154,6 +157,7 @@ async fn main() -> ExitCode {
         Cmd::Enqueue(a) => cli::enqueue(&args.remote, a).await,
         Cmd::Workers(a) => cli::workers(&args.remote, a).await,
         Cmd::Tenant(cmd) => cli::tenant(&args.remote, cmd).await,
+        Cmd::Cluster(cmd) => cli::cluster(&args.remote, cmd).await,
         Cmd::Health { service } => cli::health(&args.remote, service).await,
     };
     match result {

@@ -216,13 +216,18 @@ pub async fn run(
     };
     let mirror =
         tokio::spawn(mirror_queue_health(health.clone(), broker.health(), broker.storage_fault(), stopping.clone()));
+    if let Some(node) = &cluster_node {
+        let (leaders, timeout) = (node.leaders.clone(), node.election_timeout_ms);
+        tokio::spawn(crate::cluster::status::mirror_health(leaders, timeout, health.clone(), stopping.clone()));
+    }
     let http = listeners.http.map(|l| {
         let mut stop = stopping.clone();
         let stop = async move {
             let _ = stop.wait_for(|s| *s).await;
         };
         let security = crate::http::Security { tls: tls.as_ref().map(|t| t.http.clone()), tokens: tokens.clone() };
-        tokio::spawn(crate::http::serve(l, broker.clone(), security, stop))
+        let cluster = cluster_node.as_ref().map(|n| n.leaders.clone());
+        tokio::spawn(crate::http::serve(l, broker.clone(), cluster, security, stop))
     });
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -250,6 +255,7 @@ pub async fn run(
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
     let failure = Arc::new(std::sync::Mutex::new(None::<BrokerError>));
     let failure_seen = failure.clone();
+    let proposals_stopping = cluster_node.as_ref().map(|n| n.stopping.clone());
     let on_shutdown = async move {
         tokio::select! {
             _ = shutdown => tracing::info!("shutdown requested: reporting NOT_SERVING and draining"),
@@ -260,6 +266,9 @@ pub async fn run(
             }
         }
         let _ = stopping_tx.send(true);
+        if let Some(p) = &proposals_stopping {
+            let _ = p.send(true);
+        }
         let _ = mirror.await;
         drain_health.set_service_status("", ServingStatus::NotServing).await;
         let queues: Vec<String> = drain_broker.health().borrow().keys().cloned().collect();
@@ -300,9 +309,12 @@ pub async fn run(
             gate(Need::Work),
         ))
         .add_service(InterceptedService::new(
-            AdminServiceServer::new(AdminApi { broker: broker.clone() })
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
+            AdminServiceServer::new(AdminApi {
+                broker: broker.clone(),
+                cluster: cluster_node.as_ref().map(|n| n.leaders.clone()),
+            })
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE),
             gate(Need::Admin),
         ))
         .serve_with_incoming_shutdown(incoming, on_shutdown);

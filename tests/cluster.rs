@@ -4,10 +4,13 @@
 //! from every partition; after kill -9 of the home another node serves
 //! within seconds and every acknowledged enqueue is there.
 
+#[path = "common/cluster.rs"]
+mod cluster;
 mod common;
 #[path = "common/process.rs"]
 mod process;
 
+use cluster::*;
 use common::*;
 use fairway::partition::placement::partition_of_job;
 use fairway::pb;
@@ -16,79 +19,12 @@ use fairway::pb::job_service_client::JobServiceClient;
 use fairway::pb::work_request::Request as Req;
 use fairway::pb::work_response::Response as Resp;
 use fairway::pb::worker_service_client::WorkerServiceClient;
-use process::BrokerProcess;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 use tokio_stream::StreamExt;
 
-/// A free loopback port (bound, then released for the node to take).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
-struct Cluster {
-    _dir: tempfile::TempDir,
-    nodes: Vec<Option<BrokerProcess>>,
-}
-
-impl Cluster {
-    fn channel(&self, i: usize) -> tonic::transport::Channel {
-        self.nodes[i].as_ref().expect("live node").channel.clone()
-    }
-
-    fn live(&self) -> impl Iterator<Item = usize> + '_ {
-        (0..self.nodes.len()).filter(|&i| self.nodes[i].is_some())
-    }
-}
-
-async fn start_cluster(n: usize, partitions: u32) -> Cluster {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
-    let mut file = format!("replicas = 3\npartitions = {partitions}\nelection_timeout_ms = 500\n");
-    for (i, (grpc, raft)) in ports.iter().enumerate() {
-        file += &format!("[[nodes]]\nid = \"n{}\"\ngrpc = \"127.0.0.1:{grpc}\"\nraft = \"127.0.0.1:{raft}\"\n", i + 1);
-    }
-    let path = dir.path().join("cluster.toml");
-    std::fs::write(&path, file).expect("write cluster file");
-    let mut nodes = Vec::new();
-    for (i, (grpc, _)) in ports.iter().enumerate() {
-        let data = dir.path().join(format!("n{}", i + 1));
-        let id = format!("n{}", i + 1);
-        let extra = ["--cluster", path.to_str().expect("utf-8 path"), "--node-id", &id];
-        nodes.push(Some(BrokerProcess::spawn_at(&data, &format!("127.0.0.1:{grpc}"), &extra).await));
-    }
-    Cluster { _dir: dir, nodes }
-}
-
-/// Runs `call` until it succeeds; UNAVAILABLE (an election, leadership
-/// moving to the home) is retried every 50 ms, anything else fails the
-/// test. Returns the answer and how long it took.
-async fn retried<T, F, Fut>(within: Duration, what: &str, mut call: F) -> (T, Duration)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
-{
-    let since = Instant::now();
-    loop {
-        match call().await {
-            Ok(v) => return (v, since.elapsed()),
-            Err(s) if s.code() == tonic::Code::Unavailable => {
-                assert!(since.elapsed() < within, "{what}: still UNAVAILABLE after {within:?}: {s:?}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(s) => panic!("{what}: {s:?}"),
-        }
-    }
-}
-
-/// A request that no node forwards: only the home answers it.
-fn unforwarded<T>(msg: T) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(msg);
-    req.metadata_mut().insert("fairway-forwarded-by", "test".parse().expect("ascii"));
-    req
-}
-
-/// Which live node is the home (answers a call it may not forward).
+/// Which live node is the home: the one that answers a call it may not
+/// forward.
 async fn find_home(c: &Cluster, within: Duration) -> usize {
     let since = Instant::now();
     loop {
@@ -101,20 +37,6 @@ async fn find_home(c: &Cluster, within: Duration) -> usize {
         assert!(since.elapsed() < within, "no home within {within:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-async fn create_queue(c: &Cluster, via: usize, name: &str) {
-    let admin = AdminServiceClient::new(c.channel(via));
-    retried(Duration::from_secs(30), "create queue", || {
-        let mut admin = admin.clone();
-        async move {
-            match admin.create_queue(pb::CreateQueueRequest { name: name.into(), config: None }).await {
-                Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(()),
-                r => r.map(|_| ()),
-            }
-        }
-    })
-    .await;
 }
 
 async fn enqueue(c: &Cluster, via: usize, tenant: &str, payload: &str, within: Duration) -> (String, Duration) {
@@ -148,8 +70,8 @@ async fn work_stream(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_node_takes_any_call_and_work_streams_on_every_node_get_every_partitions_jobs() {
-    let c = start_cluster(3, 3).await;
-    create_queue(&c, 0, "emails").await;
+    let c = Cluster::start(3, 3).await;
+    create_queue(&c, 0, "emails", None).await;
 
     // Enqueues through every node, for tenants spread over the partitions.
     let mut ids = HashSet::new();
@@ -164,6 +86,22 @@ async fn any_node_takes_any_call_and_work_streams_on_every_node_get_every_partit
     let partitions: HashSet<u16> =
         ids.iter().map(|id| partition_of_job(fairway::model::JobId::parse(id).expect("id")).0).collect();
     assert_eq!(partitions.len(), 3, "8 tenants land in all 3 partitions: {partitions:?}");
+    // Every node reports every partition healthy (a leader known to it).
+    for i in 0..3 {
+        let health = tonic_health::pb::health_client::HealthClient::new(c.channel(i));
+        for p in 0..3 {
+            let req = tonic_health::pb::HealthCheckRequest { service: format!("fairway.partition.{p}") };
+            let (status, _) = retried(Duration::from_secs(10), "partition health", || {
+                let (mut health, req) = (health.clone(), req.clone());
+                async move {
+                    let s = health.check(req).await?.into_inner().status;
+                    (s == 1).then_some(s).ok_or_else(|| tonic::Status::unavailable(format!("status {s}")))
+                }
+            })
+            .await;
+            assert_eq!(status, 1);
+        }
+    }
 
     // Exactly one node serves calls it may not forward: the home; the
     // others refuse them, naming the leader.
@@ -211,8 +149,8 @@ async fn any_node_takes_any_call_and_work_streams_on_every_node_get_every_partit
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_home_killed_with_sigkill_loses_no_acknowledged_enqueue() {
-    let mut c = start_cluster(3, 2).await;
-    create_queue(&c, 0, "emails").await;
+    let mut c = Cluster::start(3, 2).await;
+    create_queue(&c, 0, "emails", None).await;
     let home = find_home(&c, Duration::from_secs(30)).await;
 
     // Acknowledged enqueues, through every node.
@@ -224,9 +162,8 @@ async fn the_home_killed_with_sigkill_loses_no_acknowledged_enqueue() {
 
     // kill -9 the home; through a surviving node, enqueues succeed again
     // within seconds.
-    c.nodes[home].as_mut().expect("live").kill9();
-    c.nodes[home] = None;
-    let via = c.live().next().expect("a live node");
+    c.kill9(home);
+    let via = c.live()[0];
     let (_, took) = enqueue(&c, via, "t0", "after the kill", Duration::from_secs(30)).await;
     assert!(took < Duration::from_secs(10), "served again after {took:?}");
     eprintln!("enqueues served again {took:?} after kill -9 of the home");
@@ -235,7 +172,7 @@ async fn the_home_killed_with_sigkill_loses_no_acknowledged_enqueue() {
 
     // Every acknowledged enqueue is there, asked of either live node.
     for (k, id) in ids.iter().enumerate() {
-        let node = c.live().nth(k % 2).expect("two live nodes");
+        let node = c.live()[k % 2];
         let jobs = JobServiceClient::new(c.channel(node));
         let got = retried(Duration::from_secs(10), "get job", || {
             let req = pb::GetJobRequest { queue: "emails".into(), job_id: id.clone() };
@@ -244,5 +181,66 @@ async fn the_home_killed_with_sigkill_loses_no_acknowledged_enqueue() {
         })
         .await;
         assert_eq!(got.0.into_inner().id, *id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_cluster_script_starts_three_nodes_that_any_call_reaches_and_ctrl_c_stops_them() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ports = |n| (0..n).map(|_| free_port().to_string()).collect::<Vec<_>>();
+    let (grpc, raft, metrics) = (ports(3), ports(3), ports(3));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/local-cluster");
+    let mut child = std::process::Command::new("bash")
+        .arg(script)
+        .env("FAIRWAY_BIN", env!("CARGO_BIN_EXE_fairway"))
+        .env("FAIRWAY_CLUSTER_DIR", dir.path())
+        .env("FAIRWAY_CLUSTER_GRPC", grpc.join(" "))
+        .env("FAIRWAY_CLUSTER_RAFT", raft.join(" "))
+        .env("FAIRWAY_CLUSTER_METRICS", metrics.join(" "))
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run scripts/local-cluster");
+    let channel = |i: usize| {
+        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", grpc[i]))
+            .expect("endpoint")
+            .connect_lazy()
+    };
+    // A queue made through n2, a job through n3, read back through n1.
+    let admin = AdminServiceClient::new(channel(1));
+    retried(Duration::from_secs(60), "create queue through n2", || {
+        let mut admin = admin.clone();
+        async move { admin.create_queue(pb::CreateQueueRequest { name: "emails".into(), config: None }).await }
+    })
+    .await;
+    let jobs = JobServiceClient::new(channel(2));
+    let (id, _) = retried(Duration::from_secs(30), "enqueue through n3", || {
+        let mut jobs = jobs.clone();
+        async move { jobs.enqueue(job("emails", "acme", "", "hello")).await }
+    })
+    .await;
+    let id = id.into_inner().job_id;
+    let mut n1 = JobServiceClient::new(channel(0));
+    let got = n1.get_job(pb::GetJobRequest { queue: "emails".into(), job_id: id.clone() }).await.expect("get via n1");
+    assert_eq!(got.into_inner().id, id);
+
+    // Ctrl-C (SIGINT to the script) stops all three, and the script exits 0.
+    let status = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill");
+    assert!(status.success());
+    let exited = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = child.try_wait().expect("try_wait") {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "the script did not stop within 30 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .expect("join");
+    assert!(exited.success(), "{exited:?}");
+    for port in &grpc {
+        assert!(std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_err(), "a node still listens on {port}");
     }
 }

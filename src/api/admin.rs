@@ -13,6 +13,9 @@ use tonic::{Request, Response, Status};
 
 pub struct AdminApi {
     pub broker: Broker,
+    /// In a cluster, who leads what on this node (for the cluster status);
+    /// `None` on a single node.
+    pub cluster: Option<crate::cluster::colocation::Leaders>,
 }
 
 #[tonic::async_trait]
@@ -178,5 +181,13 @@ impl AdminService for AdminApi {
         }
         let workers = self.broker.list_workers(queue).await?;
         Ok(Response::new(pb::ListWorkersResponse { workers }))
+    }
+
+    async fn get_cluster_status(
+        &self,
+        req: Request<pb::GetClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        auth::access(&req)?.admin_all("read the cluster status of")?;
+        Ok(Response::new(self.cluster.as_ref().map(crate::cluster::status::status).unwrap_or_default()))
     }
 }

@@ -105,16 +105,16 @@ impl Engine {
     pub fn run(mut self) {
         // In a cluster: learn at once whether this node leads, so calls are
         // served or sent to the leader from the start.
-        self.follow_leadership();
+        let mut serving = self.follow_leadership();
         loop {
-            let timeout = self.next_wakeup();
+            let timeout = self.next_wakeup(serving);
             let first = match self.rx.recv_timeout(timeout) {
                 Ok(cmd) => Some(cmd),
                 Err(flume::RecvTimeoutError::Timeout) => None,
                 Err(flume::RecvTimeoutError::Disconnected) => break,
             };
             self.now = self.shared.clock.now();
-            let serving = self.follow_leadership();
+            serving = self.follow_leadership();
             if let Some(cmd) = first {
                 self.apply(cmd);
             }
@@ -133,7 +133,12 @@ impl Engine {
                 self.check_alerts();
                 self.run_tasks();
             }
-            self.commit();
+            // A writer that does not serve (its node follows, in a cluster)
+            // writes nothing of its own; a command that slipped in as
+            // leadership moved is refused by the failed commit.
+            if serving || !self.w.is_empty() {
+                self.commit();
+            }
             if serving {
                 // Dispatch reads the ready index, so it runs on committed state.
                 self.w.relaxed = true;
@@ -223,8 +228,17 @@ impl Engine {
         }
     }
 
-    fn next_wakeup(&self) -> Duration {
-        if !self.tasks.is_empty() || !self.w.is_empty() {
+    /// How long the writer may wait for a command. Timers only run while
+    /// it `serving` (a follower's leases are the leader's to expire), so
+    /// only then do they wake it.
+    fn next_wakeup(&self, serving: bool) -> Duration {
+        if !self.w.is_empty() {
+            return Duration::ZERO;
+        }
+        if !serving {
+            return MAX_IDLE;
+        }
+        if !self.tasks.is_empty() {
             return Duration::ZERO;
         }
         if let Some(t) = self.unsynced_since {

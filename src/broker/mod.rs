@@ -535,6 +535,14 @@ impl Broker {
         Ok(())
     }
 
+    /// In a cluster: partition `p`'s leader on this node has not heard from
+    /// a majority for long (`Some`, why), so calls to it are refused with
+    /// `UNAVAILABLE` at once; or it has again (`None`).
+    #[doc(hidden)]
+    pub fn set_cut_off(&self, p: usize, why: Option<String>) {
+        self.shared.set_cut_off(p, why);
+    }
+
     /// Refuses calls until the next [`Broker::repair`] and
     /// [`Broker::repaired`] (a cluster node that is not, or no longer, the
     /// home of every partition).

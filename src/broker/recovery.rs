@@ -65,6 +65,12 @@ impl Engine {
         // Keep what was observed (alerts in force, latencies) across a reload.
         let mut old = std::mem::take(&mut self.queues);
         self.w.records.clear();
+        // Another node may have led the partition since this writer last
+        // read it (a cluster): ids go on after the last one stored, never
+        // from where this writer stood.
+        let id_hwm = self.w.store.load_id_hwm()?;
+        self.id_hwm = self.id_hwm.max(id_hwm);
+        self.next_id = self.next_id.max(id_hwm + 1);
         let metas = self.w.store.load_queues()?;
         for meta in metas {
             let mut q = load_queue(&self.w.store, &meta, self.shared.shares.of(&meta.name), self.me, self.now)?;

@@ -54,6 +54,13 @@ pub(crate) struct Shared {
     /// batches across partitions); every call is refused meanwhile. Set
     /// from the start on a cluster node, never on a single node.
     repairing: std::sync::atomic::AtomicBool,
+    /// In a cluster, per partition: why this node, though it leads, has
+    /// not heard from a majority for long (it is cut off, or most replicas
+    /// are down); calls are refused at once rather than wait for a commit
+    /// that cannot come. Set by the node's watch over its groups.
+    cut_off: Mutex<Vec<Option<String>>>,
+    /// Per partition: whether `cut_off` holds a reason (one atomic load).
+    cut_off_flags: Vec<std::sync::atomic::AtomicBool>,
 }
 
 impl Shared {
@@ -73,6 +80,8 @@ impl Shared {
             not_leading: Mutex::new(vec![None; partitions]),
             refused: (0..partitions).map(|_| std::sync::atomic::AtomicBool::new(false)).collect(),
             repairing: std::sync::atomic::AtomicBool::new(false),
+            cut_off: Mutex::new(vec![None; partitions]),
+            cut_off_flags: (0..partitions).map(|_| std::sync::atomic::AtomicBool::new(false)).collect(),
         }
     }
 
@@ -80,6 +89,16 @@ impl Shared {
     pub fn set_not_leading(&self, p: usize, why: Option<String>) {
         let mut all = self.not_leading.lock().unwrap_or_else(|e| e.into_inner());
         if let (Some(slot), Some(flag)) = (all.get_mut(p), self.refused.get(p)) {
+            flag.store(why.is_some(), std::sync::atomic::Ordering::Release);
+            *slot = why;
+        }
+    }
+
+    /// Partition `p`'s leader here is cut off from its majority (`Some`,
+    /// saying so), or no longer (`None`).
+    pub fn set_cut_off(&self, p: usize, why: Option<String>) {
+        let mut all = self.cut_off.lock().unwrap_or_else(|e| e.into_inner());
+        if let (Some(slot), Some(flag)) = (all.get_mut(p), self.cut_off_flags.get(p)) {
             flag.store(why.is_some(), std::sync::atomic::Ordering::Release);
             *slot = why;
         }
@@ -94,6 +113,12 @@ impl Shared {
     pub fn not_leading(&self, p: usize) -> Option<String> {
         if self.refused.get(p).is_some_and(|f| f.load(std::sync::atomic::Ordering::Acquire)) {
             let why = self.not_leading.lock().unwrap_or_else(|e| e.into_inner()).get(p).cloned().flatten();
+            if why.is_some() {
+                return why;
+            }
+        }
+        if self.cut_off_flags.get(p).is_some_and(|f| f.load(std::sync::atomic::Ordering::Acquire)) {
+            let why = self.cut_off.lock().unwrap_or_else(|e| e.into_inner()).get(p).cloned().flatten();
             if why.is_some() {
                 return why;
             }

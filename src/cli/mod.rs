@@ -5,6 +5,7 @@
 //! (tables, ages, times) they share, so layout is unit-tested without a
 //! broker.
 
+mod cluster;
 mod confirm;
 mod dead;
 mod enqueue;
@@ -19,6 +20,7 @@ mod stats;
 mod tenant;
 mod workers;
 
+pub use cluster::{cluster, ClusterCmd};
 pub use dead::{dead, DeadCmd};
 pub use enqueue::{enqueue, EnqueueArgs};
 pub use fairway::client::Conn;

@@ -11,8 +11,11 @@
 //! For each partition `p` ≥ 1, every tick, a node decides from what it sees
 //! ([`steer`], pure and unit-tested):
 //! - it lets its own election timer run for `p` only if it is the home,
-//!   or no home is known, or `p` has had no leader for long (so a home
-//!   whose replica of `p` cannot win never leaves `p` leaderless);
+//!   or no home is known, or `p` has been led by another node than the
+//!   home (or by none) for three election timeouts: a home whose replica
+//!   of `p` is behind cannot win, and a follower may still name a leader
+//!   that died, so after that every node may be elected (the home stands
+//!   again once the new leader has brought its log up to date);
 //! - the home, not leading `p`, stands for election: its higher term makes
 //!   the current leader step down at its next heartbeat, and with the other
 //!   nodes' timers held, the home wins the vote that follows;
@@ -38,8 +41,13 @@ use std::time::{Duration, Instant};
 pub struct Leaders {
     /// This node's Raft id.
     me: NodeId,
+    /// This node's id in the cluster file, for status and messages.
+    name: Arc<str>,
     /// By partition number.
     rafts: Arc<[Raft<TypeConfig>]>,
+    /// By partition: how often the leader this node knows of changed
+    /// (counted by [`watch_roles`]), for status and `/metrics`.
+    changes: Arc<[std::sync::atomic::AtomicU64]>,
 }
 
 /// Where the cluster's home (partition 0's leader) is, as this node sees it.
@@ -52,8 +60,24 @@ pub enum Home {
 }
 
 impl Leaders {
-    pub fn new(me: NodeId, rafts: Arc<[Raft<TypeConfig>]>) -> Leaders {
-        Leaders { me, rafts }
+    pub fn new(me: NodeId, name: &str, rafts: Arc<[Raft<TypeConfig>]>) -> Leaders {
+        let changes = (0..rafts.len()).map(|_| std::sync::atomic::AtomicU64::new(0)).collect();
+        Leaders { me, name: name.into(), rafts, changes }
+    }
+
+    /// This node's id in the cluster file.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// This node's replica of each partition's group.
+    pub fn rafts(&self) -> &[Raft<TypeConfig>] {
+        &self.rafts
+    }
+
+    /// How often partition `p`'s leader changed, as this node saw it.
+    pub fn leader_changes(&self, p: usize) -> u64 {
+        self.changes.get(p).map_or(0, |c| c.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Who leads partition 0, as Raft last told this node. Cheap: one read
@@ -99,8 +123,9 @@ pub struct Seen {
     pub leads: bool,
     /// `p`'s leader, if known.
     pub leader: Option<NodeId>,
-    /// How long `p` has had no known leader (zero if it has one).
-    pub leaderless_for: Duration,
+    /// How long `p` has had no known leader, or one that is not the home
+    /// (zero while the home leads it).
+    pub unsettled_for: Duration,
     /// How long since this node last stood for election in `p`.
     pub since_last_stood: Duration,
 }
@@ -120,7 +145,7 @@ pub struct Steer {
 /// election timeout.
 pub fn steer(me: NodeId, seen: Seen, timeout: Duration) -> Steer {
     let home_is_me = seen.home == Some(me);
-    let lost = seen.leaderless_for > timeout * 3;
+    let lost = seen.unsettled_for > timeout * 3;
     Steer {
         elect: home_is_me || seen.home.is_none() || lost,
         heartbeat: !seen.leads || home_is_me || seen.home.is_none(),
@@ -140,12 +165,38 @@ pub async fn keep_together(
 ) {
     let n = leaders.rafts.len();
     let long_ago = Instant::now().checked_sub(timeout * 10).unwrap_or_else(Instant::now);
-    let mut leaderless_since: Vec<Option<Instant>> = vec![None; n];
+    let mut unsettled_since: Vec<Option<Instant>> = vec![None; n];
     let mut stood: Vec<Instant> = vec![long_ago; n];
     let mut applied: Vec<Option<(bool, bool)>> = vec![None; n];
     let tick = (timeout / 5).max(Duration::from_millis(20));
     let mut repaired_for: Option<Vec<u64>> = None;
+    let mut cut_off = vec![false; n];
     loop {
+        for (p, raft) in leaders.rafts.iter().enumerate() {
+            let age = {
+                let metrics = raft.metrics();
+                let m = metrics.borrow();
+                (m.state == ServerState::Leader).then_some(m.millis_since_quorum_ack).flatten()
+            };
+            let now_cut_off = age.is_some_and(|ms| ms > (timeout * 2).as_millis() as u64);
+            if now_cut_off != cut_off[p] {
+                cut_off[p] = now_cut_off;
+                let why = now_cut_off.then(|| {
+                    format!(
+                        "partition {p}: this node leads it but no majority of its replicas has answered for over \
+                         {:?} (most are down, or this node is cut off from them); nothing was done: retry (a \
+                         majority elects a new leader within seconds, if one is up)",
+                        timeout * 2
+                    )
+                });
+                if now_cut_off {
+                    tracing::warn!(partition = p, "cut off from the partition's majority: refusing its calls");
+                } else {
+                    tracing::info!(partition = p, "the partition's majority answers again: serving");
+                }
+                broker.set_cut_off(p, why);
+            }
+        }
         match leaders.terms_if_leading_all() {
             Some(terms) if repaired_for.as_ref() != Some(&terms) => {
                 let b = broker.clone();
@@ -178,19 +229,20 @@ pub async fn keep_together(
                 let m = metrics.borrow();
                 (m.state == ServerState::Leader, m.current_leader)
             };
-            let leaderless_for = match (leader, leaderless_since[p]) {
-                (Some(_), _) => {
-                    leaderless_since[p] = None;
+            let settled = leader.is_some() && leader == home;
+            let unsettled_for = match unsettled_since[p] {
+                _ if settled => {
+                    unsettled_since[p] = None;
                     Duration::ZERO
                 }
-                (None, Some(since)) => now.saturating_duration_since(since),
-                (None, None) => {
-                    leaderless_since[p] = Some(now);
+                Some(since) => now.saturating_duration_since(since),
+                None => {
+                    unsettled_since[p] = Some(now);
                     Duration::ZERO
                 }
             };
             let seen =
-                Seen { home, leads, leader, leaderless_for, since_last_stood: now.saturating_duration_since(stood[p]) };
+                Seen { home, leads, leader, unsettled_for, since_last_stood: now.saturating_duration_since(stood[p]) };
             let s = steer(leaders.me, seen, timeout);
             if applied[p] != Some((s.elect, s.heartbeat)) {
                 raft.runtime_config().elect(s.elect);
@@ -213,16 +265,22 @@ pub async fn keep_together(
 }
 
 /// Wakes partition `p`'s writer whenever this node's role in it changes
-/// (a term, a state or a leader), until the group stops.
-pub async fn watch_roles(p: usize, raft: Raft<TypeConfig>, broker: Broker) {
+/// (a term, a state or a leader), and counts the changes of leader, until
+/// the group stops.
+pub async fn watch_roles(p: usize, leaders: Leaders, broker: Broker) {
+    let Some(raft) = leaders.rafts.get(p).cloned() else { return };
     let mut metrics = raft.metrics();
-    let mut last = None;
+    let mut last: Option<(u64, ServerState, Option<NodeId>)> = None;
     loop {
         let now = {
             let m = metrics.borrow_and_update();
             Some((m.current_term, m.state, m.current_leader))
         };
         if now != last {
+            let leader = now.and_then(|n| n.2);
+            if leader.is_some() && leader != last.and_then(|l| l.2) {
+                leaders.changes[p].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             broker.wake_partition(p);
             last = now;
         }
@@ -241,7 +299,7 @@ mod tests {
     const OTHER: NodeId = 2;
 
     fn seen(home: Option<NodeId>, leads: bool, leader: Option<NodeId>) -> Seen {
-        Seen { home, leads, leader, leaderless_for: Duration::ZERO, since_last_stood: T * 10 }
+        Seen { home, leads, leader, unsettled_for: Duration::ZERO, since_last_stood: T * 10 }
     }
 
     #[test]
@@ -272,12 +330,17 @@ mod tests {
     }
 
     #[test]
-    fn without_a_home_or_when_a_partition_stays_leaderless_every_node_may_be_elected() {
+    fn without_a_home_or_when_a_partition_stays_away_from_it_every_node_may_be_elected() {
         assert!(steer(ME, seen(None, false, None), T).elect);
         let mut s = seen(Some(OTHER), false, None);
         assert!(!steer(ME, s, T).elect);
-        s.leaderless_for = T * 3 + Duration::from_millis(1);
+        s.unsettled_for = T * 3 + Duration::from_millis(1);
         assert!(steer(ME, s, T).elect, "a home whose replica cannot win must not leave the partition leaderless");
+        // Still naming a leader that died (its vote requests refused by a
+        // more up-to-date log, a follower keeps its old leader): the same.
+        let mut stale = seen(Some(OTHER), false, Some(3));
+        stale.unsettled_for = T * 4;
+        assert!(steer(ME, stale, T).elect);
     }
 
     #[test]

@@ -24,6 +24,11 @@ use tower::ServiceExt;
 /// The header a forwarded call carries: the node that forwarded it.
 pub const FORWARDED_BY: &str = "fairway-forwarded-by";
 
+/// Connections a node forwards over, taken in turn: the home limits open
+/// calls per connection (`--max-streams-per-connection`), and one node may
+/// forward the Work streams of many workers.
+const FORWARD_CONNECTIONS: usize = 8;
+
 /// Forwards to the home what this node does not serve (none on one node).
 #[derive(Clone)]
 pub struct ForwardLayer {
@@ -36,6 +41,8 @@ struct Route {
     leaders: Leaders,
     connections: Connections,
     me: http::HeaderValue,
+    /// The next connection to use.
+    turn: std::sync::atomic::AtomicUsize,
 }
 
 impl ForwardLayer {
@@ -47,7 +54,7 @@ impl ForwardLayer {
     /// A cluster node named `me`.
     pub fn to_home(leaders: Leaders, connections: Connections, me: &str) -> ForwardLayer {
         let me = http::HeaderValue::from_str(me).unwrap_or_else(|_| http::HeaderValue::from_static("node"));
-        ForwardLayer { route: Some(std::sync::Arc::new(Route { leaders, connections, me })) }
+        ForwardLayer { route: Some(std::sync::Arc::new(Route { leaders, connections, me, turn: Default::default() })) }
     }
 }
 
@@ -64,9 +71,10 @@ pub struct Forward<S> {
     route: Option<std::sync::Arc<Route>>,
 }
 
-/// Whether a call on `path` is one a node forwards.
+/// Whether a call on `path` is one a node forwards: every `fairway.v1`
+/// call but the cluster status, which each node answers for itself.
 fn forwardable(path: &str) -> bool {
-    path.starts_with("/fairway.v1.")
+    path.starts_with("/fairway.v1.") && path != "/fairway.v1.AdminService/GetClusterStatus"
 }
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
@@ -112,7 +120,8 @@ where
                 ))
                 .into_http()
             };
-            let channel = match route.connections.channel(&home.grpc) {
+            let n = route.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % FORWARD_CONNECTIONS;
+            let channel = match route.connections.nth_channel(&home.grpc, n) {
                 Ok(c) => c,
                 Err(e) => return Ok(refused(format!("its address is unusable: {e}"))),
             };

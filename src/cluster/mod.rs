@@ -24,6 +24,8 @@
 //!   partition 0 (the home); elections steered towards it, writers woken
 //!   when their node's role changes.
 //! - [`forward`]: any node accepts any call and forwards it to the home.
+//! - [`status`]: this node's view of the cluster (status call, `/metrics`,
+//!   health per partition).
 //!
 //! docs/cluster.md describes the design, what is fsynced where, and what
 //! is still to come (the network, forwarding, failover, membership calls).
@@ -40,6 +42,7 @@ pub mod raft_types;
 pub mod replica_placement;
 pub mod snapshot_file;
 pub mod state_machine;
+pub mod status;
 
 #[cfg(test)]
 mod replication_tests;

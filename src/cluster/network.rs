@@ -134,7 +134,14 @@ pub struct Connections {
 impl Connections {
     /// The connection to `addr` (made on first use, then shared).
     pub(crate) fn channel(&self, addr: &str) -> Result<Channel, String> {
-        if let Some(c) = self.by_addr.read().unwrap_or_else(|e| e.into_inner()).get(addr) {
+        self.nth_channel(addr, 0)
+    }
+
+    /// The `n`th connection to `addr`: several, for traffic that would
+    /// outgrow one connection's limit on open streams.
+    pub(crate) fn nth_channel(&self, addr: &str, n: usize) -> Result<Channel, String> {
+        let key = format!("{addr}#{n}");
+        if let Some(c) = self.by_addr.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
             return Ok(c.clone());
         }
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -142,7 +149,7 @@ impl Connections {
             .tcp_nodelay(true)
             .connect_timeout(std::time::Duration::from_secs(1));
         let channel = endpoint.connect_lazy();
-        self.by_addr.write().unwrap_or_else(|e| e.into_inner()).insert(addr.to_string(), channel.clone());
+        self.by_addr.write().unwrap_or_else(|e| e.into_inner()).insert(key, channel.clone());
         Ok(channel)
     }
 }

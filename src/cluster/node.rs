@@ -42,6 +42,14 @@ pub struct Node {
     steering: tokio::sync::watch::Sender<bool>,
     /// Forwards calls this node does not serve to the home.
     pub forward: ForwardLayer,
+    /// Who leads what, for status, `/metrics` and health.
+    pub leaders: Leaders,
+    /// For the health of each partition (a leader unacknowledged for two
+    /// timeouts is cut off).
+    pub election_timeout_ms: u64,
+    /// Set when the node begins to stop: writes still waiting for a
+    /// majority give up soon after (see `RaftProposer`).
+    pub stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Node {
@@ -104,6 +112,7 @@ pub async fn start(file: &Path, node_id: &str, data_dir: &Path) -> Result<(Broke
     let grace = Duration::from_millis(cluster.election_timeout_ms + cluster.max_clock_skew_ms);
     let (groups, connections) = (Groups::default(), Connections::default());
     let (mut rafts, mut stores, mut proposers) = (Vec::new(), Vec::new(), Vec::new());
+    let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
     for p in 0..partitions {
         let pid = PartitionId(p as u16);
         let log = LogStore::open(&raft_root.join(pid.to_string()), &pid.to_string()).map_err(BrokerError::Storage)?;
@@ -113,7 +122,13 @@ pub async fn start(file: &Path, node_id: &str, data_dir: &Path) -> Result<(Broke
             .await
             .map_err(|e| BrokerError::Internal(format!("partition {p}: Raft did not start: {e}")))?;
         groups.insert(p, raft.clone());
-        proposers.push(RaftProposer::new(p, raft.clone(), tokio::runtime::Handle::current(), grace));
+        proposers.push(RaftProposer::new(
+            p,
+            raft.clone(),
+            tokio::runtime::Handle::current(),
+            grace,
+            stopping_rx.clone(),
+        ));
         rafts.push(raft);
     }
     let listener = tokio::net::TcpListener::bind(&me.raft)
@@ -147,13 +162,18 @@ pub async fn start(file: &Path, node_id: &str, data_dir: &Path) -> Result<(Broke
         .await
         .map_err(|e| BrokerError::Internal(format!("start-up task failed: {e}")))??;
     let rafts: Arc<[Raft<TypeConfig>]> = rafts.into();
-    for (p, raft) in rafts.iter().enumerate() {
-        tokio::spawn(colocation::watch_roles(p, raft.clone(), broker.clone()));
+    let leaders = Leaders::new(me.raft_id, &me.id, rafts.clone());
+    for p in 0..rafts.len() {
+        tokio::spawn(colocation::watch_roles(p, leaders.clone(), broker.clone()));
     }
-    let leaders = Leaders::new(me.raft_id, rafts.clone());
     let (steering, steering_stop) = tokio::sync::watch::channel(false);
     let timeout = Duration::from_millis(cluster.election_timeout_ms);
     tokio::spawn(colocation::keep_together(leaders.clone(), broker.clone(), timeout, steering_stop));
-    let forward = ForwardLayer::to_home(leaders, connections, &me.id);
-    Ok((broker, recovery, Node { rafts, stop, server, steering, forward }))
+    let forward = ForwardLayer::to_home(leaders.clone(), connections, &me.id);
+    let election_timeout_ms = cluster.election_timeout_ms;
+    Ok((
+        broker,
+        recovery,
+        Node { rafts, stop, server, steering, forward, leaders, election_timeout_ms, stopping: Arc::new(stopping) },
+    ))
 }

@@ -28,7 +28,14 @@ pub struct RaftProposer {
     /// How much later than stored a new leader expires the leases it finds:
     /// election timeout plus the clock skew allowed between nodes.
     lease_grace_ms: u64,
+    /// Turns true when the node stops: a proposal still waiting for a
+    /// majority then gives up after [`STOPPING_WAIT`], so a node that lost
+    /// its majority can still stop.
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
+
+/// How long a proposal still waits for a majority once the node stops.
+const STOPPING_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl RaftProposer {
     pub fn new(
@@ -36,8 +43,9 @@ impl RaftProposer {
         raft: Raft<TypeConfig>,
         runtime: tokio::runtime::Handle,
         lease_grace: std::time::Duration,
+        stopping: tokio::sync::watch::Receiver<bool>,
     ) -> RaftProposer {
-        RaftProposer { partition, raft, runtime, lease_grace_ms: lease_grace.as_millis() as u64 }
+        RaftProposer { partition, raft, runtime, lease_grace_ms: lease_grace.as_millis() as u64, stopping }
     }
 
     pub fn lease_grace_ms(&self) -> u64 {
@@ -83,10 +91,20 @@ impl RaftProposer {
     /// async runtime.
     pub fn propose(&self, batch: &Batch) -> Result<()> {
         let entry = TurnBatch(batch.encode());
-        match self.runtime.block_on(self.raft.client_write(entry)) {
-            Ok(_) => Ok(()),
-            Err(e) => Err(refusal(self.partition, e)),
-        }
+        let mut stopping = self.stopping.clone();
+        self.runtime.block_on(async {
+            tokio::select! {
+                written = self.raft.client_write(entry) => written.map(|_| ()).map_err(|e| refusal(self.partition, e)),
+                _ = async {
+                    let _ = stopping.wait_for(|s| *s).await;
+                    tokio::time::sleep(STOPPING_WAIT).await;
+                } => Err(BrokerError::Unavailable(format!(
+                    "partition {}: this node is stopping and a majority has not acknowledged the write within \
+                     {STOPPING_WAIT:?}: it may or may not be stored",
+                    self.partition
+                ))),
+            }
+        })
     }
 }
 

@@ -222,7 +222,13 @@ async fn a_partition_replicates_fails_over_and_catches_a_new_node_up() {
 /// through the node's Raft group.
 async fn broker_on(node: &Node) -> Broker {
     let grace = Duration::from_millis(800 + 2000);
-    let proposer = super::proposer::RaftProposer::new(0, node.raft.clone(), tokio::runtime::Handle::current(), grace);
+    let proposer = super::proposer::RaftProposer::new(
+        0,
+        node.raft.clone(),
+        tokio::runtime::Handle::current(),
+        grace,
+        tokio::sync::watch::channel(false).1,
+    );
     let (data, store) = (node.data.clone(), node.store.get().expect("store open"));
     let (broker, recovery) =
         tokio::task::spawn_blocking(move || Broker::start_replicated(&data, vec![store], vec![proposer]))

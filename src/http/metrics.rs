@@ -53,10 +53,88 @@ impl Out {
     }
 }
 
-pub fn render(s: &MetricsSnapshot, f: &StoreFigures) -> String {
-    let mut o = Out(String::with_capacity(16 * 1024));
+/// The one series every node exports, whatever it serves.
+pub fn render_build_info() -> String {
+    let mut o = Out(String::new());
     o.family("fairway_build_info", "gauge", "Version of the running broker.");
     o.sample("fairway_build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1);
+    o.0
+}
+
+/// A cluster node's view of its partitions' Raft groups (see
+/// `cluster/status.rs`): one set of series per partition.
+pub fn render_cluster(c: &crate::pb::ClusterStatus) -> String {
+    let mut o = Out(String::with_capacity(4 * 1024));
+    let home = if c.home_node_id == c.node_id { 1 } else { 0 };
+    o.family("fairway_cluster_home", "gauge", "1 while this node leads every partition and serves every call.");
+    o.sample("fairway_cluster_home", &[("node", &c.node_id)], home);
+    let per_partition: [Family<crate::pb::PartitionStatus>; 6] = [
+        ("fairway_partition_term", "Raft term of the partition's group, as this node knows it.", |p| p.term),
+        ("fairway_partition_leader", "1 while this node leads the partition.", |p| u64::from(p.role == "leader")),
+        ("fairway_partition_leader_known", "1 while this node knows the partition's leader.", |p| {
+            u64::from(!p.leader_node_id.is_empty())
+        }),
+        ("fairway_partition_last_log_index", "Last entry in this node's log of the partition.", |p| p.last_log_index),
+        ("fairway_partition_applied_index", "Last entry applied to this node's store of the partition.", |p| {
+            p.applied_index
+        }),
+        ("fairway_partition_apply_lag", "Entries in this node's log not yet applied to its store.", |p| {
+            p.last_log_index.saturating_sub(p.applied_index)
+        }),
+    ];
+    for (name, help, get) in per_partition {
+        o.family(name, "gauge", help);
+        for p in &c.partitions {
+            o.sample(name, &[("partition", &p.partition.to_string())], get(p));
+        }
+    }
+    o.family("fairway_partition_snapshot_index", "gauge", "Last entry this node's snapshot of the partition covers.");
+    for p in &c.partitions {
+        o.sample("fairway_partition_snapshot_index", &[("partition", &p.partition.to_string())], p.snapshot_index);
+    }
+    o.family(
+        "fairway_partition_leader_changes_total",
+        "counter",
+        "Changes of the partition's leader seen by this node.",
+    );
+    for p in &c.partitions {
+        o.sample(
+            "fairway_partition_leader_changes_total",
+            &[("partition", &p.partition.to_string())],
+            p.leader_changes,
+        );
+    }
+    o.family(
+        "fairway_partition_replication_lag",
+        "gauge",
+        "On the partition's leader: entries each member has not yet replicated.",
+    );
+    for p in &c.partitions {
+        let mut members: Vec<_> = p.matched_index.iter().collect();
+        members.sort();
+        for (node, matched) in members {
+            let l = [("partition", p.partition.to_string()), ("node", node.clone())];
+            let l: Vec<(&str, &str)> = l.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            o.sample("fairway_partition_replication_lag", &l, p.last_log_index.saturating_sub(*matched));
+        }
+    }
+    o.family(
+        "fairway_partition_quorum_ack_age_seconds",
+        "gauge",
+        "On the partition's leader: time since a majority last acknowledged it (growing: it is cut off).",
+    );
+    for p in &c.partitions {
+        if let Some(ms) = p.quorum_ack_age_ms {
+            let l = [("partition", p.partition.to_string())];
+            o.sample("fairway_partition_quorum_ack_age_seconds", &[(l[0].0, &l[0].1)], ms as f64 / 1000.0);
+        }
+    }
+    o.0
+}
+
+pub fn render(s: &MetricsSnapshot, f: &StoreFigures) -> String {
+    let mut o = Out(String::with_capacity(16 * 1024));
+    o.0.push_str(&render_build_info());
 
     o.family("fairway_queue_jobs", "gauge", "Jobs stored per state.");
     for q in &s.queues {
@@ -199,6 +277,40 @@ pub fn render(s: &MetricsSnapshot, f: &StoreFigures) -> String {
 mod tests {
     use super::*;
     use crate::broker::observe::JOB_LATENCY_MS;
+
+    #[test]
+    fn a_cluster_node_exports_each_partitions_role_progress_and_lag() {
+        let status = crate::pb::ClusterStatus {
+            clustered: true,
+            node_id: "n1".into(),
+            home_node_id: "n1".into(),
+            partitions: vec![crate::pb::PartitionStatus {
+                partition: 0,
+                role: "leader".into(),
+                term: 4,
+                leader_node_id: "n1".into(),
+                last_log_index: 120,
+                applied_index: 118,
+                leader_changes: 3,
+                matched_index: [("n1".to_string(), 120), ("n2".to_string(), 100)].into(),
+                quorum_ack_age_ms: Some(1_500),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let text = render_cluster(&status);
+        for line in [
+            "fairway_cluster_home{node=\"n1\"} 1",
+            "fairway_partition_term{partition=\"0\"} 4",
+            "fairway_partition_leader{partition=\"0\"} 1",
+            "fairway_partition_apply_lag{partition=\"0\"} 2",
+            "fairway_partition_leader_changes_total{partition=\"0\"} 3",
+            "fairway_partition_replication_lag{partition=\"0\",node=\"n2\"} 20",
+            "fairway_partition_quorum_ack_age_seconds{partition=\"0\"} 1.5",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+        }
+    }
 
     #[test]
     fn label_values_are_escaped() {

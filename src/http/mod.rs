@@ -29,6 +29,9 @@ use tokio::net::TcpListener;
 #[derive(Clone)]
 struct App {
     broker: Broker,
+    /// In a cluster, who leads what on this node (its `/metrics` series);
+    /// `None` on a single node.
+    cluster: Option<crate::cluster::colocation::Leaders>,
     /// Recent samples for rates and charts.
     history: History,
 }
@@ -80,6 +83,7 @@ pub struct Security {
 pub async fn serve(
     listener: TcpListener,
     broker: Broker,
+    cluster: Option<crate::cluster::colocation::Leaders>,
     security: Security,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -97,7 +101,7 @@ pub async fn serve(
         .route("/queues/{name}/resume", post(actions::resume))
         .route("/queues/{name}/jobs/{id}/retry", post(actions::retry))
         .route("/queues/{name}/jobs/{id}/delete", post(actions::delete_job))
-        .with_state(App { broker, history });
+        .with_state(App { broker, cluster, history });
     if let Some(tokens) = security.tokens {
         // On every route, unknown paths too: nothing answers without a token.
         app = app.layer(axum::middleware::from_fn_with_state(tokens, auth::require_operator));
@@ -114,9 +118,20 @@ pub async fn serve(
 }
 
 async fn prometheus(State(app): State<App>) -> HttpResult<Response> {
-    let snapshot = app.broker.metrics().await?;
-    let names: Vec<String> = snapshot.queues.iter().map(|q| q.name.clone()).collect();
-    let figures = app.broker.store_figures(names).await?;
-    let body = metrics::render(&snapshot, &figures);
+    let cluster = app.cluster.as_ref().map(crate::cluster::status::status);
+    let mut body = match app.broker.metrics().await {
+        Ok(snapshot) => {
+            let names: Vec<String> = snapshot.queues.iter().map(|q| q.name.clone()).collect();
+            let figures = app.broker.store_figures(names).await?;
+            metrics::render(&snapshot, &figures)
+        }
+        // A cluster node that is not the home serves no queue: the home
+        // exports the queues' series; this node, its view of the cluster.
+        Err(e) if cluster.is_some() && e.code() == tonic::Code::Unavailable => metrics::render_build_info(),
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(c) = &cluster {
+        body.push_str(&metrics::render_cluster(c));
+    }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response())
 }

@@ -31,7 +31,8 @@ impl BrokerProcess {
         cmd.args(["serve", "--listen", listen, "--metrics-listen", "off", "--data-dir"])
             .arg(dir)
             .args(extra)
-            .env("RUST_LOG", "warn")
+            // FAIRWAY_TEST_LOG picks the brokers' log filter when debugging a test.
+            .env("RUST_LOG", std::env::var("FAIRWAY_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         // CI runs the guarantees' suites again with 4 partitions.
