@@ -225,21 +225,23 @@ async fn the_local_cluster_script_starts_three_nodes_that_any_call_reaches_and_c
     assert_eq!(got.into_inner().id, id);
 
     // Ctrl-C (SIGINT to the script) stops all three, and the script exits 0.
+    let interrupted = Instant::now();
     let status = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill");
     assert!(status.success());
     let exited = tokio::task::spawn_blocking(move || {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(s) = child.try_wait().expect("try_wait") {
                 return s;
             }
-            assert!(Instant::now() < deadline, "the script did not stop within 30 s");
+            assert!(Instant::now() < deadline, "the script did not stop within 60 s");
             std::thread::sleep(Duration::from_millis(20));
         }
     })
     .await
     .expect("join");
     assert!(exited.success(), "{exited:?}");
+    eprintln!("the local cluster stopped {:?} after Ctrl-C", interrupted.elapsed());
     for port in &grpc {
         assert!(std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_err(), "a node still listens on {port}");
     }

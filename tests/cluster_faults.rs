@@ -12,6 +12,10 @@
 //!
 //! and at the end, every partition's three stores are identical.
 //!
+//! Also here: two of three nodes down (writes refused at once, nothing
+//! acknowledged lost, service back with the majority) and a rolling
+//! SIGTERM restart of every node (no job lost, leases held across it).
+//!
 //! Rounds: `FAIRWAY_NEMESIS_ROUNDS` (3 by default, as CI runs it; 20 or
 //! 100 on demand). Each round also measures the failover: from the kill to
 //! the first acknowledged enqueue and the first delivery.
@@ -436,4 +440,131 @@ fn the_checker_finds_a_lost_job_a_double_ack_and_overlapping_leases() {
         ok("b"),
     ];
     assert!(check(&released, &HashSet::new()).is_empty());
+}
+
+/// `n` acknowledged enqueues, each through the next node.
+async fn enqueue_n(c: &Cluster, n: usize, tag: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let jobs = JobServiceClient::new(c.channel(c.live()[i % c.live().len()]));
+        let (r, _) = retried(Duration::from_secs(30), "enqueue", || {
+            let mut jobs = jobs.clone();
+            async move { jobs.enqueue(job("emails", &format!("tenant-{}", i % 6), "", &format!("{tag}-{i}"))).await }
+        })
+        .await;
+        ids.push(r.into_inner().job_id);
+    }
+    ids
+}
+
+/// Every job of `ids` is stored, asked through node `via`.
+async fn all_stored(c: &Cluster, via: usize, ids: &[String]) {
+    let jobs = JobServiceClient::new(c.channel(via));
+    for id in ids {
+        let (got, _) = retried(Duration::from_secs(30), "get job", || {
+            let mut jobs = jobs.clone();
+            let req = pb::GetJobRequest { queue: "emails".into(), job_id: id.clone() };
+            async move { jobs.get_job(req).await }
+        })
+        .await;
+        assert_eq!(got.into_inner().id, *id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_of_three_nodes_down_writes_are_refused_at_once_and_nothing_acknowledged_is_lost() {
+    let mut c = Cluster::start(3, 2).await;
+    create_queue(&c, 0, "emails", None).await;
+    let ids = enqueue_n(&c, 20, "before").await;
+    let home = c.home(Duration::from_secs(30)).await;
+    let others: Vec<usize> = (0..3).filter(|&i| i != home).collect();
+    for &i in &others {
+        c.kill9(i);
+    }
+
+    // The home, cut off from its majority, refuses at once (within two
+    // election timeouts of the loss), naming what is missing; a write
+    // already waiting ends with the caller's deadline.
+    let jobs = JobServiceClient::new(c.channel(home));
+    let refused = eventually(Duration::from_secs(15), || {
+        let mut jobs = jobs.clone();
+        async move {
+            let mut req = tonic::Request::new(job("emails", "tenant-0", "", "while cut off"));
+            req.set_timeout(Duration::from_secs(2));
+            let started = Instant::now();
+            match jobs.enqueue(req).await {
+                Err(s) if s.code() == tonic::Code::Unavailable && started.elapsed() < Duration::from_millis(500) => {
+                    Some(s)
+                }
+                Ok(r) => panic!("a write without a majority was acknowledged: {r:?}"),
+                Err(_) => None,
+            }
+        }
+    })
+    .await;
+    assert!(refused.message().contains("no majority of its replicas has answered"), "{refused:?}");
+    assert!(refused.message().contains("partition "), "names the partition: {refused:?}");
+
+    // The majority back: service returns, with every acknowledged job.
+    for &i in &others {
+        c.restart(i).await;
+    }
+    let after = enqueue_n(&c, 5, "after").await;
+    all_stored(&c, others[0], &ids).await;
+    all_stored(&c, home, &after).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_sigterm_restart_of_every_node_keeps_every_job_and_the_leases_workers_hold() {
+    let mut c = Cluster::start(3, 2).await;
+    create_queue(&c, 0, "emails", None).await;
+    let ids = enqueue_n(&c, 30, "before").await;
+    // A worker holds 10 leases, taken through node n1, for a minute.
+    let workers = WorkerServiceClient::new(c.channel(0));
+    let (held, _) = retried(Duration::from_secs(30), "lease", || {
+        let mut workers = workers.clone();
+        async move {
+            let req = pb::LeaseRequest {
+                queues: vec!["emails".into()],
+                max_jobs: 10,
+                wait: Some(dur(Duration::from_secs(1))),
+                lease_duration: Some(dur(Duration::from_secs(60))),
+                worker_id: "holder".into(),
+                worker_version: String::new(),
+            };
+            workers.lease(req).await
+        }
+    })
+    .await;
+    let held = held.into_inner().deliveries;
+    assert_eq!(held.len(), 10);
+
+    // Each node in turn: SIGTERM, wait for it to exit, start it again, and
+    // let it catch up; producers only ever see UNAVAILABLE, retried.
+    let mut during = Vec::new();
+    for i in 0..3 {
+        let node = c.nodes[i].take().expect("live node");
+        node.signal("-TERM");
+        let exit = node.wait_exit(Duration::from_secs(30)).await;
+        assert!(exit.success(), "node n{} stopped with {exit:?}", i + 1);
+        during.extend(enqueue_n(&c, 5, &format!("while n{} is down", i + 1)).await);
+        c.restart(i).await;
+        c.caught_up(Duration::from_secs(30)).await;
+    }
+
+    // The leases taken before are still held and ack with their ids.
+    let workers = WorkerServiceClient::new(c.channel(2));
+    for d in &held {
+        let job = d.job.as_ref().expect("job");
+        let ack = pb::AckRequest { queue: "emails".into(), job_id: job.id.clone(), lease_id: d.lease_id.clone() };
+        let (r, _) = retried(Duration::from_secs(30), "ack", || {
+            let (mut workers, ack) = (workers.clone(), ack.clone());
+            async move { workers.ack(ack).await }
+        })
+        .await;
+        drop(r);
+    }
+    let acked: HashSet<&String> = held.iter().map(|d| &d.job.as_ref().expect("job").id).collect();
+    let rest: Vec<String> = ids.iter().chain(&during).filter(|id| !acked.contains(id)).cloned().collect();
+    all_stored(&c, 1, &rest).await;
 }

@@ -32,6 +32,9 @@ impl Engine {
         let raft = raft.clone();
         match raft.role() {
             Role::Leader { term } if self.term == Some(term) => true,
+            // A writer that is stopping does not take over: the take-over
+            // would wait for a majority that may be stopping too.
+            Role::Leader { .. } if self.stopping.is_some() => false,
             Role::Leader { term } => {
                 let taken = raft.take_over(TAKE_OVER_WAIT).and_then(|()| self.load_all());
                 if let Err(e) = taken {
