@@ -152,6 +152,16 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     let listener = listeners.grpc;
     // Read before anything starts, so a bad file stops the broker at once.
+    if config.cluster.is_some() && config.tls_cert.is_some() {
+        // Forwarded calls and Raft would travel in clear to a TLS port.
+        return Err(BrokerError::InvalidArgument(
+            "--cluster with --tls-cert: node-to-node TLS (Raft and forwarded calls) is not built yet, and a node \
+             forwards calls to the others in plain gRPC; run cluster nodes without --tls-cert on a private network \
+             (see docs/cluster.md), or a single node with TLS"
+                .into(),
+        )
+        .into());
+    }
     let tls = crate::tls::load(config)?;
     let tokens = config.auth_file.as_deref().map(Tokens::load).transpose()?.map(Arc::new);
     let http_addr = listeners.http.as_ref().and_then(|l| l.local_addr().ok());
