@@ -9,6 +9,8 @@ mod cluster;
 mod common;
 #[path = "common/process.rs"]
 mod process;
+#[path = "common/proxy.rs"]
+mod proxy;
 
 use cluster::*;
 use common::*;

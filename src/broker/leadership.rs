@@ -12,7 +12,10 @@
 //! still hold it by its own clock. Until then, and whenever another node
 //! leads, the partition is refused at the broker's door with the leader's
 //! address, and the writer runs no timers, tasks or dispatch (which would
-//! write).
+//! write). When the node stops leading, the Work streams and waiting Lease
+//! calls it served end with UNAVAILABLE, so their workers reconnect (and
+//! reach the new leader) instead of waiting on a node that can no longer
+//! hand out anything.
 
 use super::engine::Engine;
 use super::turn_log::TurnLog;
@@ -56,10 +59,30 @@ impl Engine {
             Role::Follower { why } => {
                 if self.term.take().is_some() {
                     tracing::info!(partition = self.me, "no longer leading the partition");
+                    self.end_calls_on_step_down(&why);
                 }
                 self.shared.set_not_leading(self.me, Some(why));
                 false
             }
+        }
+    }
+}
+
+impl Engine {
+    /// Ends every Work stream and waiting Lease call this partition served:
+    /// this node no longer leads it, so it could never deliver to them
+    /// again. Their leases stay as the store has them (the new leader
+    /// expires them a grace after their stored expiry); the workers
+    /// reconnect and any node forwards them to the new leader.
+    fn end_calls_on_step_down(&mut self, why: &str) {
+        let msg = format!("this node stopped leading partition {}: {why}; reconnect (any node forwards)", self.me);
+        for w in self.waiters.drain(..) {
+            if let Some(reply) = w.reply {
+                let _ = reply.send(Err(crate::error::BrokerError::Unavailable(msg.clone())));
+            }
+        }
+        for (_, c) in std::mem::take(&mut self.consumers) {
+            let _ = c.tx.send(Err(tonic::Status::unavailable(msg.clone())));
         }
     }
 }

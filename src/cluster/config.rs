@@ -16,8 +16,17 @@
 //! and says what would be accepted. The file is the cluster's *first*
 //! membership: once a cluster runs, its membership lives in each
 //! partition's Raft log (changed by the admin calls), not in this file.
+//!
+//! Where the route from one node to another is not the address the other
+//! listens on (NAT, a sidecar proxy, the fault suite's proxies), a
+//! `[routes.FROM]` table says where FROM dials each such peer:
+//!
+//! ```toml
+//! [routes.n1]
+//! n2 = "10.0.0.7:7062"          # n1 reaches n2's raft address through here
+//! ```
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 /// Replica counts a partition may have: a majority of 3 survives one lost
 /// node, of 5 two; an even count adds a node to every quorum and survives
@@ -53,6 +62,9 @@ struct RawFile {
     max_clock_skew_ms: Option<i64>,
     #[serde(default)]
     nodes: Vec<RawNode>,
+    /// `[routes.FROM] TO = "host:port"`.
+    #[serde(default)]
+    routes: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -73,7 +85,8 @@ pub struct NodeSpec {
     pub raft_id: u64,
     /// `host:port` clients call (and other nodes forward client calls to).
     pub grpc: String,
-    /// `host:port` of node-to-node traffic (Raft and forwarding).
+    /// `host:port` of node-to-node Raft traffic: where the node listens,
+    /// and where the others dial it unless a route says otherwise.
     pub raft: String,
 }
 
@@ -92,6 +105,9 @@ pub struct ClusterConfig {
     pub max_clock_skew_ms: u64,
     /// The nodes, in the file's order.
     pub nodes: Vec<NodeSpec>,
+    /// Routes that differ from a node's `raft` address: by dialling node,
+    /// by dialled node (see [`ClusterConfig::dial`]).
+    pub routes: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// Default election timeout: failover in well under the 3 s target on a
@@ -208,7 +224,24 @@ impl ClusterConfig {
             }
             nodes.push(NodeSpec { id: n.id, raft_id: rid, grpc: n.grpc, raft: n.raft });
         }
-        Ok(ClusterConfig { replicas, partitions, election_timeout_ms, max_clock_skew_ms, nodes })
+        for (from, to_addr) in &raw.routes {
+            if !ids.contains(from) {
+                return Err(field(format!("routes.{from}"), "names no node of the file's [[nodes]]"));
+            }
+            for (to, addr) in to_addr {
+                if !ids.contains(to) || to == from {
+                    return Err(field(format!("routes.{from}.{to}"), "names no other node of the file's [[nodes]]"));
+                }
+                check_address(format!("routes.{from}.{to}"), addr)?;
+            }
+        }
+        Ok(ClusterConfig { replicas, partitions, election_timeout_ms, max_clock_skew_ms, nodes, routes: raw.routes })
+    }
+
+    /// Where node `from` dials `to`'s Raft service: a route if the file
+    /// gives one, else `to`'s `raft` address.
+    pub fn dial<'a>(&'a self, from: &str, to: &'a NodeSpec) -> &'a str {
+        self.routes.get(from).and_then(|r| r.get(&to.id)).map_or(&to.raft, |a| a.as_str())
     }
 
     /// The node `--node-id` names.
@@ -284,11 +317,23 @@ raft = "[::1]:50063"
             (&THREE.replace("127.0.0.1:50062", "127.0.0.1:0"), "`nodes[1].raft` \"127.0.0.1:0\" has port 0"),
             (&THREE.replace("127.0.0.1:50062", "http://h:5"), "is not an address"),
             (&THREE.replace("replicas = 3", "replicas = 3\nreplica = 3"), "not valid TOML"),
+            (&format!("{THREE}[routes.n4]\nn2 = \"h:1\""), "`routes.n4` names no node"),
+            (&format!("{THREE}[routes.n1]\nn1 = \"h:1\""), "`routes.n1.n1` names no other node"),
+            (&format!("{THREE}[routes.n1]\nn2 = \"h\""), "`routes.n1.n2` \"h\" is not an address"),
         ];
         for (text, want) in cases {
             let got = refused(text);
             assert!(got.contains(want), "{got:?} should contain {want:?}");
         }
+    }
+
+    #[test]
+    fn a_route_changes_where_one_node_dials_one_peer_only() {
+        let c = ClusterConfig::parse(&format!("{THREE}[routes.n1]\nn2 = \"proxy:7012\"")).unwrap();
+        let n2 = c.node("n2").unwrap();
+        assert_eq!(c.dial("n1", n2), "proxy:7012");
+        assert_eq!(c.dial("n3", n2), "127.0.0.1:50062");
+        assert_eq!(c.dial("n1", c.node("n3").unwrap()), "[::1]:50063");
     }
 
     #[test]

@@ -154,15 +154,24 @@ impl Connections {
     }
 }
 
+/// Where this node dials each peer's Raft service, by Raft id, as the
+/// cluster file says (its `raft` address, or a `[routes]` entry: the route
+/// from one machine to another may not be the address the other listens
+/// on — NAT, a sidecar, the fault suite's proxy on every link). A peer the
+/// file does not name (added later) is dialled at the address its
+/// membership entry carries.
+pub type Routes = Arc<HashMap<NodeId, String>>;
+
 /// Makes a partition group's clients to its peers.
 pub struct NetworkFactory {
     partition: u32,
     connections: Connections,
+    routes: Routes,
 }
 
 impl NetworkFactory {
-    pub fn new(partition: u32, connections: Connections) -> NetworkFactory {
-        NetworkFactory { partition, connections }
+    pub fn new(partition: u32, connections: Connections, routes: Routes) -> NetworkFactory {
+        NetworkFactory { partition, connections, routes }
     }
 }
 
@@ -170,7 +179,8 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = Peer;
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> Peer {
-        Peer { partition: self.partition, target, addr: node.raft.clone(), connections: self.connections.clone() }
+        let addr = self.routes.get(&target).cloned().unwrap_or_else(|| node.raft.clone());
+        Peer { partition: self.partition, target, addr, connections: self.connections.clone() }
     }
 }
 

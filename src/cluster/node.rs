@@ -18,7 +18,7 @@ use super::colocation::{self, Leaders};
 use super::config::ClusterConfig;
 use super::forward::ForwardLayer;
 use super::log_store::LogStore;
-use super::network::{Connections, Groups, NetworkFactory, TransportService};
+use super::network::{Connections, Groups, NetworkFactory, Routes, TransportService};
 use super::proposer::RaftProposer;
 use super::raft_types::{Member, TypeConfig};
 use super::state_machine::PartitionStateMachine;
@@ -111,6 +111,8 @@ pub async fn start(file: &Path, node_id: &str, data_dir: &Path) -> Result<(Broke
         cluster.nodes.iter().map(|n| (n.raft_id, Member::new(&n.id, &n.raft, &n.grpc))).collect();
     let grace = Duration::from_millis(cluster.election_timeout_ms + cluster.max_clock_skew_ms);
     let (groups, connections) = (Groups::default(), Connections::default());
+    let routes: Routes =
+        Arc::new(cluster.nodes.iter().map(|n| (n.raft_id, cluster.dial(&me.id, n).to_string())).collect());
     let (mut rafts, mut stores, mut proposers) = (Vec::new(), Vec::new(), Vec::new());
     let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
     for p in 0..partitions {
@@ -118,9 +120,10 @@ pub async fn start(file: &Path, node_id: &str, data_dir: &Path) -> Result<(Broke
         let log = LogStore::open(&raft_root.join(pid.to_string()), &pid.to_string()).map_err(BrokerError::Storage)?;
         let sm = PartitionStateMachine::open(&partition_dir(&stores_root, pid)).await.map_err(BrokerError::Storage)?;
         stores.push(sm.slot().get().ok_or_else(|| BrokerError::Internal("store closed at start".into()))?);
-        let raft = Raft::new(me.raft_id, config.clone(), NetworkFactory::new(p, connections.clone()), log, sm)
-            .await
-            .map_err(|e| BrokerError::Internal(format!("partition {p}: Raft did not start: {e}")))?;
+        let raft =
+            Raft::new(me.raft_id, config.clone(), NetworkFactory::new(p, connections.clone(), routes.clone()), log, sm)
+                .await
+                .map_err(|e| BrokerError::Internal(format!("partition {p}: Raft did not start: {e}")))?;
         groups.insert(p, raft.clone());
         proposers.push(RaftProposer::new(
             p,

@@ -68,8 +68,15 @@ async fn start_with(id: u64, partition: u32, purging: bool) -> Node {
     let log = LogStore::open(&dir.path().join("raft"), &format!("n{id}")).unwrap();
     let sm = PartitionStateMachine::open(&partition_dir(&data, PartitionId(partition as u16))).await.unwrap();
     let store = sm.slot();
-    let raft =
-        Raft::new(id, config(purging), NetworkFactory::new(partition, Connections::default()), log, sm).await.unwrap();
+    let raft = Raft::new(
+        id,
+        config(purging),
+        NetworkFactory::new(partition, Connections::default(), Default::default()),
+        log,
+        sm,
+    )
+    .await
+    .unwrap();
     let groups = Groups::default();
     groups.insert(partition, raft.clone());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
