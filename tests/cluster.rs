@@ -199,7 +199,7 @@ async fn the_local_cluster_script_starts_three_nodes_that_any_call_reaches_and_s
         .env("FAIRWAY_CLUSTER_GRPC", grpc.join(" "))
         .env("FAIRWAY_CLUSTER_RAFT", raft.join(" "))
         .env("FAIRWAY_CLUSTER_METRICS", metrics.join(" "))
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "warn,openraft=off")
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("run scripts/local-cluster");

@@ -22,6 +22,15 @@
 //! - a leader of `p` that is not the home stops its heartbeats, so the
 //!   other followers' leases lapse and they can vote for the home.
 //!
+//! Partition 0 elects the home by Raft's own rule, with one push: Raft
+//! makes a follower wait for its leader's lease (`election_timeout_max`
+//! since the last heartbeat, during which every follower refuses votes)
+//! *and then* its own random timeout before it stands. A follower that has
+//! heard nothing from the home for the lease and a heartbeat more stands at
+//! once ([`stand_for_home`]), the second follower a little later than the
+//! first, so they do not split the vote: a dead home is replaced about one
+//! lease after its death instead of up to two.
+//!
 //! Also here: a partition's writer is woken the moment its node's role in
 //! the partition changes, rather than on its next idle turn, so a new
 //! leader takes over at once ([`watch_roles`]).
@@ -30,6 +39,7 @@
 //! span processes (a Work stream fed from partitions led elsewhere, a
 //! batch atomic across nodes). docs/cluster.md says what that needs.
 
+use super::last_heard::LastHeard;
 use super::raft_types::{Member, NodeId, TypeConfig};
 use crate::broker::Broker;
 use openraft::{Raft, ServerState};
@@ -110,8 +120,14 @@ impl Leaders {
     fn home_id(&self) -> Option<NodeId> {
         let metrics = self.rafts.first()?.metrics();
         let m = metrics.borrow();
-        m.current_leader.filter(|&l| l != self.me || m.state == ServerState::Leader)
+        home_of(self.me, &m)
     }
+}
+
+/// The home as partition 0's metrics on node `me` show it (this node only
+/// once it is leader, not while it is still a candidate).
+fn home_of(me: NodeId, m: &openraft::RaftMetrics<NodeId, Member>) -> Option<NodeId> {
+    m.current_leader.filter(|&l| l != me || m.state == ServerState::Leader)
 }
 
 /// What a node sees of one partition `p` ≥ 1.
@@ -153,12 +169,32 @@ pub fn steer(me: NodeId, seen: Seen, timeout: Duration) -> Steer {
     }
 }
 
+/// Whether a follower of partition 0 stands for election now (see the
+/// module doc): the home has been silent for `silent_for`; `rank` is this
+/// node's place among the followers (by Raft id), which staggers them by
+/// half a timeout; a node that stood waits two timeouts before it stands
+/// again (Raft's own timer takes over meanwhile). `timeout` is the
+/// cluster's election timeout; the lease is twice that (`raft_config`).
+pub fn stand_for_home(silent_for: Duration, rank: u32, since_last_stood: Duration, timeout: Duration) -> bool {
+    let (lease, heartbeat) = (timeout * 2, timeout / 5);
+    silent_for > lease + heartbeat + timeout / 2 * rank && since_last_stood >= timeout * 2
+}
+
+/// This node's place among partition 0's voters other than `leader`, by
+/// Raft id; `None` if it is not one.
+fn follower_rank(me: NodeId, voters: impl Iterator<Item = NodeId>, leader: Option<NodeId>) -> Option<u32> {
+    let mut others: Vec<NodeId> = voters.filter(|v| Some(*v) != leader).collect();
+    others.sort_unstable();
+    others.iter().position(|&v| v == me).map(|r| r as u32)
+}
+
 /// Steers partitions 1.. towards the home every tick until `stop`; and
 /// when this node has come to lead every partition (a new term in any),
 /// has `broker` complete what an earlier home left half done before it
 /// serves ([`Broker::repair`]).
 pub async fn keep_together(
     leaders: Leaders,
+    heard: LastHeard,
     broker: Broker,
     timeout: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -171,7 +207,28 @@ pub async fn keep_together(
     let tick = (timeout / 5).max(Duration::from_millis(20));
     let mut repaired_for: Option<Vec<u64>> = None;
     let mut cut_off = vec![false; n];
+    let mut stood_for_home = long_ago;
     loop {
+        if let Some(raft) = leaders.rafts.first() {
+            let rank = {
+                let metrics = raft.metrics();
+                let m = metrics.borrow();
+                let voters = m.membership_config.membership().voter_ids();
+                (m.state == ServerState::Follower)
+                    .then(|| follower_rank(leaders.me, voters, m.current_leader))
+                    .flatten()
+            };
+            let now = Instant::now();
+            if let Some(rank) = rank {
+                if stand_for_home(heard.silent_for(0), rank, now.saturating_duration_since(stood_for_home), timeout) {
+                    stood_for_home = now;
+                    tracing::info!(silent_ms = heard.silent_for(0).as_millis() as u64, "the home is silent: standing");
+                    if raft.trigger().elect().await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
         for (p, raft) in leaders.rafts.iter().enumerate() {
             let age = {
                 let metrics = raft.metrics();
@@ -257,8 +314,20 @@ pub async fn keep_together(
                 }
             }
         }
+        // The next tick, or sooner when partition 0's leader changes: a new
+        // home stands for the other partitions at once.
+        let home_changed = async {
+            match leaders.rafts.first().map(|r| r.metrics()) {
+                Some(mut m) => {
+                    let me = leaders.me;
+                    let _ = m.wait_for(|m| home_of(me, m) != home).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
+            _ = home_changed => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }
@@ -300,6 +369,28 @@ mod tests {
 
     fn seen(home: Option<NodeId>, leads: bool, leader: Option<NodeId>) -> Seen {
         Seen { home, leads, leader, unsettled_for: Duration::ZERO, since_last_stood: T * 10 }
+    }
+
+    #[test]
+    fn a_follower_stands_for_the_home_one_lease_and_a_heartbeat_after_it_fell_silent_staggered_by_rank() {
+        let ms = Duration::from_millis;
+        let long_ago = T * 10;
+        // Lease 1000 ms + heartbeat 100 ms; rank 1 waits 250 ms more.
+        assert!(!stand_for_home(ms(1100), 0, long_ago, T));
+        assert!(stand_for_home(ms(1101), 0, long_ago, T));
+        assert!(!stand_for_home(ms(1300), 1, long_ago, T));
+        assert!(stand_for_home(ms(1351), 1, long_ago, T));
+        // Once stood, not again for two timeouts.
+        assert!(!stand_for_home(ms(5000), 0, ms(999), T));
+        assert!(stand_for_home(ms(5000), 0, ms(1000), T));
+    }
+
+    #[test]
+    fn followers_rank_by_raft_id_without_the_leader() {
+        assert_eq!(follower_rank(7, [3, 7, 9].into_iter(), Some(3)), Some(0));
+        assert_eq!(follower_rank(9, [3, 7, 9].into_iter(), Some(3)), Some(1));
+        assert_eq!(follower_rank(9, [3, 7, 9].into_iter(), None), Some(2));
+        assert_eq!(follower_rank(4, [3, 7, 9].into_iter(), Some(3)), None, "not a voter");
     }
 
     #[test]

@@ -20,6 +20,8 @@
 //!   node-to-node server and its broker.
 //! - [`network`]: Raft traffic between nodes, every partition's group over
 //!   one gRPC service on each node's `raft` address.
+//! - [`last_heard`]: when this node last heard from each partition's
+//!   leader.
 //! - [`colocation`]: every partition led by one node, the leader of
 //!   partition 0 (the home); elections steered towards it, writers woken
 //!   when their node's role changes.
@@ -34,6 +36,7 @@ pub mod colocation;
 pub mod config;
 pub mod entry_codec;
 pub mod forward;
+pub mod last_heard;
 pub mod log_store;
 pub mod network;
 pub mod node;

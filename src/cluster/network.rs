@@ -8,6 +8,7 @@
 //! pair of nodes carries every partition ([`Connections`]).
 
 use super::entry_codec;
+use super::last_heard::LastHeard;
 use super::raft_types::{Member, NodeId, TypeConfig};
 use crate::raft_pb::raft_transport_client::RaftTransportClient;
 use crate::raft_pb::raft_transport_server::RaftTransport;
@@ -27,9 +28,16 @@ use tonic::transport::Channel;
 #[derive(Default, Clone)]
 pub struct Groups {
     by_partition: Arc<RwLock<HashMap<u32, Raft<TypeConfig>>>>,
+    /// Where accepted appends are noted, if anything watches them.
+    heard: Option<LastHeard>,
 }
 
 impl Groups {
+    /// Groups that note in `heard` every append accepted from a leader.
+    pub fn hearing(heard: LastHeard) -> Groups {
+        Groups { heard: Some(heard), ..Groups::default() }
+    }
+
     pub fn insert(&self, partition: u32, raft: Raft<TypeConfig>) {
         self.by_partition.write().unwrap_or_else(|e| e.into_inner()).insert(partition, raft);
     }
@@ -97,7 +105,14 @@ impl RaftTransport for TransportService {
             entries,
             leader_commit: json("leader_commit", &m.leader_commit)?,
         };
-        reply(&raft.append_entries(rpc).await)
+        let answer = raft.append_entries(rpc).await;
+        // Every answer but "higher vote" means the sender leads now.
+        if let (Some(heard), Ok(a)) = (&self.groups.heard, &answer) {
+            if !matches!(a, AppendEntriesResponse::HigherVote(_)) {
+                heard.heard(m.partition);
+            }
+        }
+        reply(&answer)
     }
 
     async fn vote(&self, req: tonic::Request<RaftMessage>) -> Result<tonic::Response<RaftReply>, tonic::Status> {

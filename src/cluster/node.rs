@@ -17,6 +17,7 @@
 use super::colocation::{self, Leaders};
 use super::config::ClusterConfig;
 use super::forward::ForwardLayer;
+use super::last_heard::LastHeard;
 use super::log_store::LogStore;
 use super::network::{Connections, Groups, NetworkFactory, Routes, TransportService};
 use super::proposer::RaftProposer;
@@ -110,7 +111,8 @@ pub async fn start(file: &Path, node_id: &str, data_dir: &Path) -> Result<(Broke
     let members: BTreeMap<u64, Member> =
         cluster.nodes.iter().map(|n| (n.raft_id, Member::new(&n.id, &n.raft, &n.grpc))).collect();
     let grace = Duration::from_millis(cluster.election_timeout_ms + cluster.max_clock_skew_ms);
-    let (groups, connections) = (Groups::default(), Connections::default());
+    let heard = LastHeard::new(partitions as usize);
+    let (groups, connections) = (Groups::hearing(heard.clone()), Connections::default());
     let routes: Routes =
         Arc::new(cluster.nodes.iter().map(|n| (n.raft_id, cluster.dial(&me.id, n).to_string())).collect());
     let (mut rafts, mut stores, mut proposers) = (Vec::new(), Vec::new(), Vec::new());
@@ -171,7 +173,7 @@ pub async fn start(file: &Path, node_id: &str, data_dir: &Path) -> Result<(Broke
     }
     let (steering, steering_stop) = tokio::sync::watch::channel(false);
     let timeout = Duration::from_millis(cluster.election_timeout_ms);
-    tokio::spawn(colocation::keep_together(leaders.clone(), broker.clone(), timeout, steering_stop));
+    tokio::spawn(colocation::keep_together(leaders.clone(), heard, broker.clone(), timeout, steering_stop));
     let forward = ForwardLayer::to_home(leaders.clone(), connections, &me.id);
     let election_timeout_ms = cluster.election_timeout_ms;
     Ok((

@@ -31,8 +31,10 @@ impl BrokerProcess {
         cmd.args(["serve", "--listen", listen, "--metrics-listen", "off", "--data-dir"])
             .arg(dir)
             .args(extra)
-            // FAIRWAY_TEST_LOG picks the brokers' log filter when debugging a test.
-            .env("RUST_LOG", std::env::var("FAIRWAY_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            // FAIRWAY_TEST_LOG picks the brokers' log filter when debugging a
+            // test. openraft's own logs are off by default: it logs every
+            // failed call to a killed or cut-off peer, hundreds of MB a run.
+            .env("RUST_LOG", std::env::var("FAIRWAY_TEST_LOG").unwrap_or_else(|_| "warn,openraft=off".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         // CI runs the guarantees' suites again with 4 partitions.
