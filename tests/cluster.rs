@@ -189,8 +189,8 @@ async fn the_home_killed_with_sigkill_loses_no_acknowledged_enqueue() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_local_cluster_script_starts_three_nodes_that_any_call_reaches_and_stops_them_on_a_signal() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let ports = |n| (0..n).map(|_| free_port().to_string()).collect::<Vec<_>>();
-    let (grpc, raft, metrics) = (ports(3), ports(3), ports(3));
+    let all: Vec<String> = free_ports(9).iter().map(|p| p.to_string()).collect();
+    let (grpc, raft, metrics) = (all[0..3].to_vec(), all[3..6].to_vec(), all[6..9].to_vec());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/local-cluster");
     let mut child = std::process::Command::new("bash")
         .arg(script)
@@ -255,7 +255,8 @@ async fn the_local_cluster_script_starts_three_nodes_that_any_call_reaches_and_s
 fn a_cluster_node_with_tls_is_refused_at_start_saying_why() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("cluster.toml");
-    let (g, r) = (free_port(), free_port());
+    let ports = free_ports(2);
+    let (g, r) = (ports[0], ports[1]);
     std::fs::write(
         &file,
         format!("replicas = 1\n[[nodes]]\nid = \"n1\"\ngrpc = \"127.0.0.1:{g}\"\nraft = \"127.0.0.1:{r}\"\n"),

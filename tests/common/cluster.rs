@@ -15,9 +15,24 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// A free loopback port (bound, then released for the node to take).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+/// `n` different free loopback ports: all bound at once (so the system
+/// cannot hand out one twice), then released for the nodes to take.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    Reserved::new(n).ports()
+}
+
+/// Loopback ports held until dropped: nothing else (a proxy of the same
+/// test, say) can take them meanwhile.
+pub struct Reserved(Vec<std::net::TcpListener>);
+
+impl Reserved {
+    pub fn new(n: usize) -> Reserved {
+        Reserved((0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind")).collect())
+    }
+
+    pub fn ports(&self) -> Vec<u16> {
+        self.0.iter().map(|l| l.local_addr().expect("addr").port()).collect()
+    }
 }
 
 pub struct Cluster {
@@ -80,7 +95,9 @@ impl Cluster {
     pub async fn start_spec(spec: Spec) -> Cluster {
         let Spec { nodes: n, partitions, proxied, clock_offsets, settings } = spec;
         let dir = tempfile::tempdir().expect("temp dir");
-        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        // The nodes' ports stay held while the proxies bind theirs.
+        let reserved = Reserved::new(2 * n);
+        let ports: Vec<(u16, u16)> = reserved.ports().chunks(2).map(|p| (p[0], p[1])).collect();
         let mut links = HashMap::new();
         if proxied {
             for a in 0..n {
@@ -106,6 +123,7 @@ impl Cluster {
         let file = dir.path().join("cluster.toml");
         std::fs::write(&file, text).expect("write cluster file");
         let grpc = ports.iter().map(|p| p.0).collect();
+        drop(reserved);
         let clocks = (0..n).map(|i| clock_offsets.get(i).map(|o| o.to_string())).collect();
         let mut c = Cluster { dir, file, grpc, nodes: Vec::new(), partitions, links, clocks };
         for i in 0..n {
