@@ -37,11 +37,19 @@ fn decode_job(id: JobId, raw: &[u8]) -> Result<JobRecord> {
     JobRecord::decode(raw).map_err(|e| BrokerError::Storage(format!("corrupt job {id}: {e}")))
 }
 
-/// Works out a job's state from the indexes that hold it.
-fn resolve(store: &Store, queue: &str, cfg: &QueueConfig, id: JobId, rec: &JobRecord) -> Result<pb::Job> {
+/// Works out a job's state from the indexes that hold it; `lease` is the
+/// job's lease entry as read (see [`get_job`] for the order of the reads).
+fn resolve(
+    store: &Store,
+    queue: &str,
+    cfg: &QueueConfig,
+    id: JobId,
+    rec: &JobRecord,
+    lease: Option<Vec<u8>>,
+) -> Result<pb::Job> {
     let table = Table::Queue(queue);
     let max = effective_max_attempts(rec, cfg);
-    if let Some(raw) = store.get(table, &keys::lease(id))? {
+    if let Some(raw) = lease {
         let l = LeaseRecord::decode(raw.as_slice())
             .map_err(|e| BrokerError::Storage(format!("corrupt lease of job {id}: {e}")))?;
         return Ok(view::job(queue, id, rec, JobState::Leased, l.attempt, max, Some(view::LeaseShown::stored(&l))));
@@ -55,12 +63,20 @@ fn resolve(store: &Store, queue: &str, cfg: &QueueConfig, id: JobId, rec: &JobRe
     Ok(view::job(queue, id, rec, state, rec.attempt, max, None))
 }
 
+/// One job as stored. The lease is read before the record: a lease that
+/// ends rewrites the record (attempt, last error) and deletes the lease in
+/// one batch, so a record read after the lease was found gone is at least
+/// as new as that batch. Read the other way round, a job returned by a
+/// worker that died showed as ready and never attempted (the record from
+/// before, the lease already gone).
 pub fn get_job(store: &Store, queue: &str, cfg: &QueueConfig, id: JobId) -> Result<pb::Job> {
+    let table = Table::Queue(queue);
+    let lease = store.get(table, &keys::lease(id))?;
     let raw = store
-        .get(Table::Queue(queue), &keys::job(id))?
+        .get(table, &keys::job(id))?
         .ok_or_else(|| BrokerError::JobNotFound { queue: queue.to_string(), job: id.to_string() })?;
     let rec = decode_job(id, &raw)?;
-    resolve(store, queue, cfg, id, &rec)
+    resolve(store, queue, cfg, id, &rec, lease)
 }
 
 /// Pages through one index (chosen by state) in key order.
@@ -129,7 +145,8 @@ fn listed(store: &Store, cfg: &QueueConfig, req: &ListJobs, tag: u8, k: &[u8], v
     {
         return Ok(None);
     }
-    let job = resolve(store, &req.queue, cfg, id, &rec)?;
+    let lease = store.get(Table::Queue(&req.queue), &keys::lease(id))?;
+    let job = resolve(store, &req.queue, cfg, id, &rec, lease)?;
     if req.state.is_some_and(|s| view::state(s) as i32 != job.state) {
         return Ok(None);
     }
